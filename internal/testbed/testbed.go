@@ -1,0 +1,51 @@
+// Package testbed starts real components on this machine (PostgreSQL with the flightctl
+// schema, Redis, a systemd user manager, podman) for tests, benchmarks and the sandbox
+// estate. Everything listens on loopback ports chosen at run time and is stopped by the PID
+// that started it.
+package testbed
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+)
+
+// RequireRealEnv, when "1", turns a missing component into a test failure instead of a
+// skip. make test and CI set it.
+const RequireRealEnv = "FLIGHTCTL_DR_REQUIRE_REAL"
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Need skips (or, under FLIGHTCTL_DR_REQUIRE_REAL=1, fails) t when any of the programs is
+// missing. Paths are checked as they are, names through PATH.
+func Need(t testing.TB, programs ...string) {
+	t.Helper()
+	for _, p := range programs {
+		if _, err := os.Stat(p); err == nil {
+			continue
+		}
+		if _, err := exec.LookPath(p); err == nil {
+			continue
+		}
+		Unavailable(t, fmt.Sprintf("%s is not installed (scripts/install-deps.sh installs it)", p))
+	}
+}
+
+// Unavailable skips t, or fails it when real components are required.
+func Unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv(RequireRealEnv) == "1" {
+		t.Fatalf("real component required (%s=1): %s", RequireRealEnv, reason)
+	}
+	t.Skip(reason)
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need on a Debian 12 machine.
+# Safe to run again: packages already present are left alone.
+set -euo pipefail
+
+packages=(
+  ca-certificates git make gcc
+  postgresql postgresql-client
+  redis-server redis-tools
+  ansible ansible-lint yamllint
+  python3-psycopg2 python3-redis python3-voluptuous python3-pycodestyle shellcheck
+  podman runc busybox-static uidmap
+  dbus-user-session systemd
+  openssl jq
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The postgresql package starts a cluster on 5432 through its init script on some
+  # images; the tests run their own private clusters and never use it.
+fi
+
+if ! command -v go >/dev/null 2>&1; then
+  if [ -x /usr/local/go/bin/go ]; then
+    echo "install-deps: add /usr/local/go/bin to PATH" >&2
+  else
+    echo "install-deps: Go is missing; install Go 1.24 or newer" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: ok" >&2
