@@ -1,0 +1,144 @@
+package ansiblemod
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// sidecarOption is one option as documented in plugins/modules/<module>.yml.
+type sidecarOption struct {
+	Type     string   `yaml:"type"`
+	Required bool     `yaml:"required"`
+	NoLog    bool     `yaml:"no_log"`
+	Default  any      `yaml:"default"`
+	Choices  []any    `yaml:"choices"`
+	Aliases  []string `yaml:"aliases"`
+	Elements string   `yaml:"elements"`
+	Desc     any      `yaml:"description"`
+}
+
+type sidecar struct {
+	Documentation struct {
+		Module  string                   `yaml:"module"`
+		Options map[string]sidecarOption `yaml:"options"`
+	} `yaml:"DOCUMENTATION"`
+	Examples string         `yaml:"EXAMPLES"`
+	Return   map[string]any `yaml:"RETURN"`
+}
+
+// CheckSidecar compares the sidecar documentation at path with the option specs of opts
+// (a pointer to the module's options struct) and returns every difference: an option
+// documented but not accepted or the reverse, a type, required flag, default, choices,
+// aliases or no_log that differs, or a missing description, EXAMPLES or RETURN.
+func CheckSidecar(path, module string, opts any) ([]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var doc sidecar
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	specs, err := Specs(opts)
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+	if doc.Documentation.Module != module {
+		add("DOCUMENTATION.module is %q, want %q", doc.Documentation.Module, module)
+	}
+	if strings.TrimSpace(doc.Examples) == "" {
+		add("EXAMPLES is empty")
+	}
+	if len(doc.Return) == 0 {
+		add("RETURN is empty")
+	}
+	seen := map[string]bool{}
+	for _, s := range specs {
+		seen[s.Name] = true
+		d, ok := doc.Documentation.Options[s.Name]
+		if !ok {
+			add("option %s is accepted but not documented", s.Name)
+			continue
+		}
+		wantType := s.Type
+		if wantType == "duration" {
+			wantType = "str"
+		}
+		if d.Type != wantType {
+			add("option %s: documented type %q, accepted type %q", s.Name, d.Type, wantType)
+		}
+		if wantType == "list" && d.Elements != "str" {
+			add("option %s: documented elements %q, want \"str\"", s.Name, d.Elements)
+		}
+		if d.Required != s.Required {
+			add("option %s: documented required=%v, accepted required=%v", s.Name, d.Required, s.Required)
+		}
+		if d.NoLog != s.Secret {
+			add("option %s: documented no_log=%v, secret=%v", s.Name, d.NoLog, s.Secret)
+		}
+		if d.Desc == nil {
+			add("option %s has no description", s.Name)
+		}
+		docDefault, hasDocDefault := normalizeDefault(d.Default)
+		if hasDocDefault != s.HasDef || (s.HasDef && !sameDefault(s, docDefault)) {
+			add("option %s: documented default %q, accepted default %q", s.Name, docDefault, s.Default)
+		}
+		var docChoices []string
+		for _, c := range d.Choices {
+			docChoices = append(docChoices, fmt.Sprint(c))
+		}
+		if strings.Join(sorted(docChoices), ",") != strings.Join(sorted(s.Choices), ",") {
+			add("option %s: documented choices %v, accepted choices %v", s.Name, docChoices, s.Choices)
+		}
+		if strings.Join(sorted(d.Aliases), ",") != strings.Join(sorted(s.Aliases), ",") {
+			add("option %s: documented aliases %v, accepted aliases %v", s.Name, d.Aliases, s.Aliases)
+		}
+	}
+	for name := range doc.Documentation.Options {
+		if !seen[name] {
+			add("option %s is documented but not accepted", name)
+		}
+	}
+	sort.Strings(problems)
+	return problems, nil
+}
+
+func normalizeDefault(v any) (string, bool) {
+	switch x := v.(type) {
+	case nil:
+		return "", false
+	case bool:
+		return strconv.FormatBool(x), true
+	case int:
+		return strconv.Itoa(x), true
+	case []any:
+		parts := make([]string, len(x))
+		for i, p := range x {
+			parts[i] = fmt.Sprint(p)
+		}
+		return strings.Join(parts, ","), true
+	}
+	return fmt.Sprint(v), true
+}
+
+func sameDefault(s OptionSpec, doc string) bool {
+	if s.Type == "bool" {
+		a, err1 := toBool(s.Default)
+		b, err2 := toBool(doc)
+		return err1 == nil && err2 == nil && a == b
+	}
+	return s.Default == doc
+}
+
+func sorted(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
+}

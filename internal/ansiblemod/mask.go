@@ -1,0 +1,124 @@
+package ansiblemod
+
+import (
+	"encoding/json"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// Masker hides secret values in everything a module returns or logs.
+type Masker struct {
+	mu      sync.Mutex
+	secrets []string
+}
+
+// Add registers secret values; empty strings are ignored.
+func (m *Masker) Add(values ...string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, v := range values {
+		if v == "" {
+			continue
+		}
+		dup := false
+		for _, s := range m.secrets {
+			if s == v {
+				dup = true
+			}
+		}
+		if !dup {
+			m.secrets = append(m.secrets, v)
+		}
+	}
+	// Longest first, so a secret that contains another is masked whole.
+	sort.Slice(m.secrets, func(i, j int) bool { return len(m.secrets[i]) > len(m.secrets[j]) })
+}
+
+// AddFromRaw registers the raw values given for secret options of opts, before they are
+// decoded, so that a decoding error that quotes a value cannot reveal it.
+func (m *Masker) AddFromRaw(raw map[string]json.RawMessage, opts any) {
+	specs, err := Specs(opts)
+	if err != nil {
+		return
+	}
+	for _, s := range specs {
+		if !s.Secret {
+			continue
+		}
+		for _, name := range append([]string{s.Name}, s.Aliases...) {
+			var v any
+			if json.Unmarshal(raw[name], &v) == nil {
+				if str, err := toString(v); err == nil {
+					m.Add(str)
+				}
+			}
+		}
+	}
+}
+
+// Mask replaces every secret inside s.
+func (m *Masker) Mask(s string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, secret := range m.secrets {
+		s = strings.ReplaceAll(s, secret, maskedText)
+	}
+	return s
+}
+
+// MaskOutput returns out with every string (keys and values, at any depth) masked.
+func (m *Masker) MaskOutput(out Output) Output {
+	m.mu.Lock()
+	n := len(m.secrets)
+	m.mu.Unlock()
+	if n == 0 {
+		return out
+	}
+	// A JSON round trip turns structs from the module into maps we can walk.
+	b, err := json.Marshal(out)
+	if err != nil {
+		return Output{"failed": true, "msg": m.Mask("encode module result: " + err.Error())}
+	}
+	var generic map[string]any
+	if err := json.Unmarshal(b, &generic); err != nil {
+		return Output{"failed": true, "msg": "decode module result: " + err.Error()}
+	}
+	return Output(m.walk(generic).(map[string]any))
+}
+
+func (m *Masker) walk(v any) any {
+	switch x := v.(type) {
+	case string:
+		return m.Mask(x)
+	case []any:
+		for i := range x {
+			x[i] = m.walk(x[i])
+		}
+		return x
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, val := range x {
+			out[m.Mask(k)] = m.walk(val)
+		}
+		return out
+	}
+	return v
+}
+
+// Writer returns a writer that masks secrets in what passes through to w. Each Write is
+// masked on its own: slog handlers write one record per call.
+func (m *Masker) Writer(w io.Writer) io.Writer { return &maskWriter{m: m, w: w} }
+
+type maskWriter struct {
+	m *Masker
+	w io.Writer
+}
+
+func (mw *maskWriter) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(mw.w, mw.m.Mask(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}

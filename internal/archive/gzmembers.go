@@ -1,0 +1,339 @@
+package archive
+
+import (
+	"bytes"
+	"compress/flate"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"errors"
+	"hash"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// The archive's gzip stream is a sequence of independent gzip members (RFC
+// 1952 §2.2 allows it and every gzip reader, Go's included, concatenates
+// them). Each member holds one block of about blockSize tar bytes, so blocks
+// compress on several goroutines while the output stays in order. Every member
+// we write carries an FEXTRA subfield "FD" holding the member's total length,
+// which lets a reader find member boundaries without inflating.
+const (
+	defaultBlockSize = 1 << 20
+
+	extraID1        = 'F'
+	extraID2        = 'D'
+	memberHeaderLen = 10 + 2 + 4 + 8 // fixed header, XLEN, subfield header, uint64 length
+	memberTrailer   = 8              // CRC32, ISIZE
+	// storedMemberLen is the length of a member holding one 512-byte tar
+	// header as a single stored deflate block: it does not depend on the bytes.
+	storedMemberLen = memberHeaderLen + 5 + blockLen + memberTrailer
+)
+
+// appendMemberHeader appends a gzip member header like Go's gzip.Writer writes
+// (no name, mtime 0, OS unknown) plus the FD subfield.
+func appendMemberHeader(dst []byte, xfl byte, memberLen uint64) []byte {
+	dst = append(dst, 0x1f, 0x8b, 8, 0x04 /* FEXTRA */, 0, 0, 0, 0, xfl, 0xff)
+	dst = append(dst, 12, 0) // XLEN
+	dst = append(dst, extraID1, extraID2, 8, 0)
+	return binary.LittleEndian.AppendUint64(dst, memberLen)
+}
+
+// storedMember returns the gzip member holding block uncompressed.
+func storedMember(block []byte) []byte {
+	out := make([]byte, 0, memberHeaderLen+5+len(block)+memberTrailer)
+	out = appendMemberHeader(out, 0, uint64(memberHeaderLen+5+len(block)+memberTrailer))
+	n := uint16(len(block))
+	out = append(out, 0x01) // BFINAL=1, BTYPE=00 (stored)
+	out = binary.LittleEndian.AppendUint16(out, n)
+	out = binary.LittleEndian.AppendUint16(out, ^n)
+	out = append(out, block...)
+	out = binary.LittleEndian.AppendUint32(out, crc32.ChecksumIEEE(block))
+	return binary.LittleEndian.AppendUint32(out, uint32(len(block)))
+}
+
+type member struct {
+	in     []byte // tar bytes (compressed by a worker), nil for a stored member
+	out    []byte // the complete gzip member
+	done   chan struct{}
+	err    error
+	reuse  bool // in and out came from the pools
+	notify chan struct{}
+
+	// Filled by the output goroutine.
+	snapshot     []byte // hash state before this member, when wantSnapshot
+	wantSnapshot bool
+	offset       int64
+}
+
+// memberWriter compresses a byte stream into gzip members on several
+// goroutines and writes them in order to out, hashing what it writes.
+type memberWriter struct {
+	out       io.Writer
+	level     int
+	blockSize int
+
+	cur   []byte // block being filled
+	order chan *member
+	work  chan *member
+	wg    sync.WaitGroup
+	done  chan struct{} // output goroutine finished
+
+	inPool  sync.Pool
+	outPool sync.Pool
+
+	mu     sync.Mutex
+	err    error // first error, sticky
+	closed bool
+
+	// Owned by the output goroutine until done is closed.
+	hash    hash.Hash
+	written int64
+	discard bool
+}
+
+func newMemberWriter(out io.Writer, level, concurrency, blockSize int) *memberWriter {
+	if concurrency < 1 {
+		concurrency = 1
+	}
+	if blockSize <= 0 {
+		blockSize = defaultBlockSize
+	}
+	m := &memberWriter{
+		out:       out,
+		level:     level,
+		blockSize: blockSize,
+		order:     make(chan *member, 2*concurrency+1),
+		work:      make(chan *member, 2*concurrency+1),
+		done:      make(chan struct{}),
+		hash:      sha256.New(),
+	}
+	m.inPool.New = func() any { return make([]byte, 0, blockSize) }
+	m.outPool.New = func() any { return make([]byte, 0, blockSize/2) }
+	m.cur = m.inPool.Get().([]byte)[:0]
+	for range concurrency {
+		m.wg.Add(1)
+		go m.compressLoop()
+	}
+	go m.outputLoop()
+	return m
+}
+
+func (m *memberWriter) setErr(err error) {
+	m.mu.Lock()
+	if m.err == nil {
+		m.err = err
+	}
+	m.mu.Unlock()
+}
+
+func (m *memberWriter) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
+}
+
+func (m *memberWriter) compressLoop() {
+	defer m.wg.Done()
+	var buf bytes.Buffer
+	fw, err := flate.NewWriter(&buf, m.level)
+	if err != nil {
+		// The level was validated; keep draining so nothing blocks.
+		for job := range m.work {
+			job.err = err
+			close(job.done)
+		}
+		return
+	}
+	xfl := byte(0)
+	switch m.level {
+	case flate.BestCompression:
+		xfl = 2
+	case flate.BestSpeed:
+		xfl = 4
+	}
+	for job := range m.work {
+		out := bytes.NewBuffer(m.outPool.Get().([]byte)[:0])
+		out.Write(make([]byte, memberHeaderLen))
+		fw.Reset(out)
+		_, werr := fw.Write(job.in)
+		if cerr := fw.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			job.err = werr
+			close(job.done)
+			continue
+		}
+		var trailer [memberTrailer]byte
+		binary.LittleEndian.PutUint32(trailer[0:], crc32.ChecksumIEEE(job.in))
+		binary.LittleEndian.PutUint32(trailer[4:], uint32(len(job.in)))
+		out.Write(trailer[:])
+		b := out.Bytes()
+		appendMemberHeader(b[:0], xfl, uint64(len(b)))
+		job.out = b
+		close(job.done)
+	}
+}
+
+func (m *memberWriter) outputLoop() {
+	defer close(m.done)
+	for job := range m.order {
+		<-job.done
+		if job.err != nil {
+			m.setErr(job.err)
+			m.discard = true
+		}
+		if job.out != nil && !m.discard {
+			if job.wantSnapshot {
+				state, err := m.hash.(encoding.BinaryMarshaler).MarshalBinary()
+				if err != nil {
+					m.setErr(err)
+					m.discard = true
+				}
+				job.snapshot = state
+			}
+			job.offset = m.written
+			if _, err := m.out.Write(job.out); err != nil {
+				m.setErr(err)
+				m.discard = true
+			} else {
+				m.hash.Write(job.out)
+				m.written += int64(len(job.out))
+			}
+		}
+		if job.reuse {
+			m.inPool.Put(job.in[:0])
+			m.outPool.Put(job.out[:0])
+			job.in, job.out = nil, nil
+		}
+		if job.notify != nil {
+			close(job.notify)
+		}
+	}
+}
+
+func (m *memberWriter) enqueue(job *member, compress bool) error {
+	if m.closed {
+		return errors.New("archive writer is closed")
+	}
+	if err := m.Err(); err != nil {
+		return err
+	}
+	m.order <- job
+	if compress {
+		m.work <- job
+	}
+	return nil
+}
+
+// endBlock sends the block being filled, if any, to be compressed.
+func (m *memberWriter) endBlock() error {
+	if len(m.cur) == 0 {
+		return nil
+	}
+	job := &member{in: m.cur, done: make(chan struct{}), reuse: true}
+	m.cur = m.inPool.Get().([]byte)[:0]
+	return m.enqueue(job, true)
+}
+
+func (m *memberWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := copy(m.cur[len(m.cur):m.blockSize], p)
+		m.cur = m.cur[:len(m.cur)+n]
+		p = p[n:]
+		written += n
+		if len(m.cur) == m.blockSize {
+			if err := m.endBlock(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, m.Err()
+}
+
+// readFrom reads from r straight into the block buffers until EOF or until
+// limit bytes (limit < 0: no limit), feeding every byte to tap.
+func (m *memberWriter) readFrom(r io.Reader, limit int64, tap io.Writer) (int64, error) {
+	var total int64
+	for limit < 0 || total < limit {
+		space := m.cur[len(m.cur):m.blockSize]
+		if limit >= 0 && int64(len(space)) > limit-total {
+			space = space[:limit-total]
+		}
+		n, err := r.Read(space)
+		if n > 0 {
+			tap.Write(space[:n])
+			m.cur = m.cur[:len(m.cur)+n]
+			total += int64(n)
+			if len(m.cur) == m.blockSize {
+				if err := m.endBlock(); err != nil {
+					return total, err
+				}
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// writeStored ends the current block and writes block as a stored member of
+// fixed length. The returned member's offset and snapshot are valid after sync.
+func (m *memberWriter) writeStored(block []byte) (*member, error) {
+	if err := m.endBlock(); err != nil {
+		return nil, err
+	}
+	job := &member{out: storedMember(block), done: make(chan struct{}), wantSnapshot: true}
+	close(job.done)
+	return job, m.enqueue(job, false)
+}
+
+// sync ends the current block and waits until everything sent so far is
+// written.
+func (m *memberWriter) sync() error {
+	if err := m.endBlock(); err != nil {
+		return err
+	}
+	barrier := &member{done: make(chan struct{}), notify: make(chan struct{})}
+	close(barrier.done)
+	if err := m.enqueue(barrier, false); err != nil {
+		return err
+	}
+	<-barrier.notify
+	return m.Err()
+}
+
+// Close writes what is left and stops the goroutines. With discard, nothing
+// more is written. It returns the first error.
+func (m *memberWriter) Close(discard bool) error {
+	if m.closed {
+		return m.Err()
+	}
+	if !discard {
+		if err := m.endBlock(); err != nil {
+			discard = true
+		}
+	}
+	if discard {
+		m.setErr(errors.New("archive writer aborted"))
+	}
+	m.closed = true
+	close(m.work)
+	close(m.order)
+	m.wg.Wait()
+	<-m.done
+	if discard {
+		return nil
+	}
+	return m.Err()
+}
+
+// Written is the number of compressed bytes written; valid after sync or Close.
+func (m *memberWriter) Written() int64 { return m.written }

@@ -1,0 +1,342 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"flightctl.dr/internal/runner"
+)
+
+// PsqlDatabase administers databases through psql, either a local psql against a host and
+// port or psql inside the database container (podman exec), as upstream does. SQL always
+// travels on stdin; credentials only in the environment.
+type PsqlDatabase struct {
+	// DBName is the live database.
+	DBName string
+	Runner runner.Runner
+	// Command builds the psql command for psql's own arguments and extra environment
+	// (NAME=VALUE entries): it adds the program, the connection options and the password.
+	Command func(psqlArgs, env []string) runner.Cmd
+	// FreeSpaceOf returns the free space of the filesystem holding dir on the database
+	// server; nil: statfs on this machine when dir exists here.
+	FreeSpaceOf func(ctx context.Context, dir string) (int64, bool, error)
+	// RenameTimeout bounds how long Rename retries while sessions reconnect (30 s).
+	RenameTimeout time.Duration
+	Logger        *slog.Logger
+}
+
+var _ Database = (*PsqlDatabase)(nil)
+
+// identRE accepts the database names this tool creates and upstream's defaults.
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$-]{0,62}$`)
+
+// ValidDatabaseName reports whether name is a database name the restore can handle safely.
+func ValidDatabaseName(name string) error {
+	if !identRE.MatchString(name) {
+		return fmt.Errorf("database name %q is not supported: use letters, digits, _ or -, at most 63 characters", name)
+	}
+	return nil
+}
+
+func quoteIdent(s string) string   { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+func (d *PsqlDatabase) Name() string { return d.DBName }
+
+func (d *PsqlDatabase) logger() *slog.Logger {
+	if d.Logger == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return d.Logger
+}
+
+// query runs sql in database db and returns psql's unaligned, tuples-only output.
+func (d *PsqlDatabase) query(ctx context.Context, db, sql string) (string, error) {
+	c := d.Command([]string{"-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"},
+		[]string{"PGOPTIONS=-c client_min_messages=warning"})
+	c.Stdin = strings.NewReader(sql)
+	out, err := runner.Output(ctx, d.Runner, c)
+	return strings.TrimSpace(string(out)), err
+}
+
+func (d *PsqlDatabase) Ping(ctx context.Context) error {
+	out, err := d.query(ctx, "postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user;")
+	if err != nil {
+		return fmt.Errorf("connect to the database server as the admin user: %w", err)
+	}
+	if out != "t" {
+		return errors.New("the database admin user is not a superuser: loading a flightctl dump needs one (the postgres user in the container, or admin)")
+	}
+	return nil
+}
+
+func (d *PsqlDatabase) Exists(ctx context.Context, name string) (bool, error) {
+	out, err := d.query(ctx, "postgres", fmt.Sprintf("SELECT count(*) FROM pg_database WHERE datname = %s;", quoteLiteral(name)))
+	if err != nil {
+		return false, fmt.Errorf("look up database %s: %w", name, err)
+	}
+	return out == "1", nil
+}
+
+func (d *PsqlDatabase) Info(ctx context.Context, name string) (DatabaseInfo, error) {
+	sql := fmt.Sprintf(`SELECT json_build_object(
+  'owner', pg_get_userbyid(datdba),
+  'acl', datacl::text[],
+  'acl_set', datacl IS NOT NULL,
+  'encoding', pg_encoding_to_char(encoding),
+  'collate', datcollate,
+  'ctype', datctype,
+  'size', pg_database_size(oid))
+FROM pg_database WHERE datname = %s;`, quoteLiteral(name))
+	out, err := d.query(ctx, "postgres", sql)
+	if err != nil {
+		return DatabaseInfo{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
+	}
+	if out == "" {
+		return DatabaseInfo{}, fmt.Errorf("database %s does not exist", name)
+	}
+	var info DatabaseInfo
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return DatabaseInfo{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
+	}
+	return info, nil
+}
+
+func (d *PsqlDatabase) Counts(ctx context.Context, name string, tables []string) (map[string]int64, error) {
+	counts := map[string]int64{}
+	var present []string
+	for _, t := range tables {
+		out, err := d.query(ctx, name, fmt.Sprintf("SELECT to_regclass(%s) IS NOT NULL;", quoteLiteral("public."+t)))
+		if err != nil {
+			return nil, fmt.Errorf("count rows in database %s: %w", name, err)
+		}
+		counts[t] = -1
+		if out == "t" {
+			present = append(present, t)
+		}
+	}
+	if len(present) == 0 {
+		return counts, nil
+	}
+	parts := make([]string, len(present))
+	for i, t := range present {
+		parts[i] = fmt.Sprintf("(SELECT count(*) FROM public.%s)", quoteIdent(t))
+	}
+	out, err := d.query(ctx, name, "SELECT "+strings.Join(parts, " || ',' || ")+";")
+	if err != nil {
+		return nil, fmt.Errorf("count rows in database %s: %w", name, err)
+	}
+	fields := strings.Split(out, ",")
+	if len(fields) != len(present) {
+		return nil, fmt.Errorf("count rows in database %s: unexpected answer %q", name, out)
+	}
+	for i, t := range present {
+		n, err := strconv.ParseInt(fields[i], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("count rows in database %s: %w", name, err)
+		}
+		counts[t] = n
+	}
+	return counts, nil
+}
+
+func (d *PsqlDatabase) FreeSpace(ctx context.Context) (int64, bool, error) {
+	dir, err := d.query(ctx, "postgres", "SHOW data_directory;")
+	if err != nil {
+		return 0, false, fmt.Errorf("find the database data directory: %w", err)
+	}
+	if d.FreeSpaceOf != nil {
+		return d.FreeSpaceOf(ctx, dir)
+	}
+	return LocalFreeSpace(dir)
+}
+
+// LocalFreeSpace is the space available to the database's owner in the filesystem holding
+// dir, when dir exists on this machine.
+func LocalFreeSpace(dir string) (int64, bool, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return 0, false, nil
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false, nil
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true, nil
+}
+
+func (d *PsqlDatabase) Create(ctx context.Context, name string, like DatabaseInfo) error {
+	sql := "CREATE DATABASE " + quoteIdent(name) + " WITH TEMPLATE template0"
+	if like.Owner != "" {
+		sql += " OWNER " + quoteIdent(like.Owner)
+	}
+	if like.Encoding != "" {
+		sql += " ENCODING " + quoteLiteral(like.Encoding)
+	}
+	if like.Collate != "" {
+		sql += " LC_COLLATE " + quoteLiteral(like.Collate)
+	}
+	if like.CType != "" {
+		sql += " LC_CTYPE " + quoteLiteral(like.CType)
+	}
+	if _, err := d.query(ctx, "postgres", sql+";"); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *PsqlDatabase) Load(ctx context.Context, name string, dump io.Reader) error {
+	c := d.Command([]string{"-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", name, "-f", "-"},
+		[]string{"PGOPTIONS=-c client_min_messages=warning"})
+	c.Stdin = dump
+	// psql echoes SET, CREATE TABLE, COPY n...: never onto our stdout.
+	c.Stdout = &debugWriter{logger: d.logger()}
+	if err := d.Runner.Run(ctx, c); err != nil {
+		return fmt.Errorf("load the dump into %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *PsqlDatabase) Rename(ctx context.Context, from, to string) error {
+	limit := d.RenameTimeout
+	if limit == 0 {
+		limit = 30 * time.Second
+	}
+	deadline := time.Now().Add(limit)
+	sql := fmt.Sprintf("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid();\nALTER DATABASE %s RENAME TO %s;",
+		quoteLiteral(from), quoteIdent(from), quoteIdent(to))
+	for {
+		_, err := d.query(ctx, "postgres", sql)
+		if err == nil {
+			return nil
+		}
+		if !strings.Contains(err.Error(), "being accessed by other users") || time.Now().After(deadline) {
+			return fmt.Errorf("rename database %s to %s: %w", from, to, err)
+		}
+		d.logger().Info("database still in use, retrying the rename", "database", from)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("rename database %s to %s: %w", from, to, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (d *PsqlDatabase) Drop(ctx context.Context, name string) error {
+	if _, err := d.query(ctx, "postgres", "DROP DATABASE IF EXISTS "+quoteIdent(name)+" WITH (FORCE);"); err != nil {
+		return fmt.Errorf("drop database %s: %w", name, err)
+	}
+	return nil
+}
+
+func (d *PsqlDatabase) SetPrivileges(ctx context.Context, name string, info DatabaseInfo) error {
+	sql, err := privilegeSQL(name, info)
+	if err != nil {
+		return err
+	}
+	if sql == "" {
+		return nil
+	}
+	if _, err := d.query(ctx, "postgres", sql); err != nil {
+		return fmt.Errorf("give database %s its owner and grants back: %w", name, err)
+	}
+	return nil
+}
+
+// privilegeSQL turns an owner and a datacl into statements that reproduce them.
+func privilegeSQL(name string, info DatabaseInfo) (string, error) {
+	var b strings.Builder
+	db := quoteIdent(name)
+	if info.Owner != "" {
+		fmt.Fprintf(&b, "ALTER DATABASE %s OWNER TO %s;\n", db, quoteIdent(info.Owner))
+	}
+	if !info.ACLSet {
+		return b.String(), nil
+	}
+	// An explicit ACL replaces the defaults, so start from nothing.
+	fmt.Fprintf(&b, "REVOKE ALL ON DATABASE %s FROM PUBLIC;\n", db)
+	if info.Owner != "" {
+		fmt.Fprintf(&b, "REVOKE ALL ON DATABASE %s FROM %s;\n", db, quoteIdent(info.Owner))
+	}
+	for _, item := range info.ACL {
+		grantee, plain, withGrant, err := parseACLItem(item)
+		if err != nil {
+			return "", err
+		}
+		if len(plain) > 0 {
+			fmt.Fprintf(&b, "GRANT %s ON DATABASE %s TO %s;\n", strings.Join(plain, ", "), db, grantee)
+		}
+		if len(withGrant) > 0 {
+			fmt.Fprintf(&b, "GRANT %s ON DATABASE %s TO %s WITH GRANT OPTION;\n", strings.Join(withGrant, ", "), db, grantee)
+		}
+	}
+	return b.String(), nil
+}
+
+var dbPrivileges = map[byte]string{'C': "CREATE", 'c': "CONNECT", 'T': "TEMPORARY"}
+
+// parseACLItem reads "grantee=privs/grantor" (an empty grantee is PUBLIC) and returns the
+// quoted grantee and the privileges without and with grant option.
+func parseACLItem(item string) (string, []string, []string, error) {
+	eq := strings.LastIndex(item, "=")
+	slash := strings.LastIndex(item, "/")
+	if eq < 0 || slash < eq {
+		return "", nil, nil, fmt.Errorf("cannot read database grant %q", item)
+	}
+	grantee := item[:eq]
+	privs := item[eq+1 : slash]
+	if grantee == "" {
+		grantee = "PUBLIC"
+	} else {
+		if strings.HasPrefix(grantee, `"`) && strings.HasSuffix(grantee, `"`) && len(grantee) >= 2 {
+			grantee = strings.ReplaceAll(grantee[1:len(grantee)-1], `""`, `"`)
+		}
+		grantee = quoteIdent(grantee)
+	}
+	var plain, withGrant []string
+	for i := 0; i < len(privs); i++ {
+		p, ok := dbPrivileges[privs[i]]
+		if !ok {
+			return "", nil, nil, fmt.Errorf("cannot read database grant %q: unknown privilege %q", item, privs[i])
+		}
+		if i+1 < len(privs) && privs[i+1] == '*' {
+			withGrant = append(withGrant, p)
+			i++
+		} else {
+			plain = append(plain, p)
+		}
+	}
+	return grantee, plain, withGrant, nil
+}
+
+// debugWriter sends psql's output lines to the debug log, never to stdout.
+type debugWriter struct {
+	logger *slog.Logger
+	buf    []byte
+}
+
+func (w *debugWriter) Write(p []byte) (int, error) {
+	if !w.logger.Enabled(context.Background(), slog.LevelDebug) {
+		return len(p), nil
+	}
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.logger.Debug("psql", "out", string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}

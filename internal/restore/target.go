@@ -1,0 +1,126 @@
+package restore
+
+import (
+	"context"
+	"io"
+)
+
+// Target is the installation a restore writes to. The Podman estate implements it
+// (internal/estate); tests assemble one from real components.
+type Target interface {
+	// DeploymentType is "podman" or "kubernetes", compared with the archive's.
+	DeploymentType() string
+	// ServerVersion is the running server's release, compared with the archive's.
+	ServerVersion(ctx context.Context) (string, error)
+	// Units stops and starts the application units.
+	Units() UnitManager
+	// UnitNames are the application units to stop, in order. Units missing on this host are
+	// skipped.
+	UnitNames() []string
+	// Database administers the server's database; nil when it is external.
+	Database() Database
+	// Files are the files and directories replaced from the archive.
+	Files() []FileTarget
+	// Volume re-imports the PAM issuer volume; nil when there is none.
+	Volume() VolumeManager
+	// Devices runs device preparation against the restored database and the KV store.
+	Devices() DevicePreparer
+}
+
+// UnitState is what the restore needs to know about one unit.
+type UnitState struct {
+	Exists bool
+	Active bool
+}
+
+// UnitManager stops and starts units (systemd over D-Bus on a Podman host).
+type UnitManager interface {
+	UnitState(ctx context.Context, unit string) (UnitState, error)
+	StopUnits(ctx context.Context, units []string) error
+	StartUnits(ctx context.Context, units []string) error
+}
+
+// DatabaseInfo is what the swap keeps from the live database: owner, database-level
+// grants (aclitem text, e.g. "flightctl_app=c/admin"; nil means the defaults), encoding
+// and locale, and its size.
+type DatabaseInfo struct {
+	Owner    string   `json:"owner"`
+	ACL      []string `json:"acl"`
+	ACLSet   bool     `json:"acl_set"`
+	Encoding string   `json:"encoding"`
+	Collate  string   `json:"collate"`
+	CType    string   `json:"ctype"`
+	Size     int64    `json:"size"`
+}
+
+// Database administers databases of one PostgreSQL server as a superuser.
+type Database interface {
+	// Name is the live database's name.
+	Name() string
+	// Ping checks that the server answers with the admin credentials.
+	Ping(ctx context.Context) error
+	Exists(ctx context.Context, name string) (bool, error)
+	Info(ctx context.Context, name string) (DatabaseInfo, error)
+	// Counts returns the row count of each table in database name (-1: no such table).
+	Counts(ctx context.Context, name string, tables []string) (map[string]int64, error)
+	// FreeSpace is the free space of the server's data directory, when it can be known.
+	FreeSpace(ctx context.Context) (free int64, known bool, err error)
+	// Create makes an empty database with like's owner, encoding and locale.
+	Create(ctx context.Context, name string, like DatabaseInfo) error
+	// Load runs a plain-SQL dump into name, stopping at the first error.
+	Load(ctx context.Context, name string, dump io.Reader) error
+	// Rename renames a database after ending the other sessions connected to it.
+	Rename(ctx context.Context, from, to string) error
+	// Drop drops a database if it exists, after ending its sessions.
+	Drop(ctx context.Context, name string) error
+	// SetPrivileges gives name info's owner and database-level grants.
+	SetPrivileges(ctx context.Context, name string, info DatabaseInfo) error
+}
+
+// FileKind says whether a FileTarget is a directory tree or a single file.
+type FileKind string
+
+const (
+	KindDir  FileKind = "dir"
+	KindFile FileKind = "file"
+)
+
+// FileTarget maps part of the archive to a live path.
+type FileTarget struct {
+	// Name is the component ("pki", "encryption", "config").
+	Name string
+	// Entry is the archive path: a directory ("pki") or a file ("config/service-config.yaml").
+	Entry string
+	Kind  FileKind
+	// Path is the live directory or file.
+	Path string
+	// Required makes a missing entry in the archive an error; otherwise it is a warning
+	// and the live copy is left alone.
+	Required bool
+}
+
+// VolumeManager saves and replaces a Podman volume's content (podman volume export/import).
+type VolumeManager interface {
+	VolumeName() string
+	VolumeExists(ctx context.Context) (bool, error)
+	ExportVolume(ctx context.Context, w io.Writer) error
+	// ReplaceVolume empties the volume (re-creating it) and imports the tar stream r.
+	ReplaceVolume(ctx context.Context, r io.Reader) error
+}
+
+// DevicePrepRequest asks for device preparation.
+type DevicePrepRequest struct {
+	// RestoreID ties the preparation to this restore so that a re-run neither adds a
+	// second event nor loses a key.
+	RestoreID string
+	FlushKV   bool
+	// DryRun reports the counts and changes nothing.
+	DryRun bool
+}
+
+// DevicePreparer runs device preparation (SPEC §5) through the device-preparation engine.
+type DevicePreparer interface {
+	// Check connects to the database as the application user and to the KV store.
+	Check(ctx context.Context) error
+	Prepare(ctx context.Context, req DevicePrepRequest) (map[string]int64, error)
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/moduletest"
+)
+
+const pkg = "flightctl.dr/modules/flightctl_archive_verify"
+
+func TestSidecarDocsMatchOptions(t *testing.T) {
+	moduletest.CheckSidecar(t, "flightctl_archive_verify", &Options{})
+}
+
+// writeArchive makes a small archive with the real writer.
+func writeArchive(t *testing.T, version string) *archive.Result {
+	t.Helper()
+	dir := t.TempDir()
+	w, err := archive.NewWriter(context.Background(), archive.WriterOptions{Dir: dir})
+	require.NoError(t, err)
+	now := time.Now()
+	require.NoError(t, w.AddDir("pki", 0o700, now))
+	body := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	require.NoError(t, w.AddFile("pki/ca.crt", 0o644, now, int64(len(body)), strings.NewReader(body)))
+	require.NoError(t, w.AddDir("db", 0o755, now))
+	_, err = w.AddStream("db/dump.sql", 0o600, now, strings.NewReader("SELECT 1;\n"))
+	require.NoError(t, err)
+	res, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: version, DeploymentType: "podman", DatabaseIncluded: true})
+	require.NoError(t, err)
+	return res
+}
+
+func TestVerifyGoodArchive(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	res := writeArchive(t, "v1.4.0")
+	for _, check := range []bool{false, true} {
+		r := moduletest.Run(t, bin, map[string]any{"path": res.Path, "expected_version": "v1.4.0", "_ansible_check_mode": check})
+		require.Nil(t, r.Out["failed"], r.Out["msg"])
+		require.Equal(t, false, r.Out["changed"], "verify never changes anything")
+		require.Equal(t, res.SHA256, r.Out["sha256"])
+		require.Equal(t, float64(res.Size), r.Out["size"])
+		require.Equal(t, true, r.Out["checksum_verified"])
+		require.Equal(t, map[string]any{"db": true, "pki": true, "encryption": false, "config": false, "volumes": false}, r.Out["components"])
+		require.Equal(t, "v1.4.0", r.Out["metadata"].(map[string]any)["version"])
+		require.NotEmpty(t, r.Out["entries"])
+	}
+	// sha256sum agrees with our checksum file.
+	cmd := exec.Command("sha256sum", "-c", filepath.Base(res.ChecksumPath))
+	cmd.Dir = filepath.Dir(res.Path)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), ": OK")
+}
+
+func TestVerifyRefusesBadArchives(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	res := writeArchive(t, "v1.4.0")
+
+	r := moduletest.Run(t, bin, map[string]any{"path": res.Path, "expected_version": "v1.5.0"})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "v1.5.0")
+
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path, "expected_deployment_type": "kubernetes"})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "deployment type mismatch")
+
+	// A flipped byte.
+	data, err := os.ReadFile(res.Path)
+	require.NoError(t, err)
+	data[len(data)/2] ^= 0xff
+	require.NoError(t, os.WriteFile(res.Path, data, 0o600))
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "checksum")
+
+	// No checksum file: refused by default, structure still checked when allowed.
+	require.NoError(t, os.Remove(res.ChecksumPath))
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path})
+	require.Equal(t, true, r.Out["failed"])
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path, "require_checksum": "no"})
+	require.Equal(t, true, r.Out["failed"], "the flipped byte breaks the structure or the manifest")
+
+	r = moduletest.Run(t, bin, map[string]any{"path": filepath.Join(t.TempDir(), "missing.tar.gz")})
+	require.Equal(t, true, r.Out["failed"])
+}
+
+func TestVerifyParameterErrors(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	r := moduletest.Run(t, bin, map[string]any{})
+	require.Equal(t, true, r.Out["failed"])
+	require.Equal(t, "missing required arguments: path", r.Out["msg"])
+
+	r = moduletest.Run(t, bin, map[string]any{"path": "x", "checksum": "y"})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "Unsupported parameters: checksum")
+	require.Contains(t, r.Out["msg"], "checksum_file")
+
+	r = moduletest.Run(t, bin, map[string]any{"path": "x", "require_checksum": "perhaps"})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "require_checksum")
+
+	r = moduletest.Run(t, bin, map[string]any{"path": "x", "expected_deployment_type": "docker"})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "value of expected_deployment_type must be one of: podman, kubernetes")
+}
+
+func TestCLIHumanOutput(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	res := writeArchive(t, "v1.4.0")
+	out, err := exec.Command(bin, res.Path).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	require.Contains(t, string(out), "is intact")
+	require.Contains(t, string(out), "version:    v1.4.0")
+	out, err = exec.Command(bin, "version").CombinedOutput()
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(string(out), "flightctl_archive_verify version "))
+}
