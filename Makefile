@@ -17,6 +17,9 @@ build:
 	@for m in $(MODULES); do \
 	  if [ -d modules/$$m ]; then $(GOBUILD) -o bin/$$m ./modules/$$m || exit 1; fi; \
 	done
+	@# Upstream's command names: the same binaries accept upstream's flags under them.
+	@[ ! -e bin/flightctl_backup ] || ln -sf flightctl_backup bin/flightctl-backup
+	@[ ! -e bin/flightctl_restore ] || ln -sf flightctl_restore bin/flightctl-restore
 	@ls -l bin/
 
 ## deps: install what a fresh Debian 12 machine lacks
