@@ -68,14 +68,10 @@ func (m *Masker) Mask(s string) string {
 	return s
 }
 
-// MaskOutput returns out with every string (keys and values, at any depth) masked.
+// MaskOutput returns out with every string (keys and values, at any depth) masked. The
+// result is plain JSON values (maps, slices, strings, float64, bool), whatever structs the
+// module returned, so the CLI and Ansible see the same object.
 func (m *Masker) MaskOutput(out Output) Output {
-	m.mu.Lock()
-	n := len(m.secrets)
-	m.mu.Unlock()
-	if n == 0 {
-		return out
-	}
 	// A JSON round trip turns structs from the module into maps we can walk.
 	b, err := json.Marshal(out)
 	if err != nil {
