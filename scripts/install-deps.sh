@@ -9,7 +9,7 @@ packages=(
   redis-server redis-tools
   ansible ansible-lint yamllint
   python3-psycopg2 python3-redis python3-voluptuous python3-pycodestyle shellcheck
-  podman runc busybox-static uidmap
+  podman runc catatonit busybox-static uidmap
   dbus-user-session systemd
   openssl jq
 )

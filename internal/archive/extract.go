@@ -121,6 +121,7 @@ type extractSink struct {
 	root     *os.Root
 	top      map[string]bool // top-level names created, for cleanup
 	dirTimes []dirTime
+	open     *os.File // file being written
 }
 
 type dirTime struct {
@@ -173,7 +174,9 @@ func (x *extractSink) file(name string, hdr *tar.Header) (io.Writer, func() erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("extract archive entry %q: %w", name, err)
 	}
+	x.open = out
 	finish := func() error {
+		x.open = nil
 		err := out.Chmod(fs.FileMode(hdr.Mode).Perm())
 		if cerr := out.Close(); err == nil {
 			err = cerr
@@ -186,7 +189,7 @@ func (x *extractSink) file(name string, hdr *tar.Header) (io.Writer, func() erro
 		}
 		return nil
 	}
-	return &closeOnError{f: out}, finish, nil
+	return out, finish, nil
 }
 
 // applyDirTimes sets directory mtimes last, after their content is written.
@@ -204,19 +207,11 @@ func (x *extractSink) applyDirTimes() error {
 }
 
 func (x *extractSink) cleanup() {
+	if x.open != nil {
+		x.open.Close()
+		x.open = nil
+	}
 	for top := range x.top {
 		_ = x.root.RemoveAll(top)
 	}
-}
-
-// closeOnError closes the file when a write fails, so an aborted extraction
-// leaves no open descriptor.
-type closeOnError struct{ f *os.File }
-
-func (c *closeOnError) Write(p []byte) (int, error) {
-	n, err := c.f.Write(p)
-	if err != nil {
-		c.f.Close()
-	}
-	return n, err
 }

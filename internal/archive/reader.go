@@ -108,6 +108,9 @@ func typeName(flag byte) string {
 // scan reads the whole gzip+tar stream from compressed.
 func (s *scanner) scan(ctx context.Context, compressed io.Reader) error {
 	gz, err := newDecompressor(compressed)
+	if err == io.EOF {
+		return &IntegrityError{Kind: KindStructure, Detail: "the archive is empty: an interrupted copy or backup? do not restore from it"}
+	}
 	if err != nil {
 		return classifyReadError("", err)
 	}

@@ -155,9 +155,18 @@ func randomName(prefix, suffix string) string {
 	return prefix + hex.EncodeToString(b[:]) + suffix
 }
 
-// begin takes the lock for one operation; the caller must call w.mu.Unlock.
+// begin takes the lock for one operation; on success the caller must call
+// w.mu.Unlock, on error the lock is released.
 func (w *Writer) begin() error {
 	w.mu.Lock()
+	if err := w.usable(); err != nil {
+		w.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
+func (w *Writer) usable() error {
 	switch {
 	case w.state == stateCommitted:
 		return errors.New("archive writer: already committed")

@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
-	sddbus "github.com/coreos/go-systemd/v22/dbus"
-	godbus "github.com/godbus/dbus/v5"
-
+	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/units"
 )
 
 // AutoDetect asks DetectType to find the deployment type from the host.
@@ -102,72 +100,24 @@ func isFile(p string) bool {
 // overrides the bus, DBUS_*_BUS_ADDRESS form) and returns a UnitActiveFunc and the
 // function that closes the connection.
 func SystemdUnitActive(ctx context.Context, scope, busAddress string) (UnitActiveFunc, func(), error) {
-	conn, err := connectSystemd(ctx, scope, busAddress)
+	sc, err := units.ParseScope(scope)
+	if err != nil {
+		return nil, func() {}, err
+	}
+	m, err := units.Connect(ctx, units.ConnectOptions{Scope: sc, BusAddress: busAddress})
 	if err != nil {
 		return nil, func() {}, err
 	}
 	active := func(ctx context.Context, unit string) (bool, error) {
-		state, err := conn.activeState(ctx, unit)
+		st, err := m.State(ctx, unit)
 		if err != nil {
-			return false, err
+			return false, fmt.Errorf("ask systemd about %s: %w", unit, err)
 		}
-		// "activating" and "reloading" count as running: the server is there.
-		return state == "active" || state == "reloading" || state == "activating", nil
+		// "activating" counts too: the server is there, starting.
+		return st.Active() || st.ActiveState == "activating", nil
 	}
-	return active, conn.close, nil
+	return active, m.Close, nil
 }
-
-// systemdConn is the small part of a go-systemd connection detection needs.
-type systemdConn struct{ c *sddbus.Conn }
-
-func connectSystemd(ctx context.Context, scope, busAddress string) (*systemdConn, error) {
-	var (
-		c   *sddbus.Conn
-		err error
-	)
-	switch {
-	case busAddress != "":
-		private := strings.HasSuffix(busAddress, "/systemd/private")
-		c, err = sddbus.NewConnection(func() (*godbus.Conn, error) {
-			conn, err := godbus.Dial(busAddress, godbus.WithContext(ctx))
-			if err != nil {
-				return nil, err
-			}
-			if err := conn.Auth([]godbus.Auth{godbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
-				conn.Close()
-				return nil, err
-			}
-			if !private {
-				if err := conn.Hello(); err != nil {
-					conn.Close()
-					return nil, err
-				}
-			}
-			return conn, nil
-		})
-	case scope == "user":
-		c, err = sddbus.NewUserConnectionContext(ctx)
-	case scope == "" || scope == "system":
-		c, err = sddbus.NewSystemConnectionContext(ctx)
-	default:
-		return nil, fmt.Errorf("systemd scope %q is not valid: use system or user", scope)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("connect to the %s systemd manager over D-Bus: %w", orDefault(scope, "system"), err)
-	}
-	return &systemdConn{c: c}, nil
-}
-
-func (s *systemdConn) activeState(ctx context.Context, unit string) (string, error) {
-	p, err := s.c.GetUnitPropertyContext(ctx, unit, "ActiveState")
-	if err != nil {
-		return "", fmt.Errorf("ask systemd about %s: %w", unit, err)
-	}
-	v, _ := p.Value.Value().(string)
-	return v, nil
-}
-
-func (s *systemdConn) close() { s.c.Close() }
 
 func orDefault(s, def string) string {
 	if s == "" {
@@ -209,17 +159,13 @@ func DiscoverServerVersion(ctx context.Context, opts VersionOptions) (string, er
 	var tried []string
 	if opts.Runner != nil {
 		container := orDefault(opts.APIContainer, DefaultAPIContainer)
-		out, err := runner.Output(ctx, opts.Runner, runner.Cmd{Name: "podman", Args: []string{"container", "inspect", "--format", "{{.ImageName}}", container}})
+		tag, err := (&podman.Client{Runner: opts.Runner, Logger: logger}).ContainerImageTag(ctx, container)
 		if err == nil {
-			if tag := imageTag(strings.TrimSpace(string(out))); tag != "" && tag != "latest" {
-				logger.Debug("server version from the API container's image", "container", container, "version", tag)
-				return tag, nil
-			}
-			tried = append(tried, fmt.Sprintf("the image of container %s has no release tag (%q)", container, strings.TrimSpace(string(out))))
-		} else {
-			tried = append(tried, fmt.Sprintf("container %s: %s", container, firstLine(err.Error())))
+			logger.Debug("server version from the API container's image", "container", container, "version", tag)
+			return tag, nil
 		}
-		out, err = runner.Output(ctx, opts.Runner, runner.Cmd{Name: "rpm", Args: []string{"-q", "--queryformat", "%{VERSION}", ServicesPackage}})
+		tried = append(tried, firstLine(err.Error()))
+		out, err := runner.Output(ctx, opts.Runner, runner.Cmd{Name: "rpm", Args: []string{"-q", "--queryformat", "%{VERSION}", ServicesPackage}})
 		if v := strings.TrimSpace(string(out)); err == nil && v != "" && !strings.Contains(v, "not installed") {
 			logger.Debug("server version from the installed package", "package", ServicesPackage, "version", v)
 			return v, nil
@@ -236,17 +182,6 @@ func DiscoverServerVersion(ctx context.Context, opts VersionOptions) (string, er
 		tried = append(tried, fmt.Sprintf("version file %s is missing or empty", opts.VersionFile))
 	}
 	return "", fmt.Errorf("cannot find the Flight Control server version (%s): set server_version to the release this server runs, e.g. the tag of its flightctl-api image", strings.Join(tried, "; "))
-}
-
-// imageTag returns the tag of an image reference ("" when it has none); a digest is ignored.
-func imageTag(ref string) string {
-	ref, _, _ = strings.Cut(ref, "@")
-	slash := strings.LastIndex(ref, "/")
-	colon := strings.LastIndex(ref, ":")
-	if colon <= slash {
-		return ""
-	}
-	return ref[colon+1:]
 }
 
 func firstLine(s string) string {

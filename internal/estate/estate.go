@@ -77,6 +77,13 @@ type PodmanConfig struct {
 	// SystemdBusAddress overrides the D-Bus address (DBUS_SESSION_BUS_ADDRESS form).
 	SystemdBusAddress string
 	Units             []string
+
+	// DBPasswordSecret names the Podman secret read when DBPassword is empty; "" is
+	// SecretDBUserPassword.
+	DBPasswordSecret string
+	// APIContainer is the container whose image tag gives the server version; "" is
+	// flightctl-api.
+	APIContainer string
 }
 
 // DefaultPodmanConfig returns upstream's paths and names.

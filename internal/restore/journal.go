@@ -172,3 +172,8 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// ReadJournal returns the journal kept in stateDir, or nil when there is none.
+func ReadJournal(stateDir string) (*Journal, error) {
+	return newJournalStore(stateDir).load()
+}

@@ -122,5 +122,6 @@ type DevicePrepRequest struct {
 type DevicePreparer interface {
 	// Check connects to the database as the application user and to the KV store.
 	Check(ctx context.Context) error
-	Prepare(ctx context.Context, req DevicePrepRequest) (map[string]int64, error)
+	// Prepare returns the engine's counts (a JSON-able value) and whether anything changed.
+	Prepare(ctx context.Context, req DevicePrepRequest) (counts any, changed bool, err error)
 }

@@ -32,10 +32,15 @@ const SystemdBinary = "/lib/systemd/systemd"
 // and moves every process of the machine (PID 1 included) into its init.scope. Moving the
 // launcher first confines systemd, and everything it starts, to the new child cgroups.
 //
+// Before leaving the caller's mount namespace it starts a keeper process that stays in it,
+// so that units can run commands there (nsenter --mount=/proc/<keeper>/ns/mnt): podman
+// must mount container root filesystems where the rest of the machine sees them.
+//
 // $1 cgroup name, $2 file that receives the created cgroup directories (one per line),
-// $3 the systemd binary. Runs under /bin/sh; the move concerns this shell only.
+// $3 the systemd binary, $4 file that receives the keeper's PID. Runs under /bin/sh; the
+// move concerns this shell only.
 const systemdLauncher = `set -eu
-name="$1"; record="$2"; systemd="$3"
+name="$1"; record="$2"; systemd="$3"; keeper="$4"
 self=$$
 : > "$record"
 cgroups=$(cat /proc/$self/cgroup)
@@ -68,6 +73,8 @@ while IFS=: read -r id ctrl path; do
     *) echo "launcher: still in cgroup $ctrl:$path after the move; not starting systemd" >&2; exit 1 ;;
   esac
 done < /proc/$self/cgroup
+sleep infinity </dev/null >/dev/null 2>&1 &
+echo $! > "$keeper"
 exec unshare --mount --propagation private /bin/sh -c '
   set -eu
   while IFS=: read -r id ctrl path; do
@@ -115,6 +122,8 @@ type Systemd struct {
 	CgroupName string   `json:"cgroup_name"`
 	CgroupDirs []string `json:"cgroup_dirs"`
 	LogFile    string   `json:"log_file"`
+	// HostNamespacePID is a process kept in the caller's mount namespace (see HostCommand).
+	HostNamespacePID int `json:"host_namespace_pid"`
 	// OwnRuntimeDir is set when RuntimeDir lies outside Dir and Stop must remove it.
 	OwnRuntimeDir bool `json:"own_runtime_dir"`
 
@@ -173,6 +182,8 @@ func StartSystemd(ctx context.Context, opts SystemdOptions) (*Systemd, error) {
 	s.BusAddress = "unix:path=" + filepath.Join(s.RuntimeDir, "bus")
 	s.PrivateAddress = "unix:path=" + filepath.Join(s.RuntimeDir, "systemd", "private")
 
+	removeStaleCgroups(logger)
+
 	pid1Before, err1 := os.ReadFile("/proc/1/cgroup")
 	selfBefore, err2 := os.ReadFile("/proc/self/cgroup")
 	if err := errors.Join(err1, err2); err != nil {
@@ -185,7 +196,8 @@ func StartSystemd(ctx context.Context, opts SystemdOptions) (*Systemd, error) {
 	}
 	defer logFile.Close()
 	record := filepath.Join(dir, "cgroups")
-	cmd := exec.Command("/bin/sh", "-c", systemdLauncher, "launcher", s.CgroupName, record, SystemdBinary)
+	keeperFile := filepath.Join(dir, "keeper.pid")
+	cmd := exec.Command("/bin/sh", "-c", systemdLauncher, "launcher", s.CgroupName, record, SystemdBinary, keeperFile)
 	cmd.Env = append([]string{
 		"PATH=" + envOr("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
 		"HOME=" + envOr("HOME", "/root"),
@@ -218,6 +230,9 @@ func StartSystemd(ctx context.Context, opts SystemdOptions) (*Systemd, error) {
 	}
 	s.readCgroupRecord()
 	if err := s.checkConfined(); err != nil {
+		return fail(err)
+	}
+	if err := s.readKeeper(keeperFile); err != nil {
 		return fail(err)
 	}
 	pid1After, _ := os.ReadFile("/proc/1/cgroup")
@@ -274,6 +289,35 @@ func (s *Systemd) checkConfined() error {
 		}
 	}
 	return nil
+}
+
+// readKeeper reads the keeper's PID and checks that it shares the caller's mount namespace.
+func (s *Systemd) readKeeper(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read keeper pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("read keeper pid: %w", err)
+	}
+	own, err1 := os.Readlink("/proc/self/ns/mnt")
+	its, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("keeper mount namespace: %w", err)
+	}
+	if own != its {
+		return fmt.Errorf("keeper is in mount namespace %s, not the caller's %s", its, own)
+	}
+	s.HostNamespacePID = pid
+	return nil
+}
+
+// HostCommand returns an ExecStart= command line that runs args in the caller's mount
+// namespace instead of the manager's private one. Arguments are not quoted: keep them
+// free of spaces.
+func (s *Systemd) HostCommand(args ...string) string {
+	return fmt.Sprintf("/usr/bin/nsenter --mount=/proc/%d/ns/mnt -- %s", s.HostNamespacePID, strings.Join(args, " "))
 }
 
 func (s *Systemd) readCgroupRecord() {
@@ -422,6 +466,36 @@ func (s *Systemd) waitExit(limit time.Duration) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return s.exited()
+}
+
+// removeStaleCgroups removes cgroups left by managers that were never stopped (their
+// test binary was killed): trees named flightctl-dr-systemd-* beside where ours will be,
+// older than two minutes and holding no process. Best effort.
+func removeStaleCgroups(logger *slog.Logger) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		base := "/sys/fs/cgroup/" + strings.TrimPrefix(parts[1], "name=")
+		if parts[1] == "" {
+			base = "/sys/fs/cgroup/unified"
+		}
+		matches, _ := filepath.Glob(filepath.Join(base+parts[2], "flightctl-dr-systemd-*"))
+		for _, dir := range matches {
+			fi, err := os.Stat(dir)
+			if err != nil || time.Since(fi.ModTime()) < 2*time.Minute || len(cgroupPIDs(dir)) > 0 {
+				continue
+			}
+			if err := removeCgroupTree(dir); err == nil {
+				logger.Info("removed a stale cgroup", "dir", dir)
+			}
+		}
+	}
 }
 
 // cgroupPIDs lists the processes in a cgroup directory and all its descendants.

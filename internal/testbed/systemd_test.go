@@ -59,6 +59,19 @@ func TestSystemdStartsConfinedAndStopsClean(t *testing.T) {
 	require.Greater(t, unitPID, 0)
 	assert.Contains(t, readFile(t, "/proc/"+strconv.Itoa(unitPID)+"/cgroup"), "/"+s.CgroupName+"/")
 
+	// A unit can run a command in the caller's mount namespace.
+	nsFile := filepath.Join(dir, "ns.out")
+	require.NoError(t, s.WriteUnit("host-ns.service", "[Service]\nType=oneshot\nExecStart="+s.HostCommand("/usr/bin/readlink", "/proc/self/ns/mnt")+"\nStandardOutput=append:"+nsFile+"\n"))
+	require.NoError(t, s.DaemonReload(ctx))
+	_, err = s.Systemctl(ctx, "start", "host-ns.service")
+	require.NoError(t, err)
+	ownNS, err := os.Readlink("/proc/self/ns/mnt")
+	require.NoError(t, err)
+	assert.Equal(t, ownNS, strings.TrimSpace(readFile(t, nsFile)))
+	sdNS, err := os.Readlink("/proc/" + strconv.Itoa(s.PID) + "/ns/mnt")
+	require.NoError(t, err)
+	assert.NotEqual(t, ownNS, sdNS, "the manager has its own mount namespace")
+
 	// Another process attaches through the state file.
 	attached, err := AttachSystemd(dir, nil)
 	require.NoError(t, err)
@@ -69,6 +82,7 @@ func TestSystemdStartsConfinedAndStopsClean(t *testing.T) {
 	stopped = true
 	assert.False(t, pidAlive(s.PID), "systemd must be gone")
 	assert.False(t, pidAlive(unitPID), "the unit's process must be gone")
+	assert.False(t, pidAlive(s.HostNamespacePID), "the keeper must be gone")
 	for _, d := range s.CgroupDirs {
 		assert.NoDirExists(t, d)
 	}
@@ -90,6 +104,9 @@ func TestSystemdTwoManagersCoexist(t *testing.T) {
 
 func TestSystemdLongDirGetsShortRuntimeDir(t *testing.T) {
 	Need(t, SystemdBinary, "unshare", "systemctl")
+	if os.Geteuid() != 0 {
+		Unavailable(t, "needs root")
+	}
 	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 90))
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -106,4 +123,19 @@ func readFile(t *testing.T, p string) string {
 	b, err := os.ReadFile(p)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// BenchmarkSystemdStartStop measures a whole manager life: safe launch until running,
+// then exit and cgroup removal.
+func BenchmarkSystemdStartStop(b *testing.B) {
+	Need(b, SystemdBinary, "unshare", "systemctl")
+	for i := 0; i < b.N; i++ {
+		s, err := StartSystemd(context.Background(), SystemdOptions{Dir: b.TempDir()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Stop(); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

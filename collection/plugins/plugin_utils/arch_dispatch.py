@@ -1,0 +1,104 @@
+# Copyright: (c) 2026, flightctl.dr contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Runs the build of a binary module that matches the target's architecture.
+
+The collection ships its Go modules as one static binary per architecture,
+``plugins/modules/flightctl_dr_linux_amd64`` and ``plugins/modules/flightctl_dr_linux_arm64``
+(four separate binaries per architecture would not fit Galaxy's 20 MB limit). A task names
+a module (``flightctl.dr.flightctl_backup``); the action plugin of that name subclasses
+``ArchDispatchAction``, asks the target (the delegated host when there is one) what it is,
+and executes the matching binary with the task's arguments unchanged and
+``_ansible_module_name`` set to the module the task named, which the binary runs.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.action import ActionBase
+
+COLLECTION = "flightctl.dr"
+BINARY = "flightctl_dr_linux_%s"
+
+# uname -m (and the architecture fact) spellings, mapped to Go's GOARCH.
+GOARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+}
+
+# A task variable that forces the architecture, for targets that cannot run uname.
+ARCH_OVERRIDE_VAR = "flightctl_dr_target_arch"
+
+
+def goarch_for(machine):
+    """Maps a machine name as uname -m prints it to a GOARCH the collection ships, or None."""
+    return GOARCH.get(to_text(machine).strip().lower())
+
+
+class ArchDispatchAction(ActionBase):
+    """Base of the per-module action plugins; subclasses set ``module_base``."""
+
+    module_base = None
+    _supports_check_mode = True
+    _supports_async = False
+
+    def _target_goarch(self, task_vars):
+        override = task_vars.get(ARCH_OVERRIDE_VAR)
+        if override:
+            arch = goarch_for(override)
+            if arch is None:
+                raise AnsibleActionFail("%s=%s is not an architecture this collection ships (amd64, arm64)"
+                                        % (ARCH_OVERRIDE_VAR, override))
+            return arch
+
+        # Gathered facts describe the inventory host; a delegated task runs elsewhere,
+        # so only trust them when the task is not delegated.
+        if not self._task.delegate_to:
+            facts = task_vars.get("ansible_facts") or {}
+            system = facts.get("system")
+            machine = facts.get("architecture")
+            if machine and system in (None, "Linux"):
+                arch = goarch_for(machine)
+                if arch is not None:
+                    return arch
+
+        res = self._low_level_execute_command("uname -sm", sudoable=False)
+        out = to_text(res.get("stdout", "")).strip()
+        if res.get("rc") != 0 or not out:
+            raise AnsibleActionFail("cannot tell the target's architecture: 'uname -sm' failed (rc=%s): %s"
+                                    % (res.get("rc"), to_text(res.get("stderr", "")).strip()))
+        parts = out.split()
+        system, machine = parts[0], parts[-1]
+        if system != "Linux":
+            raise AnsibleActionFail("%s.%s runs on Linux targets only; this target is %s"
+                                    % (COLLECTION, self.module_base, out))
+        arch = goarch_for(machine)
+        if arch is None:
+            raise AnsibleActionFail("%s.%s is built for x86_64 and aarch64 only; this target is %s"
+                                    % (COLLECTION, self.module_base, machine))
+        return arch
+
+    def _update_module_args(self, module_name, module_args, task_vars):
+        super(ArchDispatchAction, self)._update_module_args(module_name, module_args, task_vars)
+        # The binary holds every module and runs the one named here.
+        module_args["_ansible_module_name"] = "%s.%s" % (COLLECTION, self.module_base)
+
+    def run(self, tmp=None, task_vars=None):
+        if task_vars is None:
+            task_vars = {}
+        result = super(ArchDispatchAction, self).run(tmp, task_vars)
+        del tmp
+
+        arch = self._target_goarch(task_vars)
+        binary = "%s.%s" % (COLLECTION, BINARY % arch)
+        # _execute_module adds the _ansible_* keys to the dict it is given: hand it a copy.
+        module_args = dict(self._task.args)
+        try:
+            result.update(self._execute_module(module_name=binary, module_args=module_args, task_vars=task_vars))
+        finally:
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result

@@ -1,0 +1,402 @@
+// Package backup makes a full, upstream-compatible backup of a Flight Control server: the
+// estate (a Podman / systemd host) yields its sources, which are streamed straight into
+// one archive (SPEC §2). Nothing is staged on disk: the database dump is compressed while
+// pg_dump still runs, and the archive only gets its name once complete and synced.
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/version"
+)
+
+// Estate is an installation a backup reads from.
+type Estate interface {
+	Type() estate.Type
+	// Plan checks every precondition and reports what would be captured; it writes nothing.
+	Plan(ctx context.Context) (*estate.BackupPlan, error)
+	// WriteBackup streams the sources into sink following plan.
+	WriteBackup(ctx context.Context, sink estate.BackupSink, plan *estate.BackupPlan) (*estate.BackupOutcome, error)
+}
+
+// Options configure a backup.
+type Options struct {
+	// DeploymentType is "auto" (or ""), "podman" or "kubernetes".
+	DeploymentType string
+	// Podman locates the state of a Podman host; zero fields take upstream's defaults.
+	Podman estate.PodmanConfig
+	// ServerVersion is recorded in metadata.json; "" discovers it from the host.
+	ServerVersion string
+	// OutputDir receives the archive and its .sha256; created (0755) when missing.
+	OutputDir string
+	// CompressionLevel 1..9, 0 for gzip's default; Concurrency 0 for every CPU.
+	CompressionLevel int
+	Concurrency      int
+
+	Runner runner.Runner
+	Logger *slog.Logger
+	// Now gives the archive's time (default time.Now).
+	Now func() time.Time
+	// UnitActive answers deployment-type detection; nil asks systemd over D-Bus with
+	// Podman.SystemdScope and Podman.SystemdBusAddress.
+	UnitActive estate.UnitActiveFunc
+	// Getenv and HomeDir locate a kubeconfig during detection (nil: the process's).
+	Getenv  func(string) string
+	HomeDir func() (string, error)
+
+	// ignoreFreeSpace lets tests reach a full disk while writing.
+	ignoreFreeSpace bool
+}
+
+// Validate fills defaults and checks the options.
+func (o *Options) Validate() error {
+	if strings.TrimSpace(o.OutputDir) == "" {
+		return errors.New("output_dir is required: the directory that receives the archive")
+	}
+	switch strings.TrimSpace(o.DeploymentType) {
+	case "", estate.AutoDetect, string(estate.Podman), string(estate.Kubernetes):
+	default:
+		return fmt.Errorf("invalid deployment type %q: must be \"auto\", \"kubernetes\" or \"podman\"", o.DeploymentType)
+	}
+	if o.CompressionLevel < 0 || o.CompressionLevel > 9 {
+		return fmt.Errorf("compression level %d is out of range: use 1 (fastest) to 9 (smallest), or 0 for the default", o.CompressionLevel)
+	}
+	switch o.Podman.SystemdScope {
+	case "", "system", "user":
+	default:
+		return fmt.Errorf("systemd_scope %q is not valid: use system or user", o.Podman.SystemdScope)
+	}
+	o.Podman = withPodmanDefaults(o.Podman)
+	if o.Runner == nil {
+		o.Runner = runner.Exec{}
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return nil
+}
+
+// withPodmanDefaults fills empty fields with upstream's values. PAMVolume stays as given:
+// the caller that wants upstream's volume starts from estate.DefaultPodmanConfig.
+func withPodmanDefaults(c estate.PodmanConfig) estate.PodmanConfig {
+	d := estate.DefaultPodmanConfig()
+	set := func(dst *string, def string) {
+		if *dst == "" {
+			*dst = def
+		}
+	}
+	set(&c.PKIDir, d.PKIDir)
+	set(&c.EncryptionDir, d.EncryptionDir)
+	set(&c.ConfigFile, d.ConfigFile)
+	set(&c.DBContainer, d.DBContainer)
+	set(&c.KVContainer, d.KVContainer)
+	set(&c.DBHost, d.DBHost)
+	set(&c.DBUser, d.DBUser)
+	set(&c.SystemdScope, d.SystemdScope)
+	if c.DBAccess == "" {
+		c.DBAccess = d.DBAccess
+	}
+	if c.DBPort == 0 {
+		c.DBPort = d.DBPort
+	}
+	return c
+}
+
+func (o *Options) log() *slog.Logger {
+	if o.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return o.Logger
+}
+
+// Preview is what a backup would do, from Plan (check mode).
+type Preview struct {
+	DeploymentType estate.Type        `json:"deployment_type"`
+	ServerVersion  string             `json:"server_version"`
+	OutputDir      string             `json:"output_dir"`
+	OutputDirFresh bool               `json:"output_dir_created"`
+	FreeSpace      uint64             `json:"free_space"`
+	Estate         *estate.BackupPlan `json:"plan"`
+	Components     archive.Components `json:"components"`
+	Warnings       []string           `json:"warnings"`
+}
+
+// Result is a completed backup.
+type Result struct {
+	Archive      string                     `json:"archive"`
+	ChecksumFile string                     `json:"checksum_file"`
+	SHA256       string                     `json:"sha256"`
+	Size         int64                      `json:"size"`
+	Metadata     archive.Metadata           `json:"metadata"`
+	Components   archive.Components         `json:"components"`
+	Captured     []estate.CapturedComponent `json:"captured"`
+	Warnings     []string                   `json:"warnings"`
+	Duration     time.Duration              `json:"duration"`
+}
+
+// Plan checks every precondition of a backup and reports what would be captured,
+// writing nothing: the deployment type, the server version, the estate's sources and
+// credentials, the output directory's writability and its free space against the
+// estimated size.
+func Plan(ctx context.Context, opts Options) (*Preview, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	_, p, err := prepare(ctx, &opts)
+	return p, err
+}
+
+func prepare(ctx context.Context, opts *Options) (Estate, *Preview, error) {
+	log := opts.log()
+	typ, err := resolveType(ctx, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	log.Info("Deployment type: " + string(typ))
+	est, err := newEstate(typ, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	ver, err := estate.DiscoverServerVersion(ctx, estate.VersionOptions{Explicit: opts.ServerVersion, Runner: opts.Runner, APIContainer: opts.Podman.APIContainer, Logger: log})
+	if err != nil {
+		return nil, nil, err
+	}
+	outDir, fresh, free, err := checkOutputDir(opts.OutputDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	plan, err := est.Plan(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !opts.ignoreFreeSpace && uint64(plan.EstimatedSize) > free {
+		return nil, nil, fmt.Errorf("not enough free space in %s: %s free, up to %s needed (database size on disk plus files, before compression): free some space or choose another output_dir", outDir, humanBytes(free), humanBytes(uint64(plan.EstimatedSize)))
+	}
+	p := &Preview{
+		DeploymentType: typ,
+		ServerVersion:  ver,
+		OutputDir:      outDir,
+		OutputDirFresh: fresh,
+		FreeSpace:      free,
+		Estate:         plan,
+		Components:     planComponents(plan),
+		Warnings:       append([]string{}, plan.Warnings...),
+	}
+	return est, p, nil
+}
+
+func resolveType(ctx context.Context, opts *Options) (estate.Type, error) {
+	requested := strings.TrimSpace(opts.DeploymentType)
+	detect := estate.DetectOptions{Requested: requested, UnitActive: opts.UnitActive, Getenv: opts.Getenv, HomeDir: opts.HomeDir}
+	if (requested == "" || requested == estate.AutoDetect) && detect.UnitActive == nil {
+		active, closeConn, err := estate.SystemdUnitActive(ctx, opts.Podman.SystemdScope, opts.Podman.SystemdBusAddress)
+		if err != nil {
+			// No systemd to ask: detection falls back on the kubeconfig alone.
+			opts.log().Debug("systemd unreachable for detection", "err", err)
+			detect.UnitActive = func(context.Context, string) (bool, error) { return false, err }
+		} else {
+			defer closeConn()
+			detect.UnitActive = active
+		}
+	}
+	typ, err := estate.DetectType(ctx, detect)
+	if err != nil {
+		return "", fmt.Errorf("deployment type: %w", err)
+	}
+	return typ, nil
+}
+
+func newEstate(typ estate.Type, opts *Options) (Estate, error) {
+	switch typ {
+	case estate.Podman:
+		return &estate.PodmanBackup{Config: opts.Podman, Runner: opts.Runner, Logger: opts.Logger}, nil
+	case estate.Kubernetes:
+		return nil, errors.New("deployment type kubernetes is not supported yet by this module: run upstream's flightctl-backup in the cluster, or back up a Podman host")
+	}
+	return nil, fmt.Errorf("deployment type %q is not supported", typ)
+}
+
+// checkOutputDir returns the absolute output directory, whether it would be created, and
+// the free space where it is or would be. It writes nothing.
+func checkOutputDir(dir string) (string, bool, uint64, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", false, 0, fmt.Errorf("output directory %s: %w", dir, err)
+	}
+	existing, fresh := abs, false
+	for {
+		st, err := os.Stat(existing)
+		if err == nil {
+			if !st.IsDir() {
+				if existing == abs {
+					return "", false, 0, fmt.Errorf("output directory %s is not a directory: choose another output_dir", abs)
+				}
+				return "", false, 0, fmt.Errorf("output directory %s cannot be created: %s is not a directory", abs, existing)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", false, 0, fmt.Errorf("output directory %s: %w", abs, err)
+		}
+		fresh = true
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			break
+		}
+		existing = parent
+	}
+	// access(2) reports a read-only filesystem even to root, who ignores modes.
+	if err := syscall.Access(existing, 2 /* W_OK */); err != nil {
+		verb := "is not writable"
+		if fresh {
+			verb = "cannot be created (" + existing + " is not writable)"
+		}
+		return "", false, 0, fmt.Errorf("output directory %s %s: %w: choose a writable output_dir", abs, verb, err)
+	}
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(existing, &sfs); err != nil {
+		return "", false, 0, fmt.Errorf("output directory %s: free space: %w", abs, err)
+	}
+	return abs, fresh, sfs.Bavail * uint64(sfs.Bsize), nil
+}
+
+func planComponents(plan *estate.BackupPlan) archive.Components {
+	c := archive.Components{Database: plan.DatabaseIncluded}
+	for _, s := range plan.Sources {
+		switch s.Component {
+		case estate.ComponentPKI:
+			c.PKI = s.Present
+		case estate.ComponentEncryption:
+			c.Encryption = s.Present
+		case estate.ComponentConfig:
+			c.Config = s.Present
+		case estate.ComponentVolumes:
+			c.Volumes = s.Present
+		}
+	}
+	return c
+}
+
+// Run makes the backup. On any failure, or when ctx is cancelled, nothing is left in the
+// output directory: no partial archive, no checksum, no temporary file.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	log := opts.log()
+	log.Info("Starting Flight Control backup operation")
+	log.Info("Output directory: " + opts.OutputDir)
+	est, preview, err := prepare(ctx, &opts)
+	if err != nil {
+		return nil, err
+	}
+	log.Info(fmt.Sprintf("Starting backup workflow (deployment type: %s)", preview.DeploymentType))
+	if err := os.MkdirAll(preview.OutputDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create output directory %s: %w: choose a writable output_dir", preview.OutputDir, err)
+	}
+	w, err := archive.NewWriter(ctx, archive.WriterOptions{
+		Dir:              preview.OutputDir,
+		Now:              opts.Now,
+		CompressionLevel: opts.CompressionLevel,
+		Concurrency:      opts.Concurrency,
+		Logger:           opts.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	// Abort is a no-op after Commit; on any failure it drops the unnamed archive.
+	defer w.Abort()
+
+	outcome, err := est.WriteBackup(ctx, w, preview.Estate)
+	if err != nil {
+		return nil, withCancel(ctx, err)
+	}
+	meta := archive.Metadata{
+		Timestamp:        opts.Now().UTC(), // after collection, as upstream
+		Version:          preview.ServerVersion,
+		DeploymentType:   string(preview.DeploymentType),
+		DatabaseIncluded: outcome.DatabaseIncluded,
+		Producer:         "flightctl.dr " + version.Version,
+		Extra:            outcome.Extra,
+	}
+	res, err := w.Commit(meta)
+	if err != nil {
+		return nil, withCancel(ctx, fmt.Errorf("backup: %w", err))
+	}
+	log.Info("Archive created: " + res.Path)
+	log.Info("Checksum generated: " + res.ChecksumPath)
+	log.Info("Backup completed successfully")
+	log.Info("Archive: " + res.Path)
+	log.Info("Checksum: " + res.ChecksumPath)
+
+	comps := archive.Components{Database: outcome.DatabaseIncluded}
+	for _, c := range outcome.Components {
+		switch c.Component {
+		case estate.ComponentPKI:
+			comps.PKI = true
+		case estate.ComponentEncryption:
+			comps.Encryption = true
+		case estate.ComponentConfig:
+			comps.Config = true
+		case estate.ComponentVolumes:
+			comps.Volumes = true
+		}
+	}
+	return &Result{
+		Archive:      res.Path,
+		ChecksumFile: res.ChecksumPath,
+		SHA256:       res.SHA256,
+		Size:         res.Size,
+		Metadata:     res.Metadata,
+		Components:   comps,
+		Captured:     outcome.Components,
+		Warnings:     dedupe(append(preview.Warnings, outcome.Warnings...)),
+		Duration:     time.Since(start),
+	}, nil
+}
+
+// withCancel says plainly that the backup was interrupted when it was.
+func withCancel(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("backup interrupted, nothing was written: %w", err)
+	}
+	return err
+}
+
+func dedupe(list []string) []string {
+	seen := map[string]bool{}
+	out := []string{}
+	for _, s := range list {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

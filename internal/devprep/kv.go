@@ -1,0 +1,121 @@
+package devprep
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// device is one row of keyedDevicesSQL.
+type device struct{ org, name string }
+
+func (d device) key() string { return KeyFor(d.org, d.name) }
+
+// forEachDeviceBatch streams the devices that must have a key, in batches of size, so that
+// 100,000 devices never sit in memory at once.
+func forEachDeviceBatch(ctx context.Context, q querier, size int, fn func([]device) error) error {
+	rows, err := q.Query(ctx, keyedDevicesSQL)
+	if err != nil {
+		return fmt.Errorf("list devices awaiting reconnect: %w", err)
+	}
+	defer rows.Close()
+	batch := make([]device, 0, size)
+	for rows.Next() {
+		var d device
+		if err := rows.Scan(&d.org, &d.name); err != nil {
+			return fmt.Errorf("list devices awaiting reconnect: %w", err)
+		}
+		batch = append(batch, d)
+		if len(batch) == size {
+			if err := fn(batch); err != nil {
+				return err
+			}
+			batch = batch[:0]
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list devices awaiting reconnect: %w", err)
+	}
+	if len(batch) > 0 {
+		return fn(batch)
+	}
+	return nil
+}
+
+// writeKeys sets each device's key to "true" unless it exists (SETNX, no expiry), one
+// pipeline per batch. It returns how many keys it created.
+func writeKeys(ctx context.Context, q querier, opts *Options) (int, error) {
+	log := opts.logger()
+	written, sent := 0, 0
+	cmds := make([]*redis.BoolCmd, 0, opts.batchSize())
+	err := forEachDeviceBatch(ctx, q, opts.batchSize(), func(batch []device) error {
+		pipe := opts.KV.Pipeline()
+		cmds = cmds[:0]
+		for _, d := range batch {
+			cmds = append(cmds, pipe.SetNX(ctx, d.key(), "true", 0))
+		}
+		_, execErr := pipe.Exec(ctx)
+		for _, c := range cmds {
+			if c.Err() == nil && c.Val() {
+				written++
+			}
+		}
+		if execErr != nil {
+			return fmt.Errorf("write awaiting-reconnect keys (%d written, failed in a batch of %d after %d devices): %w",
+				written, len(batch), sent, describeKVError(execErr, opts.KV.Options().Addr))
+		}
+		sent += len(batch)
+		log.Debug("awaiting-reconnect keys written", "devices", sent, "created", written)
+		return nil
+	})
+	return written, err
+}
+
+// readBack reads each batch's keys with MGET and reports those not holding "true".
+func readBack(ctx context.Context, q querier, opts *Options, missing func(device)) (present int, err error) {
+	keys := make([]string, 0, opts.batchSize())
+	err = forEachDeviceBatch(ctx, q, opts.batchSize(), func(batch []device) error {
+		keys = keys[:0]
+		for _, d := range batch {
+			keys = append(keys, d.key())
+		}
+		vals, err := opts.KV.MGet(ctx, keys...).Result()
+		if err != nil {
+			return fmt.Errorf("read awaiting-reconnect keys back: %w", describeKVError(err, opts.KV.Options().Addr))
+		}
+		for i, v := range vals {
+			if s, ok := v.(string); ok && s == "true" {
+				present++
+			} else {
+				missing(batch[i])
+			}
+		}
+		return nil
+	})
+	return present, err
+}
+
+// checkKeys reads every key back after writing; any key not holding "true" is an error
+// naming its device.
+func checkKeys(ctx context.Context, q querier, opts *Options) (int, error) {
+	missing := &MissingKeysError{}
+	present, err := readBack(ctx, q, opts, func(d device) {
+		missing.Count++
+		if len(missing.Devices) < maxNamedDevices {
+			missing.Devices = append(missing.Devices, d.org+"/"+d.name)
+		}
+	})
+	if err != nil {
+		return present, err
+	}
+	if missing.Count > 0 {
+		return present, missing
+	}
+	return present, nil
+}
+
+// countPresentKeys counts the keys that already hold "true".
+func countPresentKeys(ctx context.Context, q querier, opts *Options) (int, error) {
+	return readBack(ctx, q, opts, func(device) {})
+}

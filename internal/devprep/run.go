@@ -1,0 +1,256 @@
+package devprep
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ErrNotFlightctlDatabase is returned when the database lacks the flightctl tables.
+var ErrNotFlightctlDatabase = errors.New("not a flightctl database")
+
+// MissingKeysError names devices whose awaiting-reconnect key is missing after writing.
+// Such a device would stay AwaitingReconnect for ever.
+type MissingKeysError struct {
+	Count int
+	// Devices holds up to maxNamedDevices "org/name" entries.
+	Devices []string
+}
+
+const maxNamedDevices = 20
+
+func (e *MissingKeysError) Error() string {
+	more := ""
+	if e.Count > len(e.Devices) {
+		more = fmt.Sprintf(" and %d more", e.Count-len(e.Devices))
+	}
+	return fmt.Sprintf("%d awaiting-reconnect keys missing or not \"true\" in the KV store after writing (devices %s%s): these devices would stay AwaitingReconnect; check the KV store's memory limit and eviction policy, then run device preparation again",
+		e.Count, strings.Join(e.Devices, ", "), more)
+}
+
+// querier is what both *pgx.Conn and pgx.Tx offer.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// verify checks, before anything changes, that the database is a flightctl database and
+// that both stores answer with the given credentials.
+func verify(ctx context.Context, opts *Options) error {
+	if err := opts.DB.Ping(ctx); err != nil {
+		return fmt.Errorf("device preparation: database: %w", describeDBError(err, opts.DB.Config().Host, int(opts.DB.Config().Port), opts.DB.Config().User))
+	}
+	var missing []string
+	rows, err := opts.DB.Query(ctx, missingTablesSQL, requiredTables)
+	if err == nil {
+		missing, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return fmt.Errorf("device preparation: inspect database schema: %w", err)
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("device preparation: database %q: %w (tables missing: %s): point db_name at the flightctl database, or restore it first",
+			opts.DB.Config().Database, ErrNotFlightctlDatabase, strings.Join(missing, ", "))
+	}
+	if opts.CreateEvent {
+		var ok bool
+		if err := opts.DB.QueryRow(ctx, defaultOrgExistsSQL, DefaultOrgID).Scan(&ok); err != nil {
+			return fmt.Errorf("device preparation: read organizations: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("device preparation: the default organization %s is missing, so the SystemRestored event has nowhere to go: the database looks incomplete; restore it again or turn event creation off", DefaultOrgID)
+		}
+	}
+	if err := opts.KV.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("device preparation: KV store: %w", describeKVError(err, opts.KV.Options().Addr))
+	}
+	return nil
+}
+
+// readCounts counts what the updates will touch, with the same predicates they use.
+func readCounts(ctx context.Context, q querier, c *Counts) (toUpdate, erToUpdate int, err error) {
+	var jsonDev, jsonER int
+	if err := q.QueryRow(ctx, deviceCountsSQL).Scan(&toUpdate, &c.DevicesAlreadyAwaiting, &c.DevicesSkippedDecommissioned, &c.DevicesDeleted, &jsonDev); err != nil {
+		return 0, 0, fmt.Errorf("count devices: %w", err)
+	}
+	if err := q.QueryRow(ctx, erCountsSQL).Scan(&erToUpdate, &c.EnrollmentRequestsAwaiting, &c.EnrollmentRequestsApproved, &jsonER); err != nil {
+		return 0, 0, fmt.Errorf("count enrollment requests: %w", err)
+	}
+	if err := q.QueryRow(ctx, organizationsCountSQL).Scan(&c.Organizations); err != nil {
+		return 0, 0, fmt.Errorf("count organizations: %w", err)
+	}
+	c.JSONRepaired = jsonDev + jsonER
+	c.KeysExpected = c.DevicesAlreadyAwaiting + toUpdate
+	return toUpdate, erToUpdate, nil
+}
+
+// Plan computes what Run would do, changing nothing: the counts, whether the event would
+// be created and the KV store flushed, and the state before and after.
+func Plan(ctx context.Context, opts Options) (*Result, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.logger()
+	if err := verify(ctx, &opts); err != nil {
+		return nil, err
+	}
+	tx, err := opts.DB.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: begin read-only transaction: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+
+	res := &Result{}
+	toUpdate, erToUpdate, err := readCounts(ctx, tx, &res.Counts)
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
+	res.DevicesUpdated = toUpdate
+	res.TimestampsCleared = toUpdate
+	res.EnrollmentRequestsUpdated = erToUpdate
+
+	eventRecorded := false
+	if opts.CreateEvent {
+		if opts.RestoreID != "" {
+			res.EventName = eventName(opts.RestoreID)
+			if err := tx.QueryRow(ctx, eventExistsSQL, DefaultOrgID, res.EventName).Scan(&eventRecorded); err != nil {
+				return nil, fmt.Errorf("device preparation: look for the restore's event: %w", err)
+			}
+			res.EventCreated = !eventRecorded
+		} else {
+			res.EventCreated = toUpdate > 0
+		}
+	}
+	res.KVFlushed = opts.FlushKV && (toUpdate > 0 || erToUpdate > 0 || res.EventCreated)
+
+	present, err := countPresentKeys(ctx, tx, &opts)
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
+	if res.KVFlushed {
+		res.KeysWritten = res.KeysExpected
+	} else {
+		res.KeysWritten = res.KeysExpected - present
+	}
+	res.Before = &State{
+		DevicesAwaitingReconnect:            res.DevicesAlreadyAwaiting,
+		DevicesToPrepare:                    toUpdate,
+		EnrollmentRequestsAwaitingReconnect: res.EnrollmentRequestsAwaiting,
+		EnrollmentRequestsToPrepare:         erToUpdate,
+		KeysPresent:                         present,
+		KeysMissing:                         res.KeysExpected - present,
+		EventRecorded:                       eventRecorded,
+	}
+	res.After = &State{
+		DevicesAwaitingReconnect:            res.DevicesAlreadyAwaiting + toUpdate,
+		EnrollmentRequestsAwaitingReconnect: res.EnrollmentRequestsAwaiting + erToUpdate,
+		KeysPresent:                         res.KeysExpected,
+		EventRecorded:                       eventRecorded || res.EventCreated,
+	}
+	res.setChanged()
+	log.Info("device preparation plan", "devices_to_update", toUpdate, "enrollment_requests_to_update", erToUpdate,
+		"keys_expected", res.KeysExpected, "keys_present", present, "kv_flush", res.KVFlushed, "event", res.EventCreated)
+	return res, nil
+}
+
+// Run prepares the devices. The database part commits in one transaction; the KV store is
+// flushed (when it should be) before that commit, and the keys are written and checked
+// after it. On error the returned Result (non-nil once the commit happened) says how far
+// it got; running again converges.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	log := opts.logger()
+	log.Debug("device preparation starting")
+	if err := verify(ctx, &opts); err != nil {
+		return nil, err
+	}
+	log.Debug("database and KV store verified")
+	res, err := runTransaction(ctx, &opts)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("database prepared", "devices_updated", res.DevicesUpdated, "timestamps_cleared", res.TimestampsCleared,
+		"enrollment_requests_updated", res.EnrollmentRequestsUpdated, "event_created", res.EventCreated, "kv_flushed", res.KVFlushed)
+
+	written, err := writeKeys(ctx, opts.DB, &opts)
+	res.KeysWritten = written
+	if err != nil {
+		res.setChanged()
+		return res, fmt.Errorf("device preparation: %w (the database part is committed; run device preparation again to finish the keys)", err)
+	}
+	verified, err := checkKeys(ctx, opts.DB, &opts)
+	res.KeysVerified = verified
+	res.setChanged()
+	if err != nil {
+		return res, fmt.Errorf("device preparation: %w", err)
+	}
+	log.Info(fmt.Sprintf("Post-restoration device preparation completed successfully. Updated %d devices, %d enrollment requests. Added %d awaiting reconnection keys across %d organizations.",
+		res.DevicesUpdated, res.EnrollmentRequestsUpdated, res.KeysWritten, res.Organizations),
+		"keys_verified", res.KeysVerified, "devices_already_awaiting", res.DevicesAlreadyAwaiting,
+		"devices_skipped_decommissioned", res.DevicesSkippedDecommissioned, "json_repaired", res.JSONRepaired)
+	return res, nil
+}
+
+// runTransaction updates devices, timestamps and enrollment requests and records the event
+// in one transaction, flushing the KV store just before the commit.
+func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
+	log := opts.logger()
+	tx, err := opts.DB.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: begin transaction: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+
+	res := &Result{}
+	if _, _, err := readCounts(ctx, tx, &res.Counts); err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
+	log.Debug("rows counted")
+	if err := tx.QueryRow(ctx, updateDevicesSQL).Scan(&res.DevicesUpdated, &res.TimestampsCleared); err != nil {
+		return nil, fmt.Errorf("device preparation: update devices: %w", err)
+	}
+	tag, err := tx.Exec(ctx, updateEnrollmentRequestsSQL)
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: update enrollment requests: %w", err)
+	}
+	res.EnrollmentRequestsUpdated = int(tag.RowsAffected())
+	log.Debug("rows updated")
+	if res.DevicesUpdated != res.TimestampsCleared {
+		log.Warn("some updated devices have no device_timestamps row", "devices_updated", res.DevicesUpdated, "timestamps_cleared", res.TimestampsCleared)
+	}
+
+	if opts.CreateEvent && (opts.RestoreID != "" || res.DevicesUpdated > 0) {
+		name := eventName(opts.RestoreID)
+		tag, err := tx.Exec(ctx, insertEventSQL, DefaultOrgID, name, EventMessage(res.DevicesUpdated))
+		if err != nil {
+			return nil, fmt.Errorf("device preparation: record the SystemRestored event: %w", err)
+		}
+		res.EventName = name
+		res.EventCreated = tag.RowsAffected() == 1
+	}
+
+	// The KV store is touched only now, so that a failure above leaves it as it was; and a
+	// KV failure here rolls the database back.
+	if opts.FlushKV && (res.DevicesUpdated > 0 || res.EnrollmentRequestsUpdated > 0 || res.EventCreated) {
+		log.Info("Clearing KV store after restoration")
+		if err := opts.KV.FlushAll(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("device preparation: clear the KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
+		}
+		res.KVFlushed = true
+	} else if err := opts.KV.Ping(ctx).Err(); err != nil {
+		return nil, fmt.Errorf("device preparation: KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
+	}
+	if err := tx.Commit(ctx); err != nil {
+		flushed := ""
+		if res.KVFlushed {
+			flushed = " (the KV store was already cleared)"
+		}
+		return nil, fmt.Errorf("device preparation: commit%s: %w: run device preparation again", flushed, err)
+	}
+	return res, nil
+}

@@ -1,0 +1,771 @@
+package estate
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"flightctl.dr/internal/podman"
+	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/serviceconfig"
+)
+
+// Archive entry names of a Podman backup (SPEC §2).
+const (
+	EntryDBDir        = "db"
+	EntryDBDump       = "db/dump.sql"
+	EntryPKIDir       = "pki"
+	EntryEncryptDir   = "encryption"
+	EntryConfigDir    = "config"
+	EntryConfigFile   = "config/service-config.yaml"
+	EntryVolumesDir   = "volumes"
+	EntryPAMVolumeTar = "volumes/pam-issuer-etc.tar"
+)
+
+// Component names reported by backups.
+const (
+	ComponentDatabase   = "db"
+	ComponentPKI        = "pki"
+	ComponentEncryption = "encryption"
+	ComponentConfig     = "config"
+	ComponentVolumes    = "volumes"
+)
+
+// ExternalDatabaseLog is upstream's log line for a skipped external database.
+const ExternalDatabaseLog = "External database detected - database backup skipped"
+
+// ExternalDatabaseGuidance tells the operator what the archive lacks.
+const ExternalDatabaseGuidance = "the service configuration declares an external database (db.type: external): this archive holds no database dump; back the database up with your database administrator's tools (pg_dump or a managed-service snapshot) at the same time as this backup, and keep both together"
+
+// defaultDBName is used when neither the options nor the service config name the database.
+const defaultDBName = "flightctl"
+
+// pamVolumeBufferLimit is how much of the PAM volume export is held in memory before
+// it is streamed: within it, a failing export is only a warning (as upstream); past it,
+// the archive is already being written and a failure fails the backup.
+const pamVolumeBufferLimit = 16 << 20
+
+// BackupSink receives a backup's entries; *archive.Writer implements it.
+type BackupSink interface {
+	AddDir(name string, mode fs.FileMode, mtime time.Time) error
+	AddFile(name string, mode fs.FileMode, mtime time.Time, size int64, r io.Reader) error
+	AddStream(name string, mode fs.FileMode, mtime time.Time, r io.Reader) (int64, error)
+	AddTree(prefix, srcDir string) (int, error)
+}
+
+// BackupPlan is what a backup would capture, established without writing anything.
+type BackupPlan struct {
+	DeploymentType   Type            `json:"deployment_type"`
+	DatabaseIncluded bool            `json:"database_included"`
+	Database         *DatabasePlan   `json:"database,omitempty"`
+	Sources          []PlannedSource `json:"sources"`
+	// EstimatedSize bounds the archive from above: database size on disk plus file sizes,
+	// before compression.
+	EstimatedSize int64    `json:"estimated_size"`
+	Warnings      []string `json:"warnings"`
+}
+
+// DatabasePlan describes the database dump of a backup.
+type DatabasePlan struct {
+	Access         DBAccess `json:"access"`
+	Container      string   `json:"container,omitempty"`
+	Host           string   `json:"host"`
+	Port           int      `json:"port"`
+	Name           string   `json:"name"`
+	User           string   `json:"user"`
+	PasswordSource string   `json:"password_source"`
+	// Size is pg_database_size: the database on disk, an upper bound of the dump.
+	Size          int64            `json:"size"`
+	ServerVersion string           `json:"server_version"`
+	PgDumpVersion string           `json:"pg_dump_version"`
+	Counts        map[string]int64 `json:"counts,omitempty"`
+}
+
+// PlannedSource is one file tree, file or volume a backup would capture.
+type PlannedSource struct {
+	Component   string `json:"component"`
+	Source      string `json:"source"`
+	ArchivePath string `json:"archive_path"`
+	Present     bool   `json:"present"`
+	Required    bool   `json:"required"`
+	Files       int    `json:"files"`
+	Size        int64  `json:"size"`
+}
+
+// CapturedComponent is one part of the server's state written into the archive.
+type CapturedComponent struct {
+	Component   string `json:"component"`
+	ArchivePath string `json:"archive_path"`
+	Source      string `json:"source"`
+	Files       int    `json:"files"`
+	Bytes       int64  `json:"bytes"`
+}
+
+// BackupOutcome is what WriteBackup put into the sink.
+type BackupOutcome struct {
+	DatabaseIncluded bool                `json:"database_included"`
+	Components       []CapturedComponent `json:"components"`
+	Warnings         []string            `json:"warnings"`
+	// Extra goes into metadata.json's extra map (pg_dump version, row counts, ...).
+	Extra map[string]string `json:"extra"`
+}
+
+// PodmanBackup gathers the state of a Podman / systemd host into a backup.
+type PodmanBackup struct {
+	Config PodmanConfig
+	Runner runner.Runner
+	Logger *slog.Logger
+
+	once     sync.Once
+	password string
+	pwSource string
+	pwErr    error
+}
+
+// Type is Podman.
+func (b *PodmanBackup) Type() Type { return Podman }
+
+func (b *PodmanBackup) log() *slog.Logger {
+	if b.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.Logger
+}
+
+// Validate checks the configuration before anything runs.
+func (b *PodmanBackup) Validate() error {
+	c := b.Config
+	if b.Runner == nil {
+		return errors.New("podman backup: no command runner")
+	}
+	switch c.DBAccess {
+	case DBAccessContainer:
+		if c.DBContainer == "" {
+			return errors.New("db_container is empty: name the database container (flightctl-db)")
+		}
+	case DBAccessDirect:
+	default:
+		return fmt.Errorf("db_access %q is not valid: use container or direct", c.DBAccess)
+	}
+	if c.DBHost == "" {
+		return errors.New("db_host is empty: set it (127.0.0.1 as upstream)")
+	}
+	if c.DBPort <= 0 || c.DBPort > 65535 {
+		return fmt.Errorf("db_port %d is not a TCP port", c.DBPort)
+	}
+	if c.DBUser == "" {
+		return errors.New("db_user is empty: set it (flightctl_app as upstream)")
+	}
+	if c.PKIDir == "" || c.ConfigFile == "" {
+		return errors.New("pki_dir and config_file must be set")
+	}
+	return nil
+}
+
+// Plan checks every precondition of a backup (service configuration readable and valid,
+// PKI and config present and readable, database reachable with the credentials, pg_dump
+// available) and reports what would be captured. It writes nothing.
+func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	c := b.Config
+	plan := &BackupPlan{DeploymentType: Podman, Warnings: []string{}}
+
+	// The service config is required, and says whether the database is external.
+	cfgSrc, err := planFile(ComponentConfig, c.ConfigFile, EntryConfigFile, true)
+	if err != nil {
+		return nil, fmt.Errorf("back up service configuration: %w", err)
+	}
+	svc, err := serviceconfig.Load(c.ConfigFile)
+	if err != nil {
+		return nil, err
+	}
+
+	pki, err := planTree(ComponentPKI, c.PKIDir, EntryPKIDir, true)
+	if err != nil {
+		return nil, fmt.Errorf("back up PKI: %w", err)
+	}
+	enc, err := planTree(ComponentEncryption, c.EncryptionDir, EntryEncryptDir, false)
+	if err != nil {
+		return nil, fmt.Errorf("back up encryption keys: %w", err)
+	}
+	if !enc.Present {
+		plan.Warnings = append(plan.Warnings, encryptionMissingWarning(c.EncryptionDir))
+	}
+	plan.Sources = append(plan.Sources, pki, enc, cfgSrc)
+
+	if c.PAMVolume != "" {
+		vol := PlannedSource{Component: ComponentVolumes, Source: "podman volume " + c.PAMVolume, ArchivePath: EntryPAMVolumeTar}
+		exists, err := b.podman().VolumeExists(ctx, c.PAMVolume)
+		switch {
+		case err != nil:
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("PAM Issuer volume %s will not be backed up (podman is unavailable: %s)", c.PAMVolume, firstLine(err.Error())))
+		case !exists:
+			plan.Warnings = append(plan.Warnings, fmt.Sprintf("PAM Issuer volume %s will not be backed up: it does not exist", c.PAMVolume))
+		default:
+			vol.Present = true
+		}
+		plan.Sources = append(plan.Sources, vol)
+	}
+
+	if svc.DB.IsExternal() {
+		plan.Warnings = append(plan.Warnings, ExternalDatabaseGuidance)
+	} else {
+		db, err := b.planDatabase(ctx, svc)
+		if err != nil {
+			return nil, err
+		}
+		plan.DatabaseIncluded = true
+		plan.Database = db
+		plan.EstimatedSize += db.Size
+	}
+	for _, s := range plan.Sources {
+		plan.EstimatedSize += s.Size
+	}
+	return plan, nil
+}
+
+func encryptionMissingWarning(dir string) string {
+	return fmt.Sprintf("Encryption key directory not found at %s — skipping. If this deployment uses data-at-rest encryption, encrypted database fields will be unrecoverable from this backup.", dir)
+}
+
+// planTree checks a directory tree: regular files and directories only, all readable.
+func planTree(component, dir, entry string, required bool) (PlannedSource, error) {
+	src := PlannedSource{Component: component, Source: dir, ArchivePath: entry + "/", Required: required}
+	if dir == "" {
+		if required {
+			return src, fmt.Errorf("no %s directory configured", component)
+		}
+		return src, nil
+	}
+	st, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if required {
+			return src, fmt.Errorf("%s directory not found: %s: point %s at the server's %s directory", treeLabel(component), dir, treeOption(component), treeLabel(component))
+		}
+		return src, nil
+	}
+	if err != nil {
+		return src, fmt.Errorf("%s directory %s: %w", treeLabel(component), dir, err)
+	}
+	if !st.IsDir() {
+		return src, fmt.Errorf("%s directory %s is not a directory (%s): point %s at a directory", treeLabel(component), dir, st.Mode().Type(), treeOption(component))
+	}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, walkErr error) error {
+		if walkErr != nil {
+			return fmt.Errorf("cannot read %s: %w", p, walkErr)
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			return fmt.Errorf("symlinks not supported in backup directory: %s (%s): replace it with the file it points to", rel, p)
+		case d.IsDir():
+			return nil
+		case !d.Type().IsRegular():
+			return fmt.Errorf("%s is not a regular file: only regular files and directories can be backed up", p)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return fmt.Errorf("cannot read %s: %w", p, err)
+		}
+		st, err := f.Stat()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("cannot read %s: %w", p, err)
+		}
+		src.Files++
+		src.Size += st.Size()
+		return nil
+	})
+	if err != nil {
+		return src, err
+	}
+	src.Present = true
+	return src, nil
+}
+
+func treeLabel(component string) string {
+	if component == ComponentPKI {
+		return "PKI"
+	}
+	return "Encryption key"
+}
+
+func treeOption(component string) string {
+	if component == ComponentPKI {
+		return "pki_dir"
+	}
+	return "encryption_dir"
+}
+
+// planFile checks a single regular file is there and readable.
+func planFile(component, path, entry string, required bool) (PlannedSource, error) {
+	src := PlannedSource{Component: component, Source: path, ArchivePath: entry, Required: required}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return src, fmt.Errorf("required service configuration file does not exist: %s: point config_file at the server's service-config.yaml", path)
+	}
+	if err != nil {
+		return src, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return src, fmt.Errorf("cannot read %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return src, fmt.Errorf("%s is not a regular file", path)
+	}
+	src.Present, src.Files, src.Size = true, 1, st.Size()
+	return src, nil
+}
+
+// dbName is the database to dump: the option, else db.name of the service config, else
+// flightctl.
+func (b *PodmanBackup) dbName(svc *serviceconfig.Config) string {
+	if b.Config.DBName != "" {
+		return b.Config.DBName
+	}
+	if svc != nil && svc.DB.Name != "" {
+		return svc.DB.Name
+	}
+	return defaultDBName
+}
+
+func (b *PodmanBackup) planDatabase(ctx context.Context, svc *serviceconfig.Config) (*DatabasePlan, error) {
+	c := b.Config
+	db := &DatabasePlan{Access: c.DBAccess, Host: c.DBHost, Port: c.DBPort, Name: b.dbName(svc), User: c.DBUser}
+	if c.DBAccess == DBAccessContainer {
+		db.Container = c.DBContainer
+	}
+	password, source, err := b.dbPassword(ctx)
+	if err != nil {
+		return nil, err
+	}
+	db.PasswordSource = source
+	cl := b.dbClient(db.Name, password)
+
+	ver, err := cl.pgDumpVersion(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("database: pg_dump is not usable %s: %w", cl.where(), err)
+	}
+	db.PgDumpVersion = ver
+	out, err := cl.query(ctx, "select pg_database_size(current_database()), current_setting('server_version')")
+	if err != nil {
+		return nil, fmt.Errorf("database: cannot connect %s: %w; check that the database runs and that db_user/db_password (or the podman secret %s) are right", cl.where(), err, orDefault(c.DBPasswordSecret, SecretDBUserPassword))
+	}
+	fields := strings.Split(strings.TrimSpace(out), "|")
+	if len(fields) != 2 {
+		return nil, fmt.Errorf("database: unexpected answer %q to the size query %s", strings.TrimSpace(out), cl.where())
+	}
+	if db.Size, err = strconv.ParseInt(fields[0], 10, 64); err != nil {
+		return nil, fmt.Errorf("database: unexpected size %q %s", fields[0], cl.where())
+	}
+	db.ServerVersion = fields[1]
+	// Row counts go into the metadata when the user may read the tables; they are a
+	// convenience, never a reason to fail.
+	out, err = cl.query(ctx, "select (select count(*) from devices), (select count(*) from fleets), (select count(*) from enrollment_requests)")
+	if err == nil {
+		if n := strings.Split(strings.TrimSpace(out), "|"); len(n) == 3 {
+			db.Counts = map[string]int64{}
+			for i, k := range []string{"devices", "fleets", "enrollment_requests"} {
+				if v, err := strconv.ParseInt(n[i], 10, 64); err == nil {
+					db.Counts[k] = v
+				}
+			}
+		}
+	} else {
+		b.log().Debug("row counts unavailable", "err", firstLine(err.Error()))
+	}
+	return db, nil
+}
+
+// WriteBackup streams the state into sink, following plan (from Plan). On error the
+// caller aborts the archive; nothing is ever staged on disk.
+func (b *PodmanBackup) WriteBackup(ctx context.Context, sink BackupSink, plan *BackupPlan) (*BackupOutcome, error) {
+	if plan == nil {
+		return nil, errors.New("podman backup: no plan: call Plan first")
+	}
+	c := b.Config
+	log := b.log()
+	out := &BackupOutcome{Warnings: []string{}, Extra: map[string]string{}}
+	now := time.Now()
+
+	if plan.DatabaseIncluded {
+		n, err := b.writeDump(ctx, sink, plan.Database, now)
+		if err != nil {
+			return nil, err
+		}
+		out.DatabaseIncluded = true
+		out.Components = append(out.Components, CapturedComponent{Component: ComponentDatabase, ArchivePath: EntryDBDump, Source: plan.Database.describe(), Files: 1, Bytes: n})
+		out.Extra["pg_dump_version"] = plan.Database.PgDumpVersion
+		out.Extra["db_server_version"] = plan.Database.ServerVersion
+		out.Extra["db_name"] = plan.Database.Name
+		for k, v := range plan.Database.Counts {
+			out.Extra["count_"+k] = strconv.FormatInt(v, 10)
+		}
+		log.Info(fmt.Sprintf("Database backup completed. Dump file size: %d bytes", n))
+	} else {
+		log.Info(ExternalDatabaseLog)
+		out.Warnings = append(out.Warnings, ExternalDatabaseGuidance)
+	}
+
+	// PKI (required), then encryption keys (optional), then config, as upstream.
+	n, err := sink.AddTree(EntryPKIDir, c.PKIDir)
+	if err != nil {
+		return nil, fmt.Errorf("back up PKI from %s: %w", c.PKIDir, err)
+	}
+	out.Components = append(out.Components, CapturedComponent{Component: ComponentPKI, ArchivePath: EntryPKIDir + "/", Source: c.PKIDir, Files: n, Bytes: sourceSize(plan, ComponentPKI)})
+	log.Info(fmt.Sprintf("PKI backup completed. Backed up %d files from %s", n, c.PKIDir))
+
+	if enc := findSource(plan, ComponentEncryption); enc != nil && enc.Present {
+		n, err := sink.AddTree(EntryEncryptDir, c.EncryptionDir)
+		if err != nil {
+			return nil, fmt.Errorf("back up encryption keys from %s: %w", c.EncryptionDir, err)
+		}
+		out.Components = append(out.Components, CapturedComponent{Component: ComponentEncryption, ArchivePath: EntryEncryptDir + "/", Source: c.EncryptionDir, Files: n, Bytes: enc.Size})
+		log.Info(fmt.Sprintf("Encryption key backup completed. Backed up %d files from %s", n, c.EncryptionDir))
+	} else {
+		// Returned, not logged: the caller reports warnings once.
+		out.Warnings = append(out.Warnings, encryptionMissingWarning(c.EncryptionDir))
+	}
+
+	size, err := b.writeConfig(sink)
+	if err != nil {
+		return nil, err
+	}
+	out.Components = append(out.Components, CapturedComponent{Component: ComponentConfig, ArchivePath: EntryConfigFile, Source: c.ConfigFile, Files: 1, Bytes: size})
+	log.Info("Service configuration backed up: " + c.ConfigFile)
+
+	if vol := findSource(plan, ComponentVolumes); vol != nil {
+		n, warn, err := b.writePAMVolume(ctx, sink, now, vol.Present)
+		if err != nil {
+			return nil, err
+		}
+		if warn != "" {
+			log.Info("Continuing backup without PAM Issuer volume")
+			out.Warnings = append(out.Warnings, warn)
+		} else {
+			out.Components = append(out.Components, CapturedComponent{Component: ComponentVolumes, ArchivePath: EntryPAMVolumeTar, Source: vol.Source, Files: 1, Bytes: n})
+			log.Info(fmt.Sprintf("PAM Issuer volume backed up: %s (%d bytes)", c.PAMVolume, n))
+		}
+	}
+	return out, nil
+}
+
+func (d *DatabasePlan) describe() string {
+	if d.Access == DBAccessContainer {
+		return fmt.Sprintf("database %s in container %s", d.Name, d.Container)
+	}
+	return fmt.Sprintf("database %s on %s:%d", d.Name, d.Host, d.Port)
+}
+
+func findSource(plan *BackupPlan, component string) *PlannedSource {
+	for i := range plan.Sources {
+		if plan.Sources[i].Component == component {
+			return &plan.Sources[i]
+		}
+	}
+	return nil
+}
+
+func sourceSize(plan *BackupPlan, component string) int64 {
+	if s := findSource(plan, component); s != nil {
+		return s.Size
+	}
+	return 0
+}
+
+// writeDump streams pg_dump's stdout into db/dump.sql. pg_dump's exit status is known
+// only when its output ends: a failing dump makes the stream fail, and the caller aborts
+// the whole archive.
+func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *DatabasePlan, now time.Time) (int64, error) {
+	password, _, err := b.dbPassword(ctx)
+	if err != nil {
+		return 0, err
+	}
+	cl := b.dbClient(db.Name, password)
+	if err := sink.AddDir(EntryDBDir, 0o755, now); err != nil {
+		return 0, fmt.Errorf("back up database: %w", err)
+	}
+	b.log().Info("Dumping database " + cl.where())
+	stream := startStream(ctx, cl.dump)
+	n, err := sink.AddStream(EntryDBDump, 0o600, now, stream)
+	// Read before Close: an error here is pg_dump's own, not the stop Close causes.
+	cmdErr := stream.CommandErr()
+	closeErr := stream.Close()
+	if err != nil {
+		if cmdErr != nil {
+			return n, fmt.Errorf("back up database: pg_dump failed %s after %d bytes: %w; check that the database runs and that the credentials are right", cl.where(), n, cmdErr)
+		}
+		return n, fmt.Errorf("back up database: %w", err)
+	}
+	if closeErr != nil {
+		return n, fmt.Errorf("back up database: pg_dump failed %s: %w", cl.where(), closeErr)
+	}
+	if n == 0 {
+		return n, fmt.Errorf("back up database: pg_dump wrote nothing %s", cl.where())
+	}
+	return n, nil
+}
+
+func (b *PodmanBackup) writeConfig(sink BackupSink) (int64, error) {
+	path := b.Config.ConfigFile
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("back up service configuration: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("back up service configuration: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return 0, fmt.Errorf("back up service configuration: %s is not a regular file", path)
+	}
+	if err := sink.AddDir(EntryConfigDir, 0o700, st.ModTime()); err != nil {
+		return 0, fmt.Errorf("back up service configuration: %w", err)
+	}
+	if err := sink.AddFile(EntryConfigFile, st.Mode().Perm(), st.ModTime(), st.Size(), f); err != nil {
+		return 0, fmt.Errorf("back up service configuration %s: %w", path, err)
+	}
+	return st.Size(), nil
+}
+
+// writePAMVolume exports the PAM issuer volume. A failure before anything reached the
+// archive is a warning (as upstream); a failure later fails the backup, since the
+// archive can no longer drop the entry.
+func (b *PodmanBackup) writePAMVolume(ctx context.Context, sink BackupSink, now time.Time, present bool) (int64, string, error) {
+	name := b.Config.PAMVolume
+	if !present {
+		return 0, fmt.Sprintf("PAM Issuer volume export failed (volume may not exist or podman unavailable): volume %s not found", name), nil
+	}
+	exportCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream := startStream(exportCtx, func(ctx context.Context, w io.Writer) error { return b.podman().VolumeExport(ctx, name, w) })
+	defer stream.Close()
+	head := make([]byte, pamVolumeBufferLimit)
+	got, err := io.ReadFull(stream, head)
+	switch {
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		// The whole export fits in memory and podman succeeded.
+		if err := sink.AddDir(EntryVolumesDir, 0o700, now); err != nil {
+			return 0, "", fmt.Errorf("back up PAM Issuer volume: %w", err)
+		}
+		if err := sink.AddFile(EntryPAMVolumeTar, 0o600, now, int64(got), bytes.NewReader(head[:got])); err != nil {
+			return 0, "", fmt.Errorf("back up PAM Issuer volume: %w", err)
+		}
+		return int64(got), "", nil
+	case err != nil:
+		return 0, fmt.Sprintf("PAM Issuer volume export failed (volume may not exist or podman unavailable): %s", firstLine(err.Error())), nil
+	}
+	if err := sink.AddDir(EntryVolumesDir, 0o700, now); err != nil {
+		return 0, "", fmt.Errorf("back up PAM Issuer volume: %w", err)
+	}
+	n, err := sink.AddStream(EntryPAMVolumeTar, 0o600, now, io.MultiReader(bytes.NewReader(head), stream))
+	if err != nil {
+		return n, "", fmt.Errorf("back up PAM Issuer volume %s: %w", name, err)
+	}
+	return n, "", nil
+}
+
+// dbPassword returns the database password and where it came from: the option, else the
+// Podman secret. It is read once per backup.
+func (b *PodmanBackup) dbPassword(ctx context.Context) (string, string, error) {
+	b.once.Do(func() {
+		if b.Config.DBPassword != "" {
+			b.password, b.pwSource = b.Config.DBPassword, "option db_password"
+			return
+		}
+		secret := orDefault(b.Config.DBPasswordSecret, SecretDBUserPassword)
+		pw, err := b.podman().ReadSecret(ctx, secret)
+		if err != nil {
+			b.pwErr = fmt.Errorf("database password: %w; set db_password, or create the podman secret %s", err, secret)
+			return
+		}
+		b.password, b.pwSource = pw, "podman secret "+secret
+	})
+	return b.password, b.pwSource, b.pwErr
+}
+
+// ReadPodmanSecret returns the value of a Podman secret: `podman secret inspect
+// --showsecret` (podman ≥ 4.4), else the file driver's store (podman 4.3).
+func ReadPodmanSecret(ctx context.Context, run runner.Runner, name string) (string, error) {
+	return (&podman.Client{Runner: run}).ReadSecret(ctx, name)
+}
+
+// dbClient runs pg_dump and psql the way the configuration says: inside the database
+// container (password on stdin, as upstream) or on this host (password in the
+// environment). The password is never in argv.
+type dbClient struct {
+	run      runner.Runner
+	podman   *podman.Client
+	cfg      PodmanConfig
+	name     string
+	password string
+}
+
+func (b *PodmanBackup) dbClient(name, password string) dbClient {
+	return dbClient{run: b.Runner, podman: b.podman(), cfg: b.Config, name: name, password: password}
+}
+
+func (b *PodmanBackup) podman() *podman.Client {
+	return &podman.Client{Runner: b.Runner, Logger: b.Logger}
+}
+
+func (d dbClient) where() string {
+	if d.cfg.DBAccess == DBAccessContainer {
+		return fmt.Sprintf("(database %s as %s in container %s)", d.name, d.cfg.DBUser, d.cfg.DBContainer)
+	}
+	return fmt.Sprintf("(database %s as %s on %s:%d)", d.name, d.cfg.DBUser, d.cfg.DBHost, d.cfg.DBPort)
+}
+
+// connArgs are the libpq connection flags shared by pg_dump and psql.
+func (d dbClient) connArgs() []string {
+	return []string{"-h", d.cfg.DBHost, "-p", strconv.Itoa(d.cfg.DBPort), "-U", d.cfg.DBUser, "-d", d.name}
+}
+
+// script is a command line for sh inside the database container. The password reaches
+// it on stdin, read into PGPASSWORD: upstream's `sh -c "PGPASSWORD=$(cat -) ..."`.
+func (d dbClient) inContainer(ctx context.Context, script string, stdout io.Writer) error {
+	return d.podman.Exec(ctx, podman.ExecOptions{
+		Container: d.cfg.DBContainer,
+		Command:   []string{"sh", "-c", "PGPASSWORD=$(cat -) " + script},
+		Stdin:     strings.NewReader(d.password),
+		Stdout:    stdout,
+	})
+}
+
+// local runs a PostgreSQL client on this host with the password in its environment.
+func (d dbClient) local(ctx context.Context, name string, args []string, stdout io.Writer) error {
+	env := []string{"PGCONNECT_TIMEOUT=15"}
+	if d.password != "" {
+		env = append(env, "PGPASSWORD="+d.password)
+	}
+	return d.run.Run(ctx, runner.Cmd{Name: name, Args: args, Env: env, Stdout: stdout})
+}
+
+// containerConn renders connArgs for sh, quoting user and database as upstream does.
+func (d dbClient) containerConn() string {
+	return fmt.Sprintf("-h %s -p %d -U %s -d %s", shellWord(d.cfg.DBHost), d.cfg.DBPort, shellQuote(d.cfg.DBUser), shellQuote(d.name))
+}
+
+// dumpScript and dumpArgs are pg_dump --clean --if-exists of the database, plain SQL.
+func (d dbClient) dumpScript() string { return "pg_dump --clean --if-exists " + d.containerConn() }
+
+func (d dbClient) dumpArgs() []string {
+	return append([]string{"--clean", "--if-exists", "--no-password"}, d.connArgs()...)
+}
+
+// dump writes the database dump to w.
+func (d dbClient) dump(ctx context.Context, w io.Writer) error {
+	if d.cfg.DBAccess == DBAccessContainer {
+		return d.inContainer(ctx, d.dumpScript(), w)
+	}
+	return d.local(ctx, "pg_dump", d.dumpArgs(), w)
+}
+
+// query runs one SQL statement through psql and returns its unaligned, tuples-only output
+// (fields separated by |).
+func (d dbClient) query(ctx context.Context, sql string) (string, error) {
+	var out bytes.Buffer
+	var err error
+	if d.cfg.DBAccess == DBAccessContainer {
+		err = d.inContainer(ctx, "PGCONNECT_TIMEOUT=15 psql -X -w -A -t -q -v ON_ERROR_STOP=1 "+d.containerConn()+" -c "+shellQuote(sql), &out)
+	} else {
+		err = d.local(ctx, "psql", append([]string{"-X", "-w", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"}, append(d.connArgs(), "-c", sql)...), &out)
+	}
+	return out.String(), err
+}
+
+func (d dbClient) pgDumpVersion(ctx context.Context) (string, error) {
+	var out bytes.Buffer
+	var err error
+	if d.cfg.DBAccess == DBAccessContainer {
+		err = d.podman.Exec(ctx, podman.ExecOptions{Container: d.cfg.DBContainer, Command: []string{"pg_dump", "--version"}, Stdout: &out})
+	} else {
+		err = d.run.Run(ctx, runner.Cmd{Name: "pg_dump", Args: []string{"--version"}, Stdout: &out})
+	}
+	if err != nil {
+		return "", err
+	}
+	if m := versionRE.FindString(out.String()); m != "" {
+		return m, nil
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+var versionRE = regexp.MustCompile(`\d+(\.\d+)+`)
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+var plainWord = regexp.MustCompile(`^[A-Za-z0-9._:/-]+$`)
+
+// shellWord leaves a plain host name or address as it is and quotes anything else.
+func shellWord(s string) string {
+	if plainWord.MatchString(s) {
+		return s
+	}
+	return shellQuote(s)
+}
+
+// cmdStream is a command's stdout as a reader. A command that fails makes Read return
+// its error instead of io.EOF, so a consumer can never take a failed dump for a whole one.
+type cmdStream struct {
+	pr     *io.PipeReader
+	cancel context.CancelFunc
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+}
+
+func startStream(ctx context.Context, produce func(ctx context.Context, w io.Writer) error) *cmdStream {
+	ctx, cancel := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	s := &cmdStream{pr: pr, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		err := produce(ctx, pw)
+		s.mu.Lock()
+		s.err = err
+		s.mu.Unlock()
+		pw.CloseWithError(err) // nil closes with io.EOF
+	}()
+	return s
+}
+
+func (s *cmdStream) Read(p []byte) (int, error) { return s.pr.Read(p) }
+
+// Close stops the command if it still runs, waits for it and returns its error.
+func (s *cmdStream) Close() error {
+	select {
+	case <-s.done:
+	default:
+		s.pr.CloseWithError(errors.New("backup aborted"))
+		s.cancel()
+		<-s.done
+	}
+	s.cancel()
+	return s.CommandErr()
+}
+
+// CommandErr is the command's error once it has ended (nil before, or on success).
+func (s *cmdStream) CommandErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
+}

@@ -1,0 +1,191 @@
+package estate_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/testbed"
+	"flightctl.dr/internal/units"
+)
+
+// The psql command never carries a password in argv: in the container it is copied from
+// podman's environment with -e NAME. (runner.Fake: only the command line is checked.)
+func TestPodmanRestorePsqlCommandKeepsPasswordOutOfArgv(t *testing.T) {
+	for _, access := range []estate.DBAccess{estate.DBAccessContainer, estate.DBAccessDirect} {
+		cfg := estate.DefaultPodmanConfig()
+		cfg.DBAccess, cfg.DBAdminPassword, cfg.DBName = access, "s3cret-pw", "flightctl"
+		fake := &runner.Fake{Handle: func(c runner.Cmd, stdin []byte) (string, error) { return "1\n", nil }}
+		p := &estate.PodmanRestore{Config: cfg, Runner: fake, UnitManager: noUnits{}}
+		require.NoError(t, p.Open(context.Background()))
+		ok, err := p.Database().Exists(context.Background(), "flightctl")
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Len(t, fake.Calls, 1)
+		c := fake.Calls[0].Cmd
+		require.NotContains(t, c.String(), "s3cret-pw")
+		require.Contains(t, c.Env, "PGPASSWORD=s3cret-pw")
+		require.Contains(t, string(fake.Calls[0].Stdin), "pg_database", "SQL travels on stdin")
+		if access == estate.DBAccessContainer {
+			require.Equal(t, "podman", c.Name)
+			require.Equal(t, []string{"exec", "-i", "-e", "PGOPTIONS", "-e", "PGPASSWORD", "flightctl-db", "psql", "-U", "postgres"}, c.Args[:10])
+		} else {
+			require.Equal(t, "psql", c.Name)
+			require.Equal(t, []string{"-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w"}, c.Args[:7])
+		}
+	}
+}
+
+type noUnits struct{}
+
+func (noUnits) UnitState(context.Context, string) (restore.UnitState, error) {
+	return restore.UnitState{}, nil
+}
+func (noUnits) StopUnits(context.Context, []string) error  { return nil }
+func (noUnits) StartUnits(context.Context, []string) error { return nil }
+
+// TestPodmanRestoreInContainer restores through `podman exec flightctl-db psql` (upstream's
+// way) into PostgreSQL running in a real podman container, re-imports a real PAM volume,
+// and checks that a failure after the volume step puts the volume's content back.
+func TestPodmanRestoreInContainer(t *testing.T) {
+	ctx := context.Background()
+	pod := testbed.PodmanForTest(t)
+	sd := testbed.SystemdForTest(t)
+	rd := testbed.RedisForTest(t)
+	dbName := testbed.PodmanName("flightctl-db")
+	pp := testbed.PodmanPostgresForTest(t, pod, dbName)
+	require.NoError(t, pp.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
+	exec1 := func(sql string) {
+		c, err := pp.SuperuserConn(ctx, "flightctl")
+		require.NoError(t, err)
+		defer c.Close(ctx)
+		_, err = c.Exec(ctx, sql)
+		require.NoError(t, err, sql)
+	}
+	count := func() int {
+		c, err := pp.SuperuserConn(ctx, "flightctl")
+		require.NoError(t, err)
+		defer c.Close(ctx)
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM devices`).Scan(&n))
+		return n
+	}
+	for i := 0; i < 3; i++ {
+		exec1(fmt.Sprintf(`INSERT INTO devices (org_id, name, created_at, updated_at, spec, status) VALUES ('%s', 'dev-%d', now(), now(), '{}', '{}')`, testbed.DefaultOrgID, i))
+	}
+	require.NoError(t, sd.WriteUnit("flightctl-api.service", "[Service]\nExecStart=/bin/sleep infinity\n"))
+	require.NoError(t, sd.DaemonReload(ctx))
+	_, err := sd.Systemctl(ctx, "start", "flightctl-api.service")
+	require.NoError(t, err)
+
+	volume := testbed.PodmanName("flightctl-pam-issuer-etc")
+	require.NoError(t, pod.CreateVolume(ctx, volume, map[string]string{"pam.d/issuer": "backed up\n"}))
+	var volTar bytes.Buffer
+	require.NoError(t, pod.Client().VolumeExport(ctx, volume, &volTar))
+
+	root := t.TempDir()
+	pki := filepath.Join(root, "pki")
+	require.NoError(t, os.MkdirAll(pki, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(pki, "ca.crt"), []byte("CA\n"), 0o644))
+	cfgFile := filepath.Join(root, "service-config.yaml")
+	require.NoError(t, os.WriteFile(cfgFile, []byte("db:\n  name: flightctl\n"), 0o600))
+
+	// The dump as the backup takes it: pg_dump inside the container.
+	dump, err := pod.Podman(ctx, "exec", dbName, "pg_dump", "--clean", "--if-exists", "-U", "postgres", "-d", "flightctl")
+	require.NoError(t, err)
+	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: t.TempDir()})
+	require.NoError(t, err)
+	now := time.Now()
+	require.NoError(t, w.AddDir("db", 0o755, now))
+	_, err = w.AddStream(archive.DatabaseDump, 0o600, now, strings.NewReader(dump))
+	require.NoError(t, err)
+	_, err = w.AddTree("pki", pki)
+	require.NoError(t, err)
+	require.NoError(t, w.AddDir("config", 0o700, now))
+	require.NoError(t, w.AddFile("config/service-config.yaml", 0o600, now, 21, strings.NewReader("db:\n  name: flightctl\n")))
+	require.NoError(t, w.AddDir("volumes", 0o700, now))
+	require.NoError(t, w.AddFile("volumes/pam-issuer-etc.tar", 0o600, now, int64(volTar.Len()), &volTar))
+	ar, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true})
+	require.NoError(t, err)
+
+	// Damage: a row, and the volume's content.
+	exec1(`DELETE FROM devices WHERE name = 'dev-0'`)
+	require.NoError(t, pod.Client().VolumeReplace(ctx, volume, tarOf(t, map[string]string{"pam.d/issuer": "damaged\n", "stray": "x\n"})))
+
+	target := func() *estate.PodmanRestore {
+		cfg := estate.DefaultPodmanConfig()
+		cfg.DBContainer, cfg.DBPort, cfg.DBPassword = dbName, pp.Port, "apppass"
+		cfg.KVHost, cfg.KVPort, cfg.KVPassword = rd.Host, rd.Port, rd.Password
+		cfg.PKIDir, cfg.EncryptionDir, cfg.ConfigFile, cfg.PAMVolume = pki, "", cfgFile, volume
+		cfg.SystemdScope, cfg.SystemdBusAddress = string(units.ScopeUser), sd.BusAddress
+		cfg.Units = []string{"flightctl-api.service"}
+		p := &estate.PodmanRestore{Config: cfg, RunningVersion: "v1.4.0", Runner: runner.Exec{BaseEnv: append(os.Environ(), pod.Env...)}}
+		require.NoError(t, p.Open(ctx))
+		t.Cleanup(p.Close)
+		return p
+	}
+	volumeFiles := func() string {
+		var buf bytes.Buffer
+		require.NoError(t, pod.Client().VolumeExport(ctx, volume, &buf))
+		cmd := exec.Command("tar", "-xOf", "-", "pam.d/issuer")
+		cmd.Stdin = bytes.NewReader(buf.Bytes())
+		content, _ := cmd.Output()
+		list := exec.Command("tar", "-tf", "-")
+		list.Stdin = bytes.NewReader(buf.Bytes())
+		names, err := list.Output()
+		require.NoError(t, err)
+		return strings.TrimSpace(string(content)) + " | " + strings.Join(strings.Fields(string(names)), " ")
+	}
+	damagedVolume := volumeFiles()
+	require.Contains(t, damagedVolume, "damaged")
+
+	state := filepath.Join(root, "state")
+	// A failure after the volume was replaced puts it back, with the database.
+	_, err = restore.Run(ctx, restore.Options{ArchivePath: ar.Path, Target: target(), StateDir: state, FlushKV: true,
+		Checkpoint: func(name string) error {
+			if name == restore.StepVolume {
+				require.Contains(t, volumeFiles(), "backed up")
+				return errors.New("injected failure")
+			}
+			return nil
+		}})
+	require.ErrorContains(t, err, "injected failure")
+	require.Equal(t, damagedVolume, volumeFiles())
+	require.Equal(t, 2, count())
+
+	res, err := restore.Run(ctx, restore.Options{ArchivePath: ar.Path, Target: target(), StateDir: state, FlushKV: true})
+	require.NoError(t, err)
+	require.Contains(t, res.Steps, restore.StepVolume)
+	require.Equal(t, 3, count())
+	got := volumeFiles()
+	require.True(t, strings.HasPrefix(got, "backed up |"), got)
+	require.NotContains(t, got, "stray", "the import replaces the volume's content, it does not overlay it")
+	out, _ := sd.Systemctl(ctx, "is-active", "flightctl-api.service")
+	require.Equal(t, "active", strings.TrimSpace(out))
+	_, err = os.Stat(filepath.Join(state, "pam-volume-before-"+res.RestoreID+".tar"))
+	require.True(t, os.IsNotExist(err), "the saved volume is removed at the end")
+}
+
+func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {
+	dir := t.TempDir()
+	for p, c := range files {
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, filepath.Dir(p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, p), []byte(c), 0o644))
+	}
+	out, err := exec.Command("tar", "-C", dir, "-cf", "-", ".").Output()
+	require.NoError(t, err)
+	return bytes.NewBuffer(out)
+}

@@ -1,0 +1,140 @@
+package restore_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/testbed"
+)
+
+// BenchmarkRestoreVsPsqlLoad compares a whole restore (verify, stop units, load the dump
+// into a temporary database, swap, files, device preparation, start, finalise) with
+// `psql -f` of the same dump into an empty database, on a database of about
+// FLIGHTCTL_DR_BENCH_RESTORE_MB MiB of SQL (default 64) with 20,000 devices. bench/restore/run.sh
+// runs it at 1 GiB. Run with -benchtime 1x: each iteration restores once.
+func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
+	ctx := context.Background()
+	mb := 64
+	if v := os.Getenv("FLIGHTCTL_DR_BENCH_RESTORE_MB"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(b, err)
+		mb = n
+	}
+	testbed.Need(b, "psql", "/usr/lib/postgresql/15/bin/pg_dump")
+	pg := testbed.PostgresForTest(b)
+	rd := testbed.RedisForTest(b)
+	sd := testbed.SystemdForTest(b)
+	require.NoError(b, pg.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
+	conn, err := pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(b, err)
+	const devices = 20000
+	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO devices (org_id, name, labels, generation, resource_version, created_at, updated_at, spec, status)
+		SELECT '%s', 'dev-' || i, '{"site":"a"}', 1, 1, now(), now(), '{}',
+		       jsonb_build_object('summary', jsonb_build_object('status', 'Online'), 'lifecycle', jsonb_build_object('status', 'Enrolled'), 'pad', md5(i::text))
+		FROM generate_series(1, %d) i`, testbed.DefaultOrgID, devices))
+	require.NoError(b, err)
+	// The bulk: events with about 1 KiB of hex text each (compresses about 2:1, like real data).
+	rows := mb * 1024
+	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO events (org_id, name, created_at, updated_at, reason, type, message, involved_object_name, involved_object_kind)
+		SELECT '%s', 'ev-' || i, now(), now(), 'ResourceUpdated', 'Normal',
+		       (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 30) j),
+		       'dev-' || (i %% %d), 'Device'
+		FROM generate_series(1, %d) i`, testbed.DefaultOrgID, devices, rows))
+	require.NoError(b, err)
+	conn.Close(ctx)
+
+	cfg := envConfig{PGPort: pg.Port, PGSocket: pg.SocketDir, RedisHost: rd.Host, RedisPort: rd.Port, RedisPass: rd.Password,
+		BusAddress: sd.BusAddress, Root: b.TempDir(), StateDir: filepath.Join(b.TempDir(), "state")}
+	e := &env{t: b, cfg: cfg, pg: pg, kv: rd.Client(), sd: sd}
+	defer e.kv.Close()
+	for _, u := range []string{"flightctl-api.service", "flightctl-worker.service"} {
+		require.NoError(b, sd.WriteUnit(u, "[Service]\nExecStart=/bin/sleep infinity\n"))
+	}
+	require.NoError(b, sd.DaemonReload(ctx))
+	_, err = sd.Systemctl(ctx, "start", "flightctl-api.service", "flightctl-worker.service")
+	require.NoError(b, err)
+	e.writeFiles()
+
+	dir := b.TempDir()
+	dumpPath := filepath.Join(dir, "dump.sql")
+	dump := exec.Command("/usr/lib/postgresql/15/bin/pg_dump", "--clean", "--if-exists", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "admin", "-d", "flightctl", "-f", dumpPath)
+	dump.Env = append(os.Environ(), "PGPASSWORD=adminpass")
+	out, err := dump.CombinedOutput()
+	require.NoError(b, err, "%s", out)
+	f, err := os.Open(dumpPath)
+	require.NoError(b, err)
+	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: filepath.Join(dir)})
+	require.NoError(b, err)
+	now := time.Now()
+	require.NoError(b, w.AddDir("db", 0o755, now))
+	_, err = w.AddStream(archive.DatabaseDump, 0o600, now, f)
+	require.NoError(b, err)
+	f.Close()
+	_, err = w.AddTree("pki", cfg.pki())
+	require.NoError(b, err)
+	_, err = w.AddTree("encryption", cfg.encryption())
+	require.NoError(b, err)
+	require.NoError(b, w.AddDir("config", 0o700, now))
+	require.NoError(b, w.AddFile("config/service-config.yaml", 0o640, now, 21, bytesReader("db:\n  name: flightctl\n")))
+	ar, err := w.Commit(metadata())
+	require.NoError(b, err)
+	dumpInfo, _ := os.Stat(dumpPath)
+	b.Logf("dump %.0f MiB, archive %.0f MiB", float64(dumpInfo.Size())/(1<<20), float64(ar.Size)/(1<<20))
+
+	var psqlTotal, restoreTotal, verifyTotal time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		emptyDB := fmt.Sprintf("bench_psql_%d", i)
+		c, err := pg.SuperuserConn(ctx, "postgres")
+		require.NoError(b, err)
+		_, err = c.Exec(ctx, "CREATE DATABASE "+emptyDB+" TEMPLATE template0 OWNER admin")
+		require.NoError(b, err)
+		c.Close(ctx)
+		b.StartTimer()
+
+		start := time.Now()
+		psql := exec.Command("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "admin", "-d", emptyDB, "-f", dumpPath)
+		psql.Env = append(os.Environ(), "PGPASSWORD=adminpass", "PGOPTIONS=-c client_min_messages=warning")
+		out, err := psql.CombinedOutput()
+		require.NoError(b, err, "%s", out)
+		psqlTotal += time.Since(start)
+
+		start = time.Now()
+		_, err = archive.Verify(ctx, ar.Path, archive.VerifyOptions{RequireChecksum: true})
+		require.NoError(b, err)
+		verifyTotal += time.Since(start)
+
+		start = time.Now()
+		opts := restore.Options{ArchivePath: ar.Path, Target: target(ctx, b, cfg, nil), StateDir: cfg.StateDir, FlushKV: true, Force: true}
+		res, err := restore.Run(ctx, opts)
+		require.NoError(b, err)
+		restoreTotal += time.Since(start)
+		require.Contains(b, res.Steps, restore.StepFinalize)
+
+		b.StopTimer()
+		c, err = pg.SuperuserConn(ctx, "postgres")
+		require.NoError(b, err)
+		_, err = c.Exec(ctx, "DROP DATABASE "+emptyDB)
+		require.NoError(b, err)
+		c.Close(ctx)
+		b.StartTimer()
+	}
+	n := float64(b.N)
+	b.ReportMetric(psqlTotal.Seconds()/n, "psql-load-s")
+	b.ReportMetric(verifyTotal.Seconds()/n, "verify-s")
+	b.ReportMetric(restoreTotal.Seconds()/n, "restore-s")
+	b.ReportMetric(restoreTotal.Seconds()/psqlTotal.Seconds(), "restore/psql")
+	b.ReportMetric(float64(dumpInfo.Size())/(1<<20), "dump-MiB")
+	b.ReportMetric(float64(ar.Size)/(1<<20), "archive-MiB")
+}

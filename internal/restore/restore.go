@@ -1,0 +1,566 @@
+// Package restore puts a Flight Control server back from an archive: it verifies the
+// archive, computes a plan (which is also check mode), then runs journaled steps against a
+// Target (stop units, load and swap the database, stage and swap files, re-import the PAM
+// volume, prepare devices, start units, finalise). A failure, a signal or a crash never
+// leaves the server worse off: a failure before the end puts the previous database and
+// files back and starts the units that were running; a run interrupted even by SIGKILL is
+// finished (or undone with Rollback) by the next run with the same archive.
+package restore
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"flightctl.dr/internal/archive"
+)
+
+// DefaultStateDir holds the journal and the saved PAM volume while a restore runs.
+const DefaultStateDir = "/var/lib/flightctl-dr"
+
+// CountedTables are the tables whose rows the plan counts, live and in the dump.
+var CountedTables = []string{"devices", "fleets", "enrollment_requests"}
+
+// Options configure one restore.
+type Options struct {
+	// ArchivePath is the archive to restore. Empty: device preparation only, as upstream's
+	// older flightctl-restore did after a database restored by other means.
+	ArchivePath string
+	// ChecksumFile defaults to <ArchivePath>.sha256; it is required.
+	ChecksumFile string
+	Target       Target
+	// ServerVersion is the running server's release; empty: Target.ServerVersion.
+	ServerVersion string
+	// AllowVersionMismatch turns a version mismatch into a warning.
+	AllowVersionMismatch bool
+	// KeepOldDB keeps the previous database as <db>_old_<id> after success.
+	KeepOldDB bool
+	// StateDir holds the journal (DefaultStateDir).
+	StateDir string
+	// FlushKV clears the KV store before device preparation (upstream does).
+	FlushKV bool
+	// CheckMode computes the plan and changes nothing.
+	CheckMode bool
+	// Diff adds before/after text to the result.
+	Diff bool
+	// Rollback undoes an unfinished restore recorded in the journal and starts its units.
+	Rollback bool
+	// Force restores again from an archive the journal says was already restored.
+	Force  bool
+	Limits archive.Limits
+	Logger *slog.Logger
+	// Checkpoint, when set, is called at every named point between changes; an error it
+	// returns fails the restore there. Tests use it to interrupt a restore exactly there.
+	Checkpoint func(name string) error
+}
+
+// Validate checks the options.
+func (o *Options) Validate() error {
+	if o.Target == nil && !o.Rollback {
+		return errors.New("restore: no target: tell which installation to restore (deployment_type)")
+	}
+	if o.Rollback && o.ArchivePath != "" && o.CheckMode {
+		return nil
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	if o.ArchivePath != "" && o.ChecksumFile == "" {
+		o.ChecksumFile = o.ArchivePath + ".sha256"
+	}
+	if o.Target != nil && o.Target.Database() != nil {
+		if err := ValidDatabaseName(o.Target.Database().Name()); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		if len(o.Target.Database().Name()) > 63-len("_restore_")-8 {
+			return fmt.Errorf("restore: database name %q is too long to add a restore suffix", o.Target.Database().Name())
+		}
+	}
+	return nil
+}
+
+// ArchiveSummary describes the archive restored from.
+type ArchiveSummary struct {
+	Path             string    `json:"path"`
+	SHA256           string    `json:"sha256"`
+	Size             int64     `json:"size"`
+	Version          string    `json:"version"`
+	DeploymentType   string    `json:"deployment_type"`
+	Timestamp        time.Time `json:"timestamp"`
+	DatabaseIncluded bool      `json:"database_included"`
+}
+
+// DatabasePlan says what happens to the database.
+type DatabasePlan struct {
+	Name           string           `json:"name"`
+	External       bool             `json:"external"`
+	LiveExists     bool             `json:"live_exists"`
+	LiveSize       int64            `json:"live_size"`
+	DumpSize       int64            `json:"dump_size"`
+	FreeSpace      int64            `json:"free_space,omitempty"`
+	FreeSpaceKnown bool             `json:"free_space_known"`
+	Owner          string           `json:"owner,omitempty"`
+	CountsNow      map[string]int64 `json:"counts_now,omitempty"`
+	CountsArchive  map[string]int64 `json:"counts_archive,omitempty"`
+}
+
+// Plan is what a restore would do (check mode) or did.
+type Plan struct {
+	UnitsToStop  []string      `json:"units_to_stop"`
+	UnitsMissing []string      `json:"units_missing"`
+	Database     *DatabasePlan `json:"database,omitempty"`
+	Files        []FileChanges `json:"files"`
+	Volume       string        `json:"volume,omitempty"`
+}
+
+// Diff is Ansible's before/after.
+type Diff struct {
+	Before string `json:"before"`
+	After  string `json:"after"`
+}
+
+// Result is what a restore did.
+type Result struct {
+	Changed     bool            `json:"changed"`
+	Message     string          `json:"msg,omitempty"`
+	RestoreID   string          `json:"restore_id,omitempty"`
+	Archive     *ArchiveSummary `json:"archive,omitempty"`
+	Plan        *Plan           `json:"plan,omitempty"`
+	Steps       []string        `json:"steps"`
+	DevicePrep  any             `json:"device_preparation,omitempty"`
+	OldDatabase string          `json:"old_database,omitempty"`
+	RolledBack  bool            `json:"rolled_back,omitempty"`
+	Warnings    []string        `json:"warnings"`
+	Duration    time.Duration   `json:"-"`
+	Diff        *Diff           `json:"diff,omitempty"`
+}
+
+func (r *Result) warn(logger *slog.Logger, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	logger.Warn(msg)
+	r.Warnings = append(r.Warnings, msg)
+}
+
+// run carries one restore's state.
+type run struct {
+	opts    Options
+	logger  *slog.Logger
+	target  Target
+	store   *journalStore
+	journal *Journal
+	report  *archive.Report
+	res     *Result
+	files   []FileTarget // targets present in the archive
+	hasDump bool
+	volume  bool // the archive has the PAM volume and the target has one
+}
+
+// Run restores (or, in check mode, plans) as opts say.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	start := time.Now()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	r := &run{opts: opts, logger: logger, target: opts.Target, store: newJournalStore(opts.StateDir),
+		res: &Result{Steps: []string{}, Warnings: []string{}}}
+	var err error
+	switch {
+	case opts.Rollback:
+		err = r.rollbackOnly(ctx)
+	case opts.ArchivePath == "":
+		err = r.devicesOnly(ctx)
+	default:
+		err = r.restore(ctx)
+	}
+	r.res.Duration = time.Since(start)
+	return r.res, err
+}
+
+func (r *run) checkpoint(name string) error {
+	if r.opts.Checkpoint != nil {
+		if err := r.opts.Checkpoint(name); err != nil {
+			return fmt.Errorf("at %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// lock keeps two restores from running at once on the same state directory.
+func (r *run) lock() (func(), error) {
+	if err := os.MkdirAll(r.opts.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", r.opts.StateDir, err)
+	}
+	p := filepath.Join(r.opts.StateDir, "flightctl-restore.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", p, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another restore is running (lock %s is held): wait for it to finish", p)
+	}
+	return func() { f.Close() }, nil
+}
+
+// devicesOnly runs device preparation alone.
+func (r *run) devicesOnly(ctx context.Context) error {
+	dev := r.target.Devices()
+	if dev == nil {
+		return errors.New("device preparation: this target has no database and KV connection configured")
+	}
+	if err := dev.Check(ctx); err != nil {
+		return fmt.Errorf("device preparation: %w", err)
+	}
+	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode})
+	if err != nil {
+		return fmt.Errorf("device preparation: %w", err)
+	}
+	r.res.DevicePrep = counts
+	r.res.Steps = append(r.res.Steps, StepDevicePrep)
+	r.res.Changed = changed
+	return nil
+}
+
+// restore verifies, plans and applies.
+func (r *run) restore(ctx context.Context) error {
+	unlock, err := r.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	j, err := r.store.load()
+	if err != nil {
+		return err
+	}
+	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
+	report, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+	if err != nil {
+		return fmt.Errorf("archive integrity check failed: %w", err)
+	}
+	r.report = report
+	md := report.Metadata
+	r.res.Archive = &ArchiveSummary{Path: r.opts.ArchivePath, SHA256: report.SHA256, Size: report.Size,
+		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded}
+	r.logger.Info("archive verified", "version", md.Version, "deploymentType", md.DeploymentType,
+		"databaseIncluded", md.DatabaseIncluded, "timestamp", md.Timestamp)
+
+	resume := false
+	if j != nil && j.State == StateRunning {
+		if j.ArchiveSHA256 != report.SHA256 {
+			return fmt.Errorf("an unfinished restore (id %s) from archive %s (sha256 %s), started %s, is recorded in %s: run the restore again with that archive to finish it, or with rollback to undo it, before restoring another archive",
+				j.ID, j.ArchivePath, j.ArchiveSHA256, j.Started.Format(time.RFC3339), r.store.path)
+		}
+		resume = true
+	}
+	if j != nil && j.State == StateDone && j.ArchiveSHA256 == report.SHA256 && !r.opts.Force {
+		r.res.RestoreID = j.ID
+		r.res.Message = fmt.Sprintf("this archive was already restored (restore %s, finished %s); set force to restore it again",
+			j.ID, j.Updated.Format(time.RFC3339))
+		return nil
+	}
+
+	if err := r.checkCompatibility(ctx); err != nil {
+		return err
+	}
+	if err := r.selectComponents(); err != nil {
+		return err
+	}
+	if resume {
+		r.journal = j
+		r.res.RestoreID = j.ID
+		r.logger.Info("resuming an interrupted restore", "id", j.ID, "done", j.Done)
+		if r.opts.CheckMode {
+			r.res.Changed = true
+			r.res.Message = fmt.Sprintf("an interrupted restore (id %s) from this archive would be finished; steps done so far: %v", j.ID, j.Done)
+			return nil
+		}
+		return r.apply(ctx)
+	}
+
+	plan, err := r.preflight(ctx)
+	if err != nil {
+		return err
+	}
+	r.res.Plan = plan
+	if r.opts.Diff {
+		r.res.Diff = planDiff(plan)
+	}
+	if r.opts.CheckMode {
+		r.res.Changed = true
+		r.res.Message = "check mode: nothing was changed; the plan shows what a restore would do"
+		return nil
+	}
+	if err := r.newJournal(ctx, plan); err != nil {
+		return err
+	}
+	return r.apply(ctx)
+}
+
+// checkCompatibility refuses a deployment-type or version mismatch.
+func (r *run) checkCompatibility(ctx context.Context) error {
+	md := r.report.Metadata
+	current := r.target.DeploymentType()
+	if md.DeploymentType != current {
+		return fmt.Errorf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported",
+			md.DeploymentType, current)
+	}
+	running := r.opts.ServerVersion
+	if running == "" {
+		v, err := r.target.ServerVersion(ctx)
+		if err != nil {
+			if !r.opts.AllowVersionMismatch {
+				return fmt.Errorf("cannot find the running server's version to compare with the archive's %q: %w; give server_version, or allow_version_mismatch to restore anyway", md.Version, err)
+			}
+			r.res.warn(r.logger, "the running server's version is unknown (%v); restoring an archive of version %q anyway because allow_version_mismatch is set", err, md.Version)
+			return nil
+		}
+		running = v
+	}
+	if md.Version != running {
+		if !r.opts.AllowVersionMismatch {
+			return fmt.Errorf("version mismatch: the archive was made by server version %q but this server runs %q; only same-version restore is supported: install version %q first, or set allow_version_mismatch if you know the schemas match",
+				md.Version, running, md.Version)
+		}
+		r.res.warn(r.logger, "version mismatch: archive %q, server %q; restoring anyway because allow_version_mismatch is set", md.Version, running)
+	}
+	return nil
+}
+
+// selectComponents decides what the archive restores on this target.
+func (r *run) selectComponents() error {
+	entries := map[string]archive.Entry{}
+	for _, e := range r.report.Entries {
+		entries[e.Path] = e
+	}
+	_, r.hasDump = entries[archive.DatabaseDump]
+	if r.hasDump && r.target.Database() == nil {
+		r.res.warn(r.logger, "the archive holds a database dump but this server's database is external: the dump is not loaded; restore it with your database tools")
+		r.hasDump = false
+	}
+	for _, t := range r.target.Files() {
+		e, ok := entries[t.Entry]
+		if ok && ((t.Kind == KindDir) != (e.Type == archive.TypeDir)) {
+			return fmt.Errorf("archive entry %s is a %s but a %s is expected: this archive cannot be restored here", t.Entry, e.Type, t.Kind)
+		}
+		if !ok {
+			if t.Required {
+				return fmt.Errorf("%s missing from archive: %s not found; this archive cannot restore %s", t.Name, t.Entry, t.Path)
+			}
+			r.res.warn(r.logger, "no %s in the archive (%s): %s is left as it is", t.Name, t.Entry, t.Path)
+			continue
+		}
+		r.files = append(r.files, t)
+	}
+	if v := r.target.Volume(); v != nil {
+		if _, ok := entries[volumeEntry]; ok {
+			r.volume = true
+		} else {
+			r.res.warn(r.logger, "PAM issuer volume archive not found in backup: volume %s is left as it is", v.VolumeName())
+		}
+	}
+	return nil
+}
+
+const volumeEntry = "volumes/pam-issuer-etc.tar"
+
+// preflight checks everything a restore needs before anything is touched, and computes
+// the plan. A failure here changes nothing and stops nothing.
+func (r *run) preflight(ctx context.Context) (*Plan, error) {
+	plan := &Plan{UnitsToStop: []string{}, UnitsMissing: []string{}, Files: []FileChanges{}}
+	units := r.target.Units()
+	for _, u := range r.target.UnitNames() {
+		st, err := units.UnitState(ctx, u)
+		if err != nil {
+			return nil, fmt.Errorf("check unit %s: %w", u, err)
+		}
+		switch {
+		case !st.Exists:
+			plan.UnitsMissing = append(plan.UnitsMissing, u)
+		case st.Active:
+			plan.UnitsToStop = append(plan.UnitsToStop, u)
+		}
+	}
+	if len(plan.UnitsMissing) == len(r.target.UnitNames()) && len(plan.UnitsMissing) > 0 {
+		r.res.warn(r.logger, "none of the application units exists on this host (%v): is this the Flight Control server?", plan.UnitsMissing)
+	}
+
+	db := r.target.Database()
+	if db == nil {
+		plan.Database = &DatabasePlan{External: true}
+		r.res.warn(r.logger, "No database dump found in archive — external database detected. To restore the database, import the dump manually using your database backup tools and then re-run the restore command.")
+	} else if r.hasDump {
+		dp, err := r.databasePreflight(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		plan.Database = dp
+	} else {
+		plan.Database = &DatabasePlan{Name: db.Name(), External: true}
+		r.res.warn(r.logger, "No database dump found in archive — external database detected. To restore the database, import the dump manually using your database backup tools and then re-run the restore command.")
+	}
+	if dev := r.target.Devices(); dev != nil && (!r.hasDump || plan.Database.LiveExists) {
+		if err := dev.Check(ctx); err != nil {
+			return nil, fmt.Errorf("device preparation would fail: %w", err)
+		}
+	}
+	if r.volume {
+		plan.Volume = r.target.Volume().VolumeName()
+	}
+
+	// The archive's side of the plan: counts in the dump and file hashes, in one pass.
+	// Only check and diff mode need it; a real run counts while loading.
+	if r.opts.CheckMode || r.opts.Diff {
+		if err := r.scanArchive(ctx, plan); err != nil {
+			return nil, err
+		}
+	}
+	return plan, nil
+}
+
+func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan, error) {
+	dp := &DatabasePlan{Name: db.Name()}
+	if err := db.Ping(ctx); err != nil {
+		return nil, err
+	}
+	for _, e := range r.report.Entries {
+		if e.Path == archive.DatabaseDump {
+			dp.DumpSize = e.Size
+		}
+	}
+	live, err := db.Exists(ctx, db.Name())
+	if err != nil {
+		return nil, err
+	}
+	dp.LiveExists = live
+	if live {
+		info, err := db.Info(ctx, db.Name())
+		if err != nil {
+			return nil, err
+		}
+		dp.LiveSize, dp.Owner = info.Size, info.Owner
+		if dp.CountsNow, err = db.Counts(ctx, db.Name(), CountedTables); err != nil {
+			return nil, err
+		}
+	} else {
+		r.res.warn(r.logger, "database %s does not exist yet: the restore creates it", db.Name())
+	}
+	free, known, err := db.FreeSpace(ctx)
+	if err != nil {
+		r.res.warn(r.logger, "cannot tell the free space of the database server (%v): make sure it can hold a second copy of the database", err)
+	}
+	dp.FreeSpace, dp.FreeSpaceKnown = free, known
+	need := dp.LiveSize
+	if dp.DumpSize > need {
+		need = dp.DumpSize
+	}
+	if known && free < need {
+		return nil, fmt.Errorf("not enough free space for a second copy of the database: %d bytes free in the data directory, about %d needed (the restored copy sits beside the live one until the swap): free some space first",
+			free, need)
+	}
+	if !known && err == nil {
+		r.res.warn(r.logger, "the free space of the database server's data directory cannot be read from here: make sure it can hold a second copy of the database (about %d bytes)", need)
+	}
+	return dp, nil
+}
+
+// scanArchive fills the archive's side of the plan.
+func (r *run) scanArchive(ctx context.Context, plan *Plan) error {
+	counter := newCopyCounter(CountedTables)
+	after := make([]map[string]FileState, len(r.files))
+	for i := range after {
+		after[i] = map[string]FileState{}
+	}
+	err := streamArchive(ctx, r.opts.ArchivePath, r.report.SHA256, func(hdr *tar.Header, name string, rd io.Reader) error {
+		if name == archive.DatabaseDump && r.hasDump {
+			_, err := io.Copy(counter, rd)
+			return err
+		}
+		i, rel, ok := entryOf(r.files, name)
+		if !ok || (rel == "" && r.files[i].Kind == KindDir) {
+			return nil
+		}
+		st := FileState{Mode: fmt.Sprintf("%04o", hdr.Mode&0o777), Dir: hdr.Typeflag == tar.TypeDir}
+		if !st.Dir {
+			rh, h := hashingReader(rd)
+			if _, err := io.Copy(io.Discard, rh); err != nil {
+				return err
+			}
+			st.SHA256 = hex.EncodeToString(h.Sum(nil))
+		}
+		after[i][rel] = st
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("read archive for the plan: %w", err)
+	}
+	if r.hasDump && plan.Database != nil {
+		plan.Database.CountsArchive = counter.Counts
+	}
+	for i, t := range r.files {
+		before, err := liveTree(t)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", t.Path, err)
+		}
+		c := FileChanges{Name: t.Name, Path: t.Path, InArchive: true, before: before, after: after[i]}
+		compareTrees(&c)
+		plan.Files = append(plan.Files, c)
+	}
+	return nil
+}
+
+func newID() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newJournal records everything a later run needs to finish or undo this restore.
+func (r *run) newJournal(ctx context.Context, plan *Plan) error {
+	id := newID()
+	j := &Journal{FormatVersion: 1, ID: id, ArchivePath: r.opts.ArchivePath, ArchiveSHA256: r.report.SHA256,
+		State: StateRunning, Started: time.Now().UTC(), Done: []string{}}
+	if db := r.target.Database(); db != nil && r.hasDump {
+		jd := &JournalDatabase{Live: db.Name(), Temp: db.Name() + "_restore_" + id, Old: db.Name() + "_old_" + id,
+			LiveExisted: plan.Database.LiveExists}
+		if jd.LiveExisted {
+			info, err := db.Info(ctx, db.Name())
+			if err != nil {
+				return err
+			}
+			jd.Info = info
+		}
+		j.Database = jd
+	}
+	for _, t := range r.files {
+		had, err := exists(t.Path)
+		if err != nil {
+			return fmt.Errorf("check %s: %w", t.Path, err)
+		}
+		j.Files = append(j.Files, JournalFileSet{Name: t.Name, Live: t.Path, Staged: stagedPath(t.Path, id), Old: oldPath(t.Path, id), HadLive: had})
+	}
+	if r.volume {
+		j.Volume = &JournalVolume{Name: r.target.Volume().VolumeName()}
+	}
+	r.journal = j
+	r.res.RestoreID = id
+	if err := r.store.save(j); err != nil {
+		return err
+	}
+	r.logger.Info("restore journal created", "id", id, "journal", r.store.path)
+	return nil
+}

@@ -1,0 +1,583 @@
+package restore
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"flightctl.dr/internal/archive"
+)
+
+// cleanupTimeout bounds rollback and unit start after a failure or a signal: they run on
+// a fresh context because the restore's own may be cancelled.
+const cleanupTimeout = 5 * time.Minute
+
+// apply runs the steps the journal does not mark done. A failure before the units are
+// started again rolls everything back and starts the units that were active.
+func (r *run) apply(ctx context.Context) error {
+	j := r.journal
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{StepStopUnits, r.stopUnits},
+		{StepLoadDatabase, r.loadAndStage},
+		{StepSwapDatabase, r.swapDatabase},
+		{StepSwapFiles, r.swapFiles},
+		{StepVolume, r.replaceVolume},
+		{StepDevicePrep, r.prepareDevices},
+	}
+	for _, s := range steps {
+		if j.isDone(s.name) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return r.fail(s.name, err)
+		}
+		r.logger.Info("restore step", "step", s.name)
+		if err := s.fn(ctx); err != nil {
+			return r.fail(s.name, err)
+		}
+		if err := r.checkpoint(s.name); err != nil {
+			return r.fail(s.name, err)
+		}
+	}
+	r.res.Changed = true
+
+	// The restored state is in place from here on: a failure to start a unit is reported,
+	// not undone, and the next run tries again. A signal no longer stops anything: the
+	// units must come back.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if !j.isDone(StepStartUnits) {
+		if err := r.startUnits(ctx); err != nil {
+			return fmt.Errorf("the restore is complete but units failed to start: %w; start them by hand (systemctl start %s) or run the restore again to retry",
+				err, strings.Join(j.ActiveUnits, " "))
+		}
+		if err := r.checkpoint(StepStartUnits); err != nil {
+			return err
+		}
+	}
+	if err := r.finalize(ctx); err != nil {
+		return err
+	}
+	r.res.Message = fmt.Sprintf("restored from %s (restore %s)", r.opts.ArchivePath, j.ID)
+	return nil
+}
+
+// done marks a step done in the journal and the result.
+func (r *run) done(step string) error {
+	r.journal.markDone(step)
+	r.res.Steps = append(r.res.Steps, step)
+	return r.store.save(r.journal)
+}
+
+func (r *run) stopUnits(ctx context.Context) error {
+	j := r.journal
+	if !j.UnitsRecorded {
+		// Record what is active before stopping anything, so that whatever happens next
+		// exactly these are started again.
+		active := []string{}
+		units := r.target.Units()
+		for _, u := range r.target.UnitNames() {
+			st, err := units.UnitState(ctx, u)
+			if err != nil {
+				return fmt.Errorf("check unit %s: %w", u, err)
+			}
+			if st.Exists && st.Active {
+				active = append(active, u)
+			}
+		}
+		j.ActiveUnits, j.UnitsRecorded = active, true
+		if err := r.store.save(j); err != nil {
+			return err
+		}
+		if err := r.checkpoint("stop_units:recorded"); err != nil {
+			return err
+		}
+	}
+	if len(j.ActiveUnits) > 0 {
+		r.logger.Info("stopping units", "units", j.ActiveUnits)
+		if err := r.target.Units().StopUnits(ctx, j.ActiveUnits); err != nil {
+			return fmt.Errorf("stop units: %w", err)
+		}
+	}
+	return r.done(StepStopUnits)
+}
+
+// loadAndStage reads the archive once: the dump goes into the temporary database, the
+// files into staged copies beside the live ones, the PAM volume into the state directory.
+func (r *run) loadAndStage(ctx context.Context) error {
+	j := r.journal
+	needLoad := j.Database != nil && !j.isDone(StepLoadDatabase) && !j.isDone(StepSwapDatabase)
+	needStage := len(j.Files) > 0 && !j.isDone(StepStageFiles)
+	needVolume := j.Volume != nil && !j.isDone(StepStageFiles)
+	if !needLoad && !needStage && !needVolume {
+		return r.done(StepLoadDatabase)
+	}
+	db := r.target.Database()
+	if needLoad {
+		// A temporary database left by a dead run may be half-loaded: start it afresh.
+		if err := db.Drop(ctx, j.Database.Temp); err != nil {
+			return err
+		}
+		if err := db.Create(ctx, j.Database.Temp, j.Database.Info); err != nil {
+			return err
+		}
+		if err := r.checkpoint("load_database:created"); err != nil {
+			return err
+		}
+	}
+	var st *stager
+	if needStage {
+		st = newStager(r.files, j.Files)
+		if err := st.prepare(); err != nil {
+			return err
+		}
+	}
+	var volFile *os.File
+	if needVolume {
+		f, err := os.OpenFile(r.volumeStagePath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("stage the PAM volume: %w", err)
+		}
+		volFile = f
+		defer f.Close()
+	}
+	counter := newCopyCounter(CountedTables)
+	loaded := false
+	err := streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, func(hdr *tar.Header, name string, rd io.Reader) error {
+		switch {
+		case name == archive.DatabaseDump && needLoad:
+			r.logger.Info("loading the dump into the temporary database", "database", j.Database.Temp)
+			loaded = true
+			return db.Load(ctx, j.Database.Temp, io.TeeReader(rd, counter))
+		case name == volumeEntry && needVolume:
+			if _, err := io.Copy(volFile, rd); err != nil {
+				return fmt.Errorf("stage the PAM volume: %w", err)
+			}
+			return volFile.Sync()
+		case st != nil:
+			return st.entry(hdr, name, rd)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if needLoad && !loaded {
+		return fmt.Errorf("%s not found in the archive on the second read: %w", archive.DatabaseDump, errArchiveChanged)
+	}
+	if err := r.checkpoint("load_database:loaded"); err != nil {
+		return err
+	}
+	if st != nil {
+		if err := st.finish(); err != nil {
+			return err
+		}
+		for i, t := range r.files {
+			r.logger.Info("staged", "component", t.Name, "files", st.counts[i], "path", j.Files[i].Staged)
+		}
+	}
+	if needLoad {
+		r.logger.Info("dump loaded", "database", j.Database.Temp, "rows", counter.Counts)
+		if r.res.Plan != nil && r.res.Plan.Database != nil {
+			r.res.Plan.Database.CountsArchive = counter.Counts
+		}
+	}
+	r.journal.markDone(StepStageFiles)
+	return r.done(StepLoadDatabase)
+}
+
+func (r *run) volumeStagePath() string {
+	return filepath.Join(r.opts.StateDir, "pam-volume-restore-"+r.journal.ID+".tar")
+}
+
+func (r *run) volumeSavePath() string {
+	return filepath.Join(r.opts.StateDir, "pam-volume-before-"+r.journal.ID+".tar")
+}
+
+// swapDatabase renames the live database aside and the restored one into its place,
+// then gives it the live database's owner and grants. It looks at which databases exist,
+// so it can resume after an interrupt between the two renames.
+func (r *run) swapDatabase(ctx context.Context) error {
+	jd := r.journal.Database
+	if jd == nil {
+		return r.done(StepSwapDatabase)
+	}
+	db := r.target.Database()
+	liveThere, err := db.Exists(ctx, jd.Live)
+	if err != nil {
+		return err
+	}
+	tempThere, err := db.Exists(ctx, jd.Temp)
+	if err != nil {
+		return err
+	}
+	oldThere, err := db.Exists(ctx, jd.Old)
+	if err != nil {
+		return err
+	}
+	switch {
+	case tempThere:
+		if liveThere {
+			if oldThere {
+				return fmt.Errorf("swap database: %s, %s and %s all exist: inspect them and roll back", jd.Live, jd.Temp, jd.Old)
+			}
+			r.logger.Info("renaming the live database aside", "from", jd.Live, "to", jd.Old)
+			if err := db.Rename(ctx, jd.Live, jd.Old); err != nil {
+				return err
+			}
+			if err := r.checkpoint("swap_database:live_renamed"); err != nil {
+				return err
+			}
+		}
+		r.logger.Info("renaming the restored database into place", "from", jd.Temp, "to", jd.Live)
+		if err := db.Rename(ctx, jd.Temp, jd.Live); err != nil {
+			return err
+		}
+		if err := r.checkpoint("swap_database:temp_renamed"); err != nil {
+			return err
+		}
+	case liveThere && (oldThere || !jd.LiveExisted):
+		// Already swapped by an earlier run.
+	default:
+		return fmt.Errorf("swap database: the restored database %s is missing and the swap has not happened: run the restore again to reload it", jd.Temp)
+	}
+	if err := db.SetPrivileges(ctx, jd.Live, jd.Info); err != nil {
+		return err
+	}
+	return r.done(StepSwapDatabase)
+}
+
+func (r *run) swapFiles(ctx context.Context) error {
+	for _, set := range r.journal.Files {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := swapFileSet(set); err != nil {
+			return err
+		}
+		r.logger.Info("replaced", "component", set.Name, "path", set.Live)
+		if err := r.checkpoint("swap_files:" + set.Name); err != nil {
+			return err
+		}
+	}
+	return r.done(StepSwapFiles)
+}
+
+// replaceVolume saves the volume's content, then replaces it with the archive's.
+func (r *run) replaceVolume(ctx context.Context) error {
+	jv := r.journal.Volume
+	if jv == nil {
+		return r.done(StepVolume)
+	}
+	vol := r.target.Volume()
+	if jv.Saved == "" {
+		existed, err := vol.VolumeExists(ctx)
+		if err != nil {
+			return fmt.Errorf("PAM volume: %w", err)
+		}
+		if existed {
+			if err := exportTo(ctx, vol, r.volumeSavePath()); err != nil {
+				return err
+			}
+			jv.Saved = r.volumeSavePath()
+		}
+		jv.Existed = existed
+		if jv.Saved == "" {
+			jv.Saved = "-" // nothing to save: the volume did not exist
+		}
+		if err := r.store.save(r.journal); err != nil {
+			return err
+		}
+		if err := r.checkpoint("pam_volume:saved"); err != nil {
+			return err
+		}
+	}
+	f, err := os.Open(r.volumeStagePath())
+	if err != nil {
+		return fmt.Errorf("PAM volume: %w", err)
+	}
+	defer f.Close()
+	if err := vol.ReplaceVolume(ctx, f); err != nil {
+		return fmt.Errorf("re-import PAM volume %s: %w", jv.Name, err)
+	}
+	r.logger.Info("PAM Issuer volume restored", "volume", jv.Name)
+	return r.done(StepVolume)
+}
+
+func exportTo(ctx context.Context, vol VolumeManager, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("save PAM volume %s: %w", vol.VolumeName(), err)
+	}
+	if err := vol.ExportVolume(ctx, f); err != nil {
+		f.Close()
+		return fmt.Errorf("save PAM volume %s before replacing it: %w", vol.VolumeName(), err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func (r *run) prepareDevices(ctx context.Context) error {
+	dev := r.target.Devices()
+	if dev == nil {
+		r.res.warn(r.logger, "device preparation skipped: no database and KV connection configured")
+		return r.done(StepDevicePrep)
+	}
+	counts, _, err := dev.Prepare(ctx, DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV})
+	if err != nil {
+		return fmt.Errorf("device preparation: %w", err)
+	}
+	r.res.DevicePrep = counts
+	return r.done(StepDevicePrep)
+}
+
+func (r *run) startUnits(ctx context.Context) error {
+	j := r.journal
+	if len(j.ActiveUnits) > 0 {
+		r.logger.Info("starting units", "units", j.ActiveUnits)
+		if err := r.target.Units().StartUnits(ctx, j.ActiveUnits); err != nil {
+			return err
+		}
+	}
+	return r.done(StepStartUnits)
+}
+
+// finalize drops what was kept for a rollback and marks the journal done.
+func (r *run) finalize(ctx context.Context) error {
+	j := r.journal
+	if jd := j.Database; jd != nil && jd.LiveExisted {
+		if r.opts.KeepOldDB {
+			r.res.OldDatabase = jd.Old
+		} else if err := r.target.Database().Drop(ctx, jd.Old); err != nil {
+			r.res.warn(r.logger, "could not drop the previous database %s (%v): drop it by hand when you no longer need it", jd.Old, err)
+			r.res.OldDatabase = jd.Old
+		}
+	}
+	for _, set := range j.Files {
+		if err := os.RemoveAll(set.Old); err != nil {
+			r.res.warn(r.logger, "could not remove the previous copy %s: %v", set.Old, err)
+		}
+	}
+	for _, p := range []string{r.volumeStagePath(), r.volumeSavePath()} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			r.res.warn(r.logger, "could not remove %s: %v", p, err)
+		}
+	}
+	j.State = StateDone
+	j.Warnings = append(j.Warnings, r.res.Warnings...)
+	if err := r.done(StepFinalize); err != nil {
+		return err
+	}
+	r.logger.Info("restore completed", "id", j.ID)
+	return nil
+}
+
+// fail rolls back after a failed step and starts the units that were active.
+func (r *run) fail(step string, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	r.logger.Error("restore step failed, rolling back", "step", step, "err", cause)
+	rbErr := r.rollback(ctx)
+	r.res.RolledBack = rbErr == nil
+	r.journal.Error = cause.Error()
+	if rbErr != nil {
+		_ = r.store.save(r.journal)
+		return fmt.Errorf("restore failed at %s: %w; the rollback also failed: %v; run the restore with rollback to try again (journal %s)",
+			step, cause, rbErr, r.store.path)
+	}
+	return fmt.Errorf("restore failed at %s: %w; everything was put back as it was and the units that were running were started again", step, cause)
+}
+
+// rollback undoes whatever the journal says may have happened, in reverse order, then
+// starts the units that were active. Each part checks what is on disk and in the
+// database, so it is safe to run more than once.
+func (r *run) rollback(ctx context.Context) error {
+	j := r.journal
+	var errs []error
+	if jv := j.Volume; jv != nil {
+		if err := r.rollbackVolume(ctx, jv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for i := len(j.Files) - 1; i >= 0; i-- {
+		if err := rollbackFileSet(j.Files[i]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if jd := j.Database; jd != nil {
+		if err := r.rollbackDatabase(ctx, jd); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range []string{r.volumeStagePath()} {
+		_ = os.Remove(p)
+	}
+	if j.UnitsRecorded && len(j.ActiveUnits) > 0 {
+		if err := r.target.Units().StartUnits(ctx, j.ActiveUnits); err != nil {
+			errs = append(errs, fmt.Errorf("start units %v: %w", j.ActiveUnits, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if r.journal.Volume != nil {
+		_ = os.Remove(r.volumeSavePath())
+	}
+	j.State = StateRolledBack
+	return r.store.save(j)
+}
+
+func (r *run) rollbackVolume(ctx context.Context, jv *JournalVolume) error {
+	if jv.Saved == "" || jv.Saved == "-" {
+		return nil // nothing saved: either never replaced or there was no volume before
+	}
+	f, err := os.Open(jv.Saved)
+	if err != nil {
+		return fmt.Errorf("put PAM volume %s back: %w", jv.Name, err)
+	}
+	defer f.Close()
+	if err := r.target.Volume().ReplaceVolume(ctx, f); err != nil {
+		return fmt.Errorf("put PAM volume %s back from %s: %w", jv.Name, jv.Saved, err)
+	}
+	return nil
+}
+
+func (r *run) rollbackDatabase(ctx context.Context, jd *JournalDatabase) error {
+	db := r.target.Database()
+	oldThere, err := db.Exists(ctx, jd.Old)
+	if err != nil {
+		return fmt.Errorf("roll back database: %w", err)
+	}
+	switch {
+	case oldThere:
+		// The live database was renamed aside: whatever is live now is the restored copy.
+		if err := db.Drop(ctx, jd.Live); err != nil {
+			return fmt.Errorf("roll back database: %w", err)
+		}
+		if err := db.Rename(ctx, jd.Old, jd.Live); err != nil {
+			return fmt.Errorf("roll back database: the previous data is in %s: rename it to %s by hand: %w", jd.Old, jd.Live, err)
+		}
+	case !jd.LiveExisted && r.journal.isDone(StepLoadDatabase):
+		tempThere, err := db.Exists(ctx, jd.Temp)
+		if err != nil {
+			return fmt.Errorf("roll back database: %w", err)
+		}
+		if !tempThere {
+			// The restored copy became the live one; there was none before.
+			if err := db.Drop(ctx, jd.Live); err != nil {
+				return fmt.Errorf("roll back database: %w", err)
+			}
+		}
+	}
+	if err := db.Drop(ctx, jd.Temp); err != nil {
+		return fmt.Errorf("roll back database: %w", err)
+	}
+	return nil
+}
+
+// rollbackOnly undoes the unfinished restore recorded in the journal.
+func (r *run) rollbackOnly(ctx context.Context) error {
+	unlock, err := r.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	j, err := r.store.load()
+	if err != nil {
+		return err
+	}
+	if j == nil || j.State != StateRunning {
+		r.res.Message = "no unfinished restore to roll back"
+		return nil
+	}
+	r.journal = j
+	r.res.RestoreID = j.ID
+	if r.opts.CheckMode {
+		r.res.Changed = true
+		r.res.Message = fmt.Sprintf("restore %s would be rolled back; steps done: %v", j.ID, j.Done)
+		return nil
+	}
+	if r.target == nil {
+		return errors.New("rollback needs the target installation")
+	}
+	if err := r.rollback(ctx); err != nil {
+		return fmt.Errorf("roll back restore %s: %w", j.ID, err)
+	}
+	r.res.Changed, r.res.RolledBack = true, true
+	r.res.Message = fmt.Sprintf("restore %s rolled back; the units that were running were started again", j.ID)
+	return nil
+}
+
+func formatCounts(title string, c map[string]int64) string {
+	keys := make([]string, 0, len(c))
+	for k := range c {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s:\n", title)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "  %s: %d\n", k, c[k])
+	}
+	return b.String()
+}
+
+// planDiff shows the plan as Ansible's before/after text.
+func planDiff(p *Plan) *Diff {
+	var before, after strings.Builder
+	fmt.Fprintf(&before, "units active: %s\n", strings.Join(p.UnitsToStop, " "))
+	fmt.Fprintf(&after, "units active: %s (stopped during the restore, started again)\n", strings.Join(p.UnitsToStop, " "))
+	if d := p.Database; d != nil && !d.External {
+		fmt.Fprintf(&before, "database %s: exists=%v size=%d owner=%s\n", d.Name, d.LiveExists, d.LiveSize, d.Owner)
+		before.WriteString(formatCounts("  rows", d.CountsNow))
+		fmt.Fprintf(&after, "database %s: from the archive's dump (%d bytes of SQL), owner=%s\n", d.Name, d.DumpSize, d.Owner)
+		after.WriteString(formatCounts("  rows", d.CountsArchive))
+	}
+	for _, f := range p.Files {
+		paths := map[string]bool{}
+		for k := range f.before {
+			paths[k] = true
+		}
+		for k := range f.after {
+			paths[k] = true
+		}
+		keys := make([]string, 0, len(paths))
+		for k := range paths {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			if b, ok := f.before[k]; ok {
+				fmt.Fprintf(&before, "%s %s %s\n", f.displayPath(k), b.Mode, describe(b))
+			}
+			if a, ok := f.after[k]; ok {
+				fmt.Fprintf(&after, "%s %s %s\n", f.displayPath(k), a.Mode, describe(a))
+			}
+		}
+	}
+	if p.Volume != "" {
+		fmt.Fprintf(&before, "volume %s: current content\n", p.Volume)
+		fmt.Fprintf(&after, "volume %s: the archive's content\n", p.Volume)
+	}
+	return &Diff{Before: before.String(), After: after.String()}
+}
+
+func describe(s FileState) string {
+	if s.Dir {
+		return "dir"
+	}
+	return "sha256:" + s.SHA256
+}

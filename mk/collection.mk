@@ -1,0 +1,73 @@
+# The flightctl.dr Ansible collection: build, install, lint, tests, demo.
+# Included by the top-level Makefile (MODULES, VERSION, LDFLAGS, GO come from there).
+
+COLLECTION_ARCHS   := amd64 arm64
+COLLECTION_SRC     := collection
+COLLECTION_ROOT    := build/ansible_collections
+COLLECTION_DIR     := $(COLLECTION_ROOT)/flightctl/dr
+COLLECTION_INSTALL := build/installed
+# Galaxy refuses uploads over 20 MB.
+COLLECTION_MAX_BYTES := 20971520
+# A release tag (v1.2.3) gives the collection its version; otherwise galaxy.yml's.
+COLLECTION_VERSION := $(shell v='$(VERSION)'; v=$${v#v}; \
+  if [[ $$v =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]]; then echo $$v; \
+  else sed -n 's/^version: *//p' galaxy.yml; fi)
+COLLECTION_TARBALL := dist/flightctl-dr-$(COLLECTION_VERSION).tar.gz
+
+.PHONY: collection collection-install demo molecule sanity-ansible
+
+## collection: cross-compile the modules and build the Galaxy tarball in dist/
+collection:
+	@rm -rf $(COLLECTION_DIR) && mkdir -p $(COLLECTION_DIR) dist
+	cp -a $(COLLECTION_SRC)/. $(COLLECTION_DIR)/
+	sed 's/^version: .*/version: $(COLLECTION_VERSION)/' galaxy.yml > $(COLLECTION_DIR)/galaxy.yml
+	@mkdir -p $(COLLECTION_DIR)/playbooks
+	cp playbooks/dr-backup.yml $(COLLECTION_DIR)/playbooks/dr_backup.yml
+	cp playbooks/dr-restore.yml $(COLLECTION_DIR)/playbooks/dr_restore.yml
+	@set -e; present=; missing=; for m in $(MODULES); do \
+	  if [ -d modules/$$m ]; then present="$$present $$m"; continue; fi; \
+	  missing="$$missing $$m"; \
+	  rm -f $(COLLECTION_DIR)/plugins/modules/$$m $(COLLECTION_DIR)/plugins/modules/$$m.yml $(COLLECTION_DIR)/plugins/action/$$m.py; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "collection: WARNING: no source for$$missing: left out of the collection" >&2; \
+	  if [ -n "$(COLLECTION_REQUIRE_ALL)" ]; then exit 1; fi; \
+	fi; \
+	bash scripts/multicall.sh build/_multicall $$present; \
+	for a in $(COLLECTION_ARCHS); do \
+	  echo "  GO   flightctl_dr linux/$$a ($$present )"; \
+	  GOOS=linux GOARCH=$$a $(GOBUILD) -o $(COLLECTION_DIR)/plugins/modules/flightctl_dr_linux_$$a ./build/_multicall/cmd; \
+	done
+	ansible-galaxy collection build --force --output-path dist $(COLLECTION_DIR)
+	@size=$$(stat -c %s $(COLLECTION_TARBALL)); \
+	  echo "collection: $(COLLECTION_TARBALL) is $$size bytes (limit $(COLLECTION_MAX_BYTES))"; \
+	  if [ $$size -gt $(COLLECTION_MAX_BYTES) ]; then \
+	    echo "collection: $(COLLECTION_TARBALL) is over Galaxy's 20 MB limit" >&2; exit 1; fi
+	@# Lets `ansible-playbook playbooks/dr-backup.yml` find the collection from a checkout.
+	@mkdir -p playbooks/collections/ansible_collections/flightctl
+	@ln -sfn ../../../../$(COLLECTION_DIR) playbooks/collections/ansible_collections/flightctl/dr
+
+## collection-install: install the tarball into build/installed (what the tests run)
+collection-install: collection
+	rm -rf $(COLLECTION_INSTALL)
+	ansible-galaxy collection install --force -p $(COLLECTION_INSTALL) $(COLLECTION_TARBALL)
+
+## demo: sandbox estate, backup, disaster, restore, report; stops everything at the end
+demo:
+	bash scripts/demo.sh
+
+## molecule: the podman_host scenario, driven with ansible-playbook in molecule's order
+molecule: collection-install
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh podman_host
+
+sanity-ansible: collection
+	bash scripts/ansible-sanity.sh $(COLLECTION_DIR)
+
+test-ansible:: collection-install
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/ansible-tests.sh
+	@$(MAKE) --no-print-directory lint-ansible
+
+lint-ansible:: collection
+	ansible-lint
+	yamllint -s .
+	bash scripts/ansible-sanity.sh $(COLLECTION_DIR)

@@ -1,0 +1,199 @@
+// flightctl_backup makes a full, upstream-compatible backup of a Flight Control server on
+// a systemd/Podman host: database dump, PKI, encryption keys, service config and the PAM
+// issuer volume, streamed into one archive with its .sha256 beside it. Invoked as
+// flightctl-backup it accepts upstream's flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"flightctl.dr/internal/ansiblemod"
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/backup"
+	"flightctl.dr/internal/cli"
+	"flightctl.dr/internal/estate"
+)
+
+// Options are the module's options; the sidecar flightctl_backup.yml documents them.
+type Options struct {
+	OutputDir         string `ansible:"output_dir,required" help:"directory that receives the archive and its .sha256 (created when missing)"`
+	DeploymentType    string `ansible:"deployment_type" default:"auto" choices:"auto,podman,kubernetes" help:"the installation type; auto asks systemd and looks for a kubeconfig"`
+	SystemdScope      string `ansible:"systemd_scope" default:"system" choices:"system,user" help:"the systemd manager running the units"`
+	SystemdBusAddress string `ansible:"systemd_bus_address" help:"D-Bus address of that manager (default: the scope's usual one)"`
+	ServerVersion     string `ansible:"server_version" help:"the server release recorded in metadata.json (default: discovered)"`
+	DBAccess          string `ansible:"db_access" default:"container" choices:"container,direct" help:"run pg_dump inside the database container, or locally against db_host"`
+	DBContainer       string `ansible:"db_container" default:"flightctl-db" help:"the database container"`
+	DBHost            string `ansible:"db_host" default:"127.0.0.1" help:"database host (as seen from inside the container with container access)"`
+	DBPort            int    `ansible:"db_port" default:"5432" help:"database port"`
+	DBName            string `ansible:"db_name" help:"the database (default: db.name of the service config, else flightctl)"`
+	DBUser            string `ansible:"db_user" default:"flightctl_app" help:"the user pg_dump connects as"`
+	DBPassword        string `ansible:"db_password,secret" help:"its password (default: the podman secret db_password_secret)"`
+	DBPasswordSecret  string `ansible:"db_password_secret" default:"flightctl-postgresql-user-password" help:"the podman secret holding the password when db_password is not given"`
+	APIContainer      string `ansible:"api_container" default:"flightctl-api" help:"the container whose image tag is the server version"`
+	PKIDir            string `ansible:"pki_dir" default:"/etc/flightctl/pki" help:"the PKI directory (required)"`
+	EncryptionDir     string `ansible:"encryption_dir" default:"/etc/flightctl/encryption" help:"the data-at-rest key directory (optional)"`
+	ConfigFile        string `ansible:"config_file" default:"/etc/flightctl/service-config.yaml" help:"the service configuration (required)"`
+	PAMVolume         string `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume (optional); empty to skip it"`
+	CompressionLevel  int    `ansible:"compression_level" default:"6" help:"gzip level, 1 (fastest) to 9 (smallest)"`
+}
+
+// Validate checks what the tags cannot.
+func (o *Options) Validate() error {
+	if strings.TrimSpace(o.OutputDir) == "" {
+		return errors.New("output_dir is empty: give the directory that receives the archive")
+	}
+	if o.DBPort <= 0 || o.DBPort > 65535 {
+		return fmt.Errorf("db_port %d is not a TCP port (1-65535)", o.DBPort)
+	}
+	if o.CompressionLevel < 1 || o.CompressionLevel > 9 {
+		return fmt.Errorf("compression_level %d is out of range: use 1 (fastest) to 9 (smallest)", o.CompressionLevel)
+	}
+	return nil
+}
+
+func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
+	c := estate.DefaultPodmanConfig()
+	c.PKIDir, c.EncryptionDir, c.ConfigFile, c.PAMVolume = o.PKIDir, o.EncryptionDir, o.ConfigFile, o.PAMVolume
+	c.DBAccess, c.DBContainer, c.DBHost, c.DBPort = estate.DBAccess(o.DBAccess), o.DBContainer, o.DBHost, o.DBPort
+	c.DBName, c.DBUser, c.DBPassword = o.DBName, o.DBUser, o.DBPassword
+	c.DBPasswordSecret, c.APIContainer = o.DBPasswordSecret, o.APIContainer
+	c.SystemdScope, c.SystemdBusAddress = o.SystemdScope, o.SystemdBusAddress
+	return backup.Options{
+		DeploymentType:   o.DeploymentType,
+		Podman:           c,
+		ServerVersion:    o.ServerVersion,
+		OutputDir:        o.OutputDir,
+		CompressionLevel: o.CompressionLevel,
+		Logger:           env.Log,
+	}
+}
+
+func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
+	opts := o.backupOptions(env)
+	if env.CheckMode {
+		p, err := backup.Plan(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range p.Warnings {
+			env.Warn("%s", w)
+		}
+		values := map[string]any{
+			"plan":            p.Estate,
+			"components":      p.Components,
+			"server_version":  p.ServerVersion,
+			"deployment_type": p.DeploymentType,
+			"output_dir":      p.OutputDir,
+			"estimated_size":  p.Estate.EstimatedSize,
+			"free_space":      p.FreeSpace,
+		}
+		res := &ansiblemod.Result{
+			Changed: true,
+			Msg:     fmt.Sprintf("a backup of %s would be written to %s (at most %d bytes before compression, %d free)", describe(p.Components), p.OutputDir, p.Estate.EstimatedSize, p.FreeSpace),
+			Values:  values,
+		}
+		if env.Diff {
+			res.Diff = &ansiblemod.Diff{Before: map[string]any{"output_dir": p.OutputDir}, After: map[string]any{"output_dir": p.OutputDir, "archive": "flightctl-backup-<time>.tar.gz", "components": p.Components}}
+		}
+		return res, nil
+	}
+	r, err := backup.Run(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range r.Warnings {
+		env.Warn("%s", w)
+	}
+	return &ansiblemod.Result{
+		Changed: true,
+		Msg:     fmt.Sprintf("Backup completed successfully: %s", r.Archive),
+		Values: map[string]any{
+			"archive":       r.Archive,
+			"checksum_file": r.ChecksumFile,
+			"sha256":        r.SHA256,
+			"size":          r.Size,
+			"metadata":      r.Metadata,
+			"components":    r.Components,
+			"captured":      r.Captured,
+			"duration":      r.Duration.Seconds(),
+		},
+	}, nil
+}
+
+// describe names the parts of the server a backup holds.
+func describe(c archive.Components) string {
+	var parts []string
+	for _, p := range []struct {
+		on   bool
+		name string
+	}{{c.Database, "database"}, {c.PKI, "PKI"}, {c.Encryption, "encryption keys"}, {c.Config, "service config"}, {c.Volumes, "PAM issuer volume"}} {
+		if p.on {
+			parts = append(parts, p.name)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// App is the binary: an Ansible module, a CLI for people, and upstream's flightctl-backup.
+var App = cli.App[Options]{
+	Module: ansiblemod.Module[Options]{Name: "flightctl_backup", Run: run},
+	Short:  "Back up a Flight Control server (systemd/Podman host)",
+	Long: "Backs up a Flight Control server installed from the RPM (systemd units running Podman containers): " +
+		"database dump, PKI, encryption keys, service config and PAM issuer volume, streamed into one " +
+		"flightctl-backup-<time>.tar.gz with its .sha256, in upstream's format. Nothing is staged on disk; " +
+		"an interrupted backup leaves nothing behind.",
+	Human: human,
+	Personalities: []cli.Personality{{
+		Name:        "flightctl-backup",
+		Use:         "flightctl-backup [flags]",
+		VersionLine: "Flight Control Backup Version: %s",
+		Args:        cobra.NoArgs,
+		Flags:       upstreamFlags,
+	}},
+}
+
+// upstreamFlags are upstream flightctl-backup's flags (UPSTREAM §1.1).
+func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error) {
+	output := fs.String("output", ".", "output directory for the backup archive")
+	typ := fs.String("deployment-type", "", "deployment type: kubernetes or podman (default: auto-detect)")
+	fs.String("namespace", "flightctl", "Kubernetes namespace (Kubernetes only)")
+	fs.String("internal-namespace", "", "Kubernetes internal namespace (Kubernetes only)")
+	fs.String("helm-release-name", "", "Helm release name (Kubernetes only)")
+	container := fs.String("db-container-name", "flightctl-db", "database container name (podman)")
+	name := fs.String("db-name", "", "database name (default: db.name from service-config.yaml)")
+	fs.String("kv-container-name", "flightctl-kv", "KV container name (podman; reserved)")
+	return func([]string) (map[string]any, error) {
+		opts := map[string]any{"output_dir": *output, "db_container": *container}
+		if *typ != "" {
+			if _, err := estate.ParseType(*typ); err != nil {
+				return nil, fmt.Errorf("invalid --deployment-type %q: must be \"kubernetes\" or \"podman\"", *typ)
+			}
+			opts["deployment_type"] = *typ
+		}
+		if *name != "" {
+			opts["db_name"] = *name
+		}
+		return opts, nil
+	}
+}
+
+func human(w io.Writer, out ansiblemod.Output) {
+	if msg, _ := out["msg"].(string); msg != "" {
+		fmt.Fprintln(w, msg)
+	}
+	if a, ok := out["archive"]; ok {
+		fmt.Fprintf(w, "archive:    %v\nchecksum:   %v\nsha256:     %v\nsize:       %v bytes\n", a, out["checksum_file"], out["sha256"], out["size"])
+	}
+	if c, ok := out["components"].(map[string]any); ok {
+		fmt.Fprintf(w, "components: db=%v pki=%v encryption=%v config=%v volumes=%v\n", c["db"], c["pki"], c["encryption"], c["config"], c["volumes"])
+	}
+}
+
+func main() { cli.Main(App) }

@@ -1,0 +1,252 @@
+// flightctl_restore restores a Flight Control server on a systemd/Podman host from an
+// archive made by flightctl_backup or upstream flightctl-backup: verified before anything
+// is touched, journaled so that an interrupted restore can be finished or undone, and
+// rolled back on failure. Without an archive it runs device preparation only, as upstream's
+// older flightctl-restore did.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"flightctl.dr/internal/ansiblemod"
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/cli"
+	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/podman"
+	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/runner"
+)
+
+// Options are the module's options; the sidecar flightctl_restore.yml documents them.
+type Options struct {
+	Path                 string   `ansible:"path" help:"the archive to restore; without it only device preparation runs"`
+	ChecksumFile         string   `ansible:"checksum_file" help:"the checksum file (default: <path>.sha256)"`
+	DeploymentType       string   `ansible:"deployment_type" default:"auto" choices:"auto,podman,kubernetes" help:"the installation type; auto asks systemd and looks for a kubeconfig"`
+	SystemdScope         string   `ansible:"systemd_scope" default:"system" choices:"system,user" help:"the systemd manager running the units"`
+	SystemdBusAddress    string   `ansible:"systemd_bus_address" help:"D-Bus address of that manager (default: the scope's usual one)"`
+	ServerVersion        string   `ansible:"server_version" help:"the running server's release (default: discovered)"`
+	AllowVersionMismatch bool     `ansible:"allow_version_mismatch" default:"false" help:"restore an archive of another server version, with a warning"`
+	DBAccess             string   `ansible:"db_access" default:"container" choices:"container,direct" help:"run psql inside the database container, or locally against db_host"`
+	DBContainer          string   `ansible:"db_container" default:"flightctl-db" help:"the database container"`
+	DBHost               string   `ansible:"db_host" default:"127.0.0.1" help:"database host (direct access, and device preparation)"`
+	DBPort               int      `ansible:"db_port" default:"5432" help:"database port"`
+	DBName               string   `ansible:"db_name" help:"the database (default: db.name of the service config, else flightctl)"`
+	DBAdminUser          string   `ansible:"db_admin_user" help:"superuser that replaces the database (default: postgres in the container, admin when direct)"`
+	DBAdminPassword      string   `ansible:"db_admin_password,secret" help:"its password (direct access; default: the podman secret flightctl-postgresql-master-password)"`
+	DBUser               string   `ansible:"db_user" default:"flightctl_app" help:"application user for device preparation"`
+	DBPassword           string   `ansible:"db_password,secret" env:"DB_PASSWORD" help:"its password (default: the podman secret flightctl-postgresql-user-password)"`
+	KVHost               string   `ansible:"kv_host" default:"127.0.0.1" help:"KV store host"`
+	KVPort               int      `ansible:"kv_port" default:"6379" help:"KV store port"`
+	KVPassword           string   `ansible:"kv_password,secret" env:"KV_PASSWORD" help:"KV password (default: the podman secret flightctl-kv-password)"`
+	PKIDir               string   `ansible:"pki_dir" default:"/etc/flightctl/pki" help:"the live PKI directory"`
+	EncryptionDir        string   `ansible:"encryption_dir" default:"/etc/flightctl/encryption" help:"the live data-at-rest key directory"`
+	ConfigFile           string   `ansible:"config_file" default:"/etc/flightctl/service-config.yaml" help:"the live service configuration"`
+	PAMVolume            string   `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume; empty to leave it alone"`
+	KeepOldDB            bool     `ansible:"keep_old_db" default:"false" help:"keep the previous database as <db>_old_<id> after success"`
+	StateDir             string   `ansible:"state_dir" default:"/var/lib/flightctl-dr" help:"where the restore journal is kept"`
+	FlushKV              bool     `ansible:"flush_kv" default:"true" help:"clear the KV store before device preparation (as upstream)"`
+	Units                []string `ansible:"units" help:"the application units to stop and start (default: upstream's list)"`
+	Rollback             bool     `ansible:"rollback" default:"false" help:"undo the unfinished restore recorded in the journal"`
+	Force                bool     `ansible:"force" default:"false" help:"restore again from an archive already restored"`
+}
+
+// Validate checks what the tags cannot.
+func (o *Options) Validate() error {
+	if o.DBPort <= 0 || o.DBPort > 65535 || o.KVPort <= 0 || o.KVPort > 65535 {
+		return errors.New("db_port and kv_port must be TCP ports (1-65535)")
+	}
+	if o.Rollback && o.Path != "" {
+		return errors.New("rollback undoes the unfinished restore in the journal: give it without path")
+	}
+	if o.StateDir == "" {
+		return errors.New("state_dir is empty: the journal needs a directory")
+	}
+	return nil
+}
+
+func (o *Options) podmanConfig() estate.PodmanConfig {
+	c := estate.DefaultPodmanConfig()
+	c.PKIDir, c.EncryptionDir, c.ConfigFile, c.PAMVolume = o.PKIDir, o.EncryptionDir, o.ConfigFile, o.PAMVolume
+	c.DBAccess, c.DBContainer, c.DBHost, c.DBPort, c.DBName = estate.DBAccess(o.DBAccess), o.DBContainer, o.DBHost, o.DBPort, o.DBName
+	c.DBUser, c.DBPassword = o.DBUser, o.DBPassword
+	c.DBAdminUser, c.DBAdminPassword = o.DBAdminUser, o.DBAdminPassword
+	if c.DBAdminUser == "" {
+		c.DBAdminUser = "postgres"
+		if c.DBAccess == estate.DBAccessDirect {
+			c.DBAdminUser = "admin"
+		}
+	}
+	c.KVHost, c.KVPort, c.KVPassword = o.KVHost, o.KVPort, o.KVPassword
+	c.SystemdScope, c.SystemdBusAddress = o.SystemdScope, o.SystemdBusAddress
+	if len(o.Units) > 0 {
+		c.Units = o.Units
+	}
+	return c
+}
+
+// deploymentType resolves auto. A restore interrupted after stopping the API unit leaves
+// nothing for detection to see, so an unfinished journal (only Podman restores write one)
+// answers instead.
+func deploymentType(ctx context.Context, o *Options, log *slog.Logger) (estate.Type, error) {
+	if o.DeploymentType != estate.AutoDetect {
+		return estate.ParseType(o.DeploymentType)
+	}
+	if j, err := restore.ReadJournal(o.StateDir); err == nil && j != nil && j.State == restore.StateRunning {
+		log.Info("an unfinished restore is recorded: deployment type podman")
+		return estate.Podman, nil
+	}
+	active, closeFn, err := estate.SystemdUnitActive(ctx, o.SystemdScope, o.SystemdBusAddress)
+	if err != nil {
+		active = func(context.Context, string) (bool, error) { return false, err }
+	} else {
+		defer closeFn()
+	}
+	return estate.DetectType(ctx, estate.DetectOptions{Requested: o.DeploymentType, UnitActive: active})
+}
+
+func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
+	log := env.Log
+	typ, err := deploymentType(ctx, o, log)
+	if err != nil {
+		return nil, err
+	}
+	if typ != estate.Podman {
+		if o.Path != "" {
+			rep, verr := archive.Verify(ctx, o.Path, archive.VerifyOptions{ChecksumFile: o.ChecksumFile, RequireChecksum: true})
+			if verr != nil {
+				return nil, fmt.Errorf("archive integrity check failed: %w", verr)
+			}
+			if rep.Metadata.DeploymentType != string(typ) {
+				return nil, fmt.Errorf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported",
+					rep.Metadata.DeploymentType, typ)
+			}
+		}
+		return nil, fmt.Errorf("deployment type %s: this module restores systemd/Podman hosts; restore a Kubernetes installation with the Kubernetes restore", typ)
+	}
+	cfg := o.podmanConfig()
+	exec := runner.Exec{}
+	if cfg.DBAccess == estate.DBAccessDirect && cfg.DBAdminPassword == "" && o.Path != "" {
+		// The quadlet admin password lives in a Podman secret; a missing one is left to
+		// psql's own error (a .pgpass or trust may still let it in).
+		if pw, err := (&podman.Client{Runner: exec}).ReadSecret(ctx, estate.SecretDBMasterPassword); err == nil {
+			cfg.DBAdminPassword = pw
+		}
+	}
+	target := &estate.PodmanRestore{Config: cfg, Runner: exec, RunningVersion: o.ServerVersion, Logger: log}
+	if err := target.Open(ctx); err != nil {
+		return nil, err
+	}
+	defer target.Close()
+
+	res, err := restore.Run(ctx, restore.Options{
+		ArchivePath: o.Path, ChecksumFile: o.ChecksumFile, Target: target,
+		ServerVersion: o.ServerVersion, AllowVersionMismatch: o.AllowVersionMismatch,
+		KeepOldDB: o.KeepOldDB, StateDir: o.StateDir, FlushKV: o.FlushKV,
+		CheckMode: env.CheckMode, Diff: env.Diff, Rollback: o.Rollback, Force: o.Force,
+		Logger: log,
+	})
+	if res == nil {
+		return nil, err
+	}
+	for _, w := range res.Warnings {
+		env.Warn("%s", w)
+	}
+	out := &ansiblemod.Result{
+		Changed: res.Changed,
+		Msg:     res.Message,
+		Values: map[string]any{
+			"restore_id":         res.RestoreID,
+			"archive":            res.Archive,
+			"plan":               res.Plan,
+			"steps":              res.Steps,
+			"device_preparation": res.DevicePrep,
+			"old_database":       res.OldDatabase,
+			"rolled_back":        res.RolledBack,
+			"duration":           res.Duration.Seconds(),
+		},
+	}
+	if res.Diff != nil {
+		out.Diff = &ansiblemod.Diff{Before: res.Diff.Before, After: res.Diff.After}
+	}
+	if out.Msg == "" && o.Path == "" && !o.Rollback {
+		out.Msg = "device preparation done"
+		if env.CheckMode {
+			out.Msg = "check mode: device preparation would run; nothing was changed"
+		}
+	}
+	return out, err
+}
+
+// App is the binary: an Ansible module, or a CLI for people.
+var App = cli.App[Options]{
+	Module:     ansiblemod.Module[Options]{Name: "flightctl_restore", Run: run},
+	Short:      "Restore a Flight Control server from a backup archive",
+	Long:       "Restores a Flight Control server on a systemd/Podman host from an archive made by flightctl_backup or upstream flightctl-backup. The archive is verified before anything is touched; the restore is journaled (re-run it to finish an interrupted one, or use --rollback to undo it) and rolled back on failure. Without an archive it runs device preparation only.",
+	Positional: []string{"path"},
+	Human:      human,
+	Personalities: []cli.Personality{{
+		Name:        "flightctl-restore",
+		Use:         "flightctl-restore <archive-path> [flags]",
+		VersionLine: "Flight Control Restore Version: %s",
+		Args:        cobra.ExactArgs(1),
+		Flags:       upstreamFlags,
+	}},
+}
+
+// upstreamFlags are upstream flightctl-restore's flags (UPSTREAM §1.2).
+func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error) {
+	typ := fs.String("deployment-type", "", "deployment type: kubernetes or podman (default: auto-detect)")
+	fs.String("namespace", "flightctl", "Kubernetes namespace (Kubernetes only)")
+	fs.String("internal-namespace", "", "Kubernetes internal namespace (Kubernetes only)")
+	keep := fs.Bool("keep-old-db", false, "keep the pre-restore database as <db>_old_<id>")
+	container := fs.String("db-container-name", "flightctl-db", "database container (podman)")
+	name := fs.String("db-name", "", "database name (default: from service-config.yaml)")
+	fs.String("kv-container-name", "flightctl-kv", "KV container (podman; accepted for compatibility)")
+	return func(args []string) (map[string]any, error) {
+		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "db_container": *container}
+		if *typ != "" {
+			if _, err := estate.ParseType(*typ); err != nil {
+				return nil, fmt.Errorf("invalid --deployment-type %q: must be \"kubernetes\" or \"podman\"", *typ)
+			}
+			opts["deployment_type"] = *typ
+		}
+		if *name != "" {
+			opts["db_name"] = *name
+		}
+		return opts, nil
+	}
+}
+
+func human(w io.Writer, out ansiblemod.Output) {
+	if msg, _ := out["msg"].(string); msg != "" {
+		fmt.Fprintln(w, msg)
+	}
+	if steps, ok := out["steps"].([]any); ok && len(steps) > 0 {
+		parts := make([]string, len(steps))
+		for i, s := range steps {
+			parts[i] = fmt.Sprint(s)
+		}
+		fmt.Fprintf(w, "steps:    %s\n", strings.Join(parts, ", "))
+	}
+	if old, _ := out["old_database"].(string); old != "" {
+		fmt.Fprintf(w, "previous database kept as %s\n", old)
+	}
+	if d, ok := out["duration"].(float64); ok {
+		fmt.Fprintf(w, "duration: %.1fs\n", d)
+	}
+	for _, k := range []string{"plan", "device_preparation"} {
+		if v, ok := out[k]; ok && v != nil {
+			cli.PrintHuman(w, ansiblemod.Output{k: v})
+		}
+	}
+}
+
+func main() { cli.Main(App) }

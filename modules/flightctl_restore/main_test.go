@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/moduletest"
+	"flightctl.dr/internal/testbed"
+)
+
+const pkg = "flightctl.dr/modules/flightctl_restore"
+
+func TestSidecarDocsMatchOptions(t *testing.T) {
+	moduletest.CheckSidecar(t, "flightctl_restore", &Options{})
+}
+
+func TestUpstreamPersonalityNeedsArchive(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	link := filepath.Join(t.TempDir(), "flightctl-restore")
+	require.NoError(t, os.Symlink(bin, link))
+	out, err := exec.Command(link).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "accepts 1 arg(s), received 0")
+	out, err = exec.Command(link, "version").CombinedOutput()
+	require.NoError(t, err)
+	require.Contains(t, string(out), "Flight Control Restore Version: ")
+	out, err = exec.Command(link, "x.tar.gz", "--deployment-type", "openshift").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), `invalid --deployment-type "openshift": must be "kubernetes" or "podman"`)
+}
+
+// TestModuleRestore runs the real binary as Ansible does, on a real PostgreSQL, Redis and
+// systemd user manager: check mode first (nothing changes), then the restore, then device
+// preparation alone. Secrets never appear in the output.
+func TestModuleRestore(t *testing.T) {
+	ctx := context.Background()
+	testbed.Need(t, "psql", "/usr/lib/postgresql/15/bin/pg_dump")
+	bin := moduletest.Build(t, pkg)
+	pg := testbed.PostgresForTest(t)
+	rd := testbed.RedisForTest(t)
+	sd := testbed.SystemdForTest(t)
+	require.NoError(t, pg.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{App: "app-Secret-4711", Admin: "admin-Secret-4711"}))
+	conn, err := pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(t, err)
+	for i := 0; i < 5; i++ {
+		_, err := conn.Exec(ctx, fmt.Sprintf(`INSERT INTO devices (org_id, name, created_at, updated_at, spec, status) VALUES ('%s', 'dev-%d', now(), now(), '{}', '{}')`, testbed.DefaultOrgID, i))
+		require.NoError(t, err)
+	}
+	require.NoError(t, sd.WriteUnit("flightctl-api.service", "[Service]\nExecStart=/bin/sleep infinity\n"))
+	require.NoError(t, sd.DaemonReload(ctx))
+	_, err = sd.Systemctl(ctx, "start", "flightctl-api.service")
+	require.NoError(t, err)
+
+	root := t.TempDir()
+	pki := filepath.Join(root, "pki")
+	require.NoError(t, os.MkdirAll(pki, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(pki, "ca.crt"), []byte("CA\n"), 0o644))
+	cfgFile := filepath.Join(root, "service-config.yaml")
+	require.NoError(t, os.WriteFile(cfgFile, []byte("db:\n  name: flightctl\n"), 0o600))
+
+	// The archive: a real pg_dump, the PKI tree and the config.
+	dump := exec.Command("/usr/lib/postgresql/15/bin/pg_dump", "--clean", "--if-exists", "-h", "127.0.0.1", "-p", fmt.Sprint(pg.Port), "-U", "admin", "-d", "flightctl")
+	dump.Env = append(os.Environ(), "PGPASSWORD=admin-Secret-4711")
+	sql, err := dump.Output()
+	require.NoError(t, err)
+	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: t.TempDir()})
+	require.NoError(t, err)
+	now := time.Now()
+	require.NoError(t, w.AddDir("db", 0o755, now))
+	_, err = w.AddStream(archive.DatabaseDump, 0o600, now, bytes.NewReader(sql))
+	require.NoError(t, err)
+	_, err = w.AddTree("pki", pki)
+	require.NoError(t, err)
+	require.NoError(t, w.AddDir("config", 0o700, now))
+	require.NoError(t, w.AddFile("config/service-config.yaml", 0o600, now, int64(len("db:\n  name: flightctl\n")), strings.NewReader("db:\n  name: flightctl\n")))
+	ar, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true})
+	require.NoError(t, err)
+
+	// Damage after the backup.
+	_, err = conn.Exec(ctx, `DELETE FROM devices WHERE name = 'dev-0'`)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(pki, "ca.crt"), []byte("other CA\n"), 0o644))
+	conn.Close(ctx)
+
+	args := map[string]any{
+		"path": ar.Path, "deployment_type": "podman", "server_version": "v1.4.0",
+		"systemd_scope": "user", "systemd_bus_address": sd.BusAddress,
+		"db_access": "direct", "db_port": fmt.Sprint(pg.Port), "db_admin_password": "admin-Secret-4711", "db_password": "app-Secret-4711",
+		"kv_host": rd.Host, "kv_port": rd.Port, "kv_password": rd.Password,
+		"pki_dir": pki, "encryption_dir": filepath.Join(root, "encryption"), "config_file": cfgFile, "pam_volume": "",
+		"state_dir": filepath.Join(root, "state"), "units": []string{"flightctl-api.service", "flightctl-worker.service"},
+	}
+	secrets := []string{"admin-Secret-4711", "app-Secret-4711", rd.Password}
+	noSecrets := func(r moduletest.Result) {
+		for _, s := range secrets {
+			require.NotContains(t, r.Stdout, s)
+			require.NotContains(t, r.Stderr, s)
+		}
+	}
+	count := func() int {
+		c, err := pg.SuperuserConn(ctx, "flightctl")
+		require.NoError(t, err)
+		defer c.Close(ctx)
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM devices`).Scan(&n))
+		return n
+	}
+
+	check := moduletest.Run(t, bin, merge(args, map[string]any{"_ansible_check_mode": true, "_ansible_diff": true, "_ansible_verbosity": 3}))
+	require.Nil(t, check.Out["failed"], check.Out["msg"])
+	noSecrets(check)
+	require.Equal(t, true, check.Out["changed"])
+	plan := check.Out["plan"].(map[string]any)
+	require.Equal(t, []any{"flightctl-api.service"}, plan["units_to_stop"])
+	db := plan["database"].(map[string]any)
+	require.Equal(t, float64(4), db["counts_now"].(map[string]any)["devices"])
+	require.Equal(t, float64(5), db["counts_archive"].(map[string]any)["devices"])
+	require.NotNil(t, check.Out["diff"])
+	require.Equal(t, 4, count(), "check mode changes nothing")
+	require.Equal(t, "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER", check.Out["invocation"].(map[string]any)["module_args"].(map[string]any)["db_password"])
+
+	res := moduletest.Run(t, bin, merge(args, map[string]any{"_ansible_verbosity": 3}))
+	require.Nil(t, res.Out["failed"], res.Out["msg"])
+	noSecrets(res)
+	require.Equal(t, true, res.Out["changed"])
+	require.Contains(t, res.Out["steps"], "swap_database")
+	require.Equal(t, 5, count())
+	b, err := os.ReadFile(filepath.Join(pki, "ca.crt"))
+	require.NoError(t, err)
+	require.Equal(t, "CA\n", string(b))
+	prep := res.Out["device_preparation"].(map[string]any)
+	require.Equal(t, float64(5), prep["devices_updated"])
+	require.NotContains(t, res.Stdout, "CREATE TABLE", "psql output never reaches stdout")
+
+	// Device preparation alone (no archive): already prepared, so nothing to do.
+	only := merge(args, nil)
+	delete(only, "path")
+	dp := moduletest.Run(t, bin, only)
+	require.Nil(t, dp.Out["failed"], dp.Out["msg"])
+	noSecrets(dp)
+	require.Equal(t, float64(0), dp.Out["device_preparation"].(map[string]any)["devices_updated"])
+
+	// A wrong KV password fails before anything is touched.
+	bad := moduletest.Run(t, bin, merge(args, map[string]any{"kv_password": "wrong-Secret-0000", "force": true}))
+	require.Equal(t, true, bad.Out["failed"])
+	require.NotContains(t, bad.Stdout, "wrong-Secret-0000")
+	out, _ := sd.Systemctl(ctx, "is-active", "flightctl-api.service")
+	require.Equal(t, "active", strings.TrimSpace(out))
+}
+
+func merge(a, b map[string]any) map[string]any {
+	out := map[string]any{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}
