@@ -21,6 +21,7 @@ collection:
 	@rm -rf $(COLLECTION_DIR) && mkdir -p $(COLLECTION_DIR) dist
 	cp -a $(COLLECTION_SRC)/. $(COLLECTION_DIR)/
 	sed 's/^version: .*/version: $(COLLECTION_VERSION)/' galaxy.yml > $(COLLECTION_DIR)/galaxy.yml
+	cp CHANGELOG.md $(COLLECTION_DIR)/CHANGELOG.md
 	@mkdir -p $(COLLECTION_DIR)/playbooks
 	cp playbooks/dr-backup.yml $(COLLECTION_DIR)/playbooks/dr_backup.yml
 	cp playbooks/dr-restore.yml $(COLLECTION_DIR)/playbooks/dr_restore.yml
@@ -63,11 +64,22 @@ molecule: collection-install
 sanity-ansible: collection
 	bash scripts/ansible-sanity.sh $(COLLECTION_DIR)
 
+## test-ansible: docs, integration targets and the molecule scenario, from the installed
+## collection, then the Ansible linters
 test-ansible:: collection-install
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/ansible-tests.sh
+	@set -e; export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL); \
+	for m in $(MODULES); do [ -d modules/$$m ] || continue; \
+	  ansible-doc flightctl.dr.$$m | grep -q "^> FLIGHTCTL.DR.$$(echo $$m | tr a-z A-Z) " || { echo "ansible-doc flightctl.dr.$$m shows no documentation" >&2; exit 1; }; \
+	  echo "ansible-doc flightctl.dr.$$m: ok"; done; \
+	for r in backup restore devprep; do \
+	  ansible-doc -t role flightctl.dr.$$r | grep -q "ENTRY POINT: main" || { echo "ansible-doc -t role flightctl.dr.$$r shows no argument spec" >&2; exit 1; }; \
+	  echo "ansible-doc -t role flightctl.dr.$$r: ok"; done
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/run.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh podman_host
 	@$(MAKE) --no-print-directory lint-ansible
 
+## lint-ansible: ansible-lint (production profile), yamllint, ansible-test sanity
 lint-ansible:: collection
-	ansible-lint
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build ansible-lint
 	yamllint -s .
 	bash scripts/ansible-sanity.sh $(COLLECTION_DIR)

@@ -7,11 +7,13 @@
 # every library the tests need once python3-voluptuous, python3-pycodestyle and
 # shellcheck are installed), then the test is run again.
 #
-# usage: scripts/ansible-sanity.sh [build/ansible_collections/flightctl/dr]
+# usage: scripts/ansible-sanity.sh [COLLECTION_DIR [ansible-test sanity options...]]
+#        (default build/ansible_collections/flightctl/dr)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 src=${1:-$repo/build/ansible_collections/flightctl/dr}
+[ $# -gt 0 ] && shift
 src=$(cd "$src" && pwd)
 python=/usr/bin/python3
 pyver=$($python -c 'import sys; print("%d.%d" % sys.version_info[:2])')

@@ -2,6 +2,22 @@
 // tar holding metadata.json, db/dump.sql, pki/, encryption/, config/ and
 // volumes/ (SPEC §2). Archives written here are accepted by upstream's restore
 // and archives written by upstream's backup are read here.
+//
+// Layout of the archives this package writes:
+//   - USTAR entries (PAX only for names too long for USTAR), directories
+//     without trailing slash, metadata.json last with upstream's four keys plus
+//     formatVersion, producer, extra and a manifest (path, type, size, mode,
+//     sha256 of every entry);
+//   - the gzip stream is a sequence of independent members (RFC 1952 allows
+//     it; every reader concatenates them), one per ~1 MiB of tar, compressed in
+//     parallel. Each carries an FEXTRA subfield "FD" with the member's length
+//     so Verify can inflate members in parallel too;
+//   - the header of an entry of unknown size (AddStream) is alone in a stored
+//     (uncompressed) member of fixed length, rewritten in place with the real
+//     size when the stream ends; sizes past 8 GiB use GNU base-256.
+//
+// The archive is created unnamed (O_TMPFILE) and linked under its final name
+// only when complete and synced, so a killed backup leaves nothing behind.
 package archive
 
 import (

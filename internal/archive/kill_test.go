@@ -88,7 +88,7 @@ func TestKilledWriterLeavesNothing(t *testing.T) {
 			p := fmt.Sprintf("/proc/%d/fd/%s", cmd.Process.Pid, fd.Name())
 			target, _ := os.Readlink(p)
 			st, err := os.Stat(p)
-			if strings.HasPrefix(target, dir+"/") && err == nil && st.Size() > 1<<20 {
+			if strings.HasPrefix(target, dir+"/") && err == nil && st.Size() > 8<<10 {
 				archiveFD = p
 				return true
 			}

@@ -312,3 +312,23 @@ func TestTruncatedArchiveRefused(t *testing.T) {
 		assert.True(t, ok, "truncated to %d: %v", n, err)
 	}
 }
+
+// A stream that starts with members of ours and goes on with a plain gzip
+// member (as if concatenated by another tool) is read whole.
+func TestMixedGzipMembers(t *testing.T) {
+	hdr, err := tarHeader("extra", '5', 0o700, fixedNow, 0, true)
+	require.NoError(t, err)
+	data := append(storedMember(hdr), gzipTar(t, upstreamEntries(t))...)
+	p := writeArchive(t, t.TempDir(), data)
+	rep, err := Verify(context.Background(), p, VerifyOptions{RequireChecksum: true})
+	require.NoError(t, err)
+	assert.Len(t, rep.Entries, 14)
+	assert.Equal(t, "extra", rep.Entries[0].Path)
+
+	// A truncated member of ours is refused.
+	p = writeArchive(t, t.TempDir(), storedMember(hdr)[:100])
+	_, err = Verify(context.Background(), p, VerifyOptions{})
+	ie, ok := IsIntegrityError(err)
+	require.True(t, ok, "%v", err)
+	assert.Equal(t, KindStructure, ie.Kind)
+}

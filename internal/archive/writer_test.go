@@ -273,13 +273,14 @@ func TestCancelledContextLeavesNothing(t *testing.T) {
 	defer cancel()
 	w, err := NewWriter(ctx, WriterOptions{Dir: out})
 	require.NoError(t, err)
-	src := &blockingReader{ctx: ctx, data: bytes.NewReader(textish(3, 2<<20)), sent: make(chan struct{})}
+	sent := make(chan struct{})
+	src := &blockingReader{ctx: ctx, data: bytes.NewReader(textish(3, 2<<20)), sent: sent}
 	errc := make(chan error, 1)
 	go func() {
 		_, err := w.AddStream("db/dump.sql", 0o600, time.Time{}, src)
 		errc <- err
 	}()
-	<-src.sent
+	<-sent
 	cancel()
 	require.ErrorIs(t, <-errc, context.Canceled)
 	_, err = w.Commit(Metadata{Version: "v1", DeploymentType: DeploymentPodman})
@@ -358,4 +359,29 @@ func TestStoredMemberLength(t *testing.T) {
 	b := storedMember(bytes.Repeat([]byte{0xff}, blockLen))
 	assert.Len(t, a, storedMemberLen)
 	assert.Len(t, b, storedMemberLen)
+}
+
+// Where O_TMPFILE is missing the archive is written under a hidden name,
+// which Commit turns into the final name and Abort removes.
+func TestNamedTempFallback(t *testing.T) {
+	forceNamedTemp = true
+	t.Cleanup(func() { forceNamedTemp = false })
+	out := t.TempDir()
+	w := newTestWriter(t, out, 0)
+	require.NoError(t, w.AddFile("pki/a", 0o600, time.Time{}, 1, strings.NewReader("x")))
+	tree := names(listTree(t, out))
+	require.Len(t, tree, 1)
+	assert.Regexp(t, `^\.flightctl-backup-[0-9a-f]{16}\.partial$`, tree[0])
+	assert.Equal(t, os.FileMode(0o600), listTree(t, out)[tree[0]].Perm())
+	res, err := w.Commit(Metadata{Version: "v1", DeploymentType: DeploymentPodman})
+	require.NoError(t, err)
+	assert.Equal(t, []string{filepath.Base(res.Path), filepath.Base(res.ChecksumPath)}, names(listTree(t, out)))
+	_, err = Verify(context.Background(), res.Path, VerifyOptions{RequireChecksum: true})
+	require.NoError(t, err)
+
+	out2 := t.TempDir()
+	w = newTestWriter(t, out2, 0)
+	require.NoError(t, w.AddFile("pki/a", 0o600, time.Time{}, 1, strings.NewReader("x")))
+	require.NoError(t, w.Abort())
+	assert.Empty(t, listTree(t, out2))
 }

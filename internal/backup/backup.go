@@ -126,7 +126,7 @@ type Preview struct {
 	DeploymentType estate.Type        `json:"deployment_type"`
 	ServerVersion  string             `json:"server_version"`
 	OutputDir      string             `json:"output_dir"`
-	OutputDirFresh bool               `json:"output_dir_created"`
+	OutputDirFresh bool               `json:"output_dir_missing"`
 	FreeSpace      uint64             `json:"free_space"`
 	Estate         *estate.BackupPlan `json:"plan"`
 	Components     archive.Components `json:"components"`

@@ -220,6 +220,8 @@ func BenchmarkLinkRoundTrip(b *testing.B) {
 	be := benchSetup(b)
 	for name, kv := range map[string]*redis.Client{"loopback": be.direct, "1ms-link": be.slow} {
 		b.Run(name, func(b *testing.B) {
+			require.NoError(b, kv.Ping(context.Background()).Err()) // connection set up outside the timer
+			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				require.NoError(b, kv.Ping(context.Background()).Err())
 			}

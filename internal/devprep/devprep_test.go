@@ -507,3 +507,106 @@ func TestValidate(t *testing.T) {
 	assert.NoError(t, ConnOptions{DBHost: "h", DBPort: 5432, DBName: "d", DBUser: "u", KVHost: "k", KVPort: 6379}.Validate())
 	assert.False(t, errors.Is(err, ErrDBAuth))
 }
+
+// Every combination of annotations, status and deletion, checked against a Go oracle of
+// SPEC §5, and Plan's counts against Run's.
+func TestEveryCombinationAgainstOracle(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	annotations := []*string{nil, js("null"), js(`{}`), js(`{"device-controller/awaitingReconnect": "true"}`),
+		js(`{"device-controller/awaitingReconnect": "false"}`), js(`{"device-controller/awaitingReconnect": "TRUE"}`),
+		js(`{"device-controller/awaitingReconnect": true}`), js(`{"other": "x"}`), js(`[]`), js(`"text"`)}
+	statuses := []*string{nil, js("null"), js(typicalStatus),
+		js(statusWith(t, map[string]any{"lifecycle": map[string]any{"status": "Decommissioned"}})),
+		js(statusWith(t, map[string]any{"lifecycle": map[string]any{"status": "Decommissioning"}})),
+		js(statusWith(t, map[string]any{"lifecycle": map[string]any{"status": "Enrolled"}})),
+		js(`{"lifecycle": {"status": "decommissioned"}}`), js(`[1, 2]`)}
+	type dev struct {
+		name      string
+		ann, st   *string
+		deleted   bool
+		qualifies bool
+		keyed     bool
+	}
+	var devs []dev
+	wantDevices, wantKeys := 0, 0
+	for i, a := range annotations {
+		for j, s := range statuses {
+			for _, del := range []bool{false, true} {
+				d := dev{name: fmt.Sprintf("d-%d-%d-%v", i, j, del), ann: a, st: s, deleted: del}
+				annotated := oracleAnnotation(t, a) == "true"
+				d.qualifies = !del && !oracleDecommission(t, s) && !annotated
+				d.keyed = !del && (annotated || d.qualifies)
+				if d.qualifies {
+					wantDevices++
+				}
+				if d.keyed {
+					wantKeys++
+				}
+				devs = append(devs, d)
+				e.addDevice(t, row{org: orgA, name: d.name, annotations: a, status: s, rv: i64(5), deleted: del, lastSeen: true})
+			}
+		}
+	}
+	opts := e.options(t)
+	plan, err := Plan(ctx, opts)
+	require.NoError(t, err)
+	res, err := Run(ctx, opts)
+	require.NoError(t, err)
+	assert.Equal(t, wantDevices, res.DevicesUpdated)
+	assert.Equal(t, wantKeys, res.KeysVerified)
+	plan.KeysVerified = res.KeysVerified
+	assert.Equal(t, plan.Counts, res.Counts)
+	assert.Equal(t, len(devs), res.DevicesUpdated+res.DevicesAlreadyAwaiting+res.DevicesSkippedDecommissioned+res.DevicesDeleted,
+		"every device is counted once")
+
+	keys := e.kvKeys(t)
+	for _, d := range devs {
+		got := e.device(t, orgA, d.name)
+		_, hasKey := keys[KeyFor(orgA, d.name)]
+		assert.Equal(t, d.keyed, hasKey, "%s key", d.name)
+		if !d.qualifies {
+			assert.Equal(t, int64(5), *got.rv, "%s untouched", d.name)
+			assert.False(t, got.lastSeenNull, "%s keeps last_seen", d.name)
+			continue
+		}
+		assert.Equal(t, int64(6), *got.rv, d.name)
+		assert.True(t, got.lastSeenNull, d.name)
+		wantAnn := oracleObject(t, d.ann)
+		wantAnn[AnnotationAwaitingReconnect] = "true"
+		assert.Equal(t, wantAnn, decode(t, got.annotations), "%s annotations", d.name)
+		wantSt := oracleObject(t, d.st)
+		wantSt["summary"], wantSt["updated"] = wantSummary, wantUpdated
+		assert.Equal(t, wantSt, decode(t, got.status), "%s status", d.name)
+	}
+}
+
+// oracleObject is the JSON object in s, or an empty one for anything else.
+func oracleObject(t *testing.T, s *string) map[string]any {
+	if s == nil {
+		return map[string]any{}
+	}
+	var v any
+	require.NoError(t, json.Unmarshal([]byte(*s), &v))
+	if m, ok := v.(map[string]any); ok {
+		return m
+	}
+	return map[string]any{}
+}
+
+// oracleAnnotation is the annotation's text as PostgreSQL's ->> gives it ("" when absent).
+func oracleAnnotation(t *testing.T, s *string) string {
+	switch v := oracleObject(t, s)[AnnotationAwaitingReconnect].(type) {
+	case string:
+		return v
+	case bool:
+		return fmt.Sprint(v)
+	}
+	return ""
+}
+
+func oracleDecommission(t *testing.T, s *string) bool {
+	lc, _ := oracleObject(t, s)["lifecycle"].(map[string]any)
+	st, _ := lc["status"].(string)
+	return st == "Decommissioned" || st == "Decommissioning"
+}

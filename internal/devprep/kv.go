@@ -13,13 +13,47 @@ type device struct{ org, name string }
 func (d device) key() string { return KeyFor(d.org, d.name) }
 
 // forEachDeviceBatch streams the devices that must have a key, in batches of size, so that
-// 100,000 devices never sit in memory at once.
+// 100,000 devices never sit in memory at once. A goroutine reads the next batches from the
+// database while fn works on the current one (the KV round trips), so the two overlap.
 func forEachDeviceBatch(ctx context.Context, q querier, size int, fn func([]device) error) error {
+	batches := make(chan []device, 2)
+	stop := make(chan struct{})
+	scanErr := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		scanErr <- scanDevices(ctx, q, size, batches, stop)
+	}()
+	var fnErr error
+	for batch := range batches {
+		if fnErr != nil {
+			continue // drain until the scanner has stopped
+		}
+		if fnErr = fn(batch); fnErr != nil {
+			// Stop the scan without cancelling the query, so the connection stays usable.
+			close(stop)
+		}
+	}
+	err := <-scanErr
+	if fnErr != nil {
+		return fnErr
+	}
+	return err
+}
+
+func scanDevices(ctx context.Context, q querier, size int, out chan<- []device, stop <-chan struct{}) error {
 	rows, err := q.Query(ctx, keyedDevicesSQL)
 	if err != nil {
 		return fmt.Errorf("list devices awaiting reconnect: %w", err)
 	}
 	defer rows.Close()
+	send := func(b []device) bool {
+		select {
+		case out <- b:
+			return true
+		case <-stop:
+			return false
+		}
+	}
 	batch := make([]device, 0, size)
 	for rows.Next() {
 		var d device
@@ -28,17 +62,17 @@ func forEachDeviceBatch(ctx context.Context, q querier, size int, fn func([]devi
 		}
 		batch = append(batch, d)
 		if len(batch) == size {
-			if err := fn(batch); err != nil {
-				return err
+			if !send(batch) {
+				return nil
 			}
-			batch = batch[:0]
+			batch = make([]device, 0, size)
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("list devices awaiting reconnect: %w", err)
 	}
 	if len(batch) > 0 {
-		return fn(batch)
+		send(batch)
 	}
 	return nil
 }

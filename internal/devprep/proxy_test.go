@@ -1,11 +1,21 @@
 package devprep
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/testbed"
 )
 
 // delayProxy is a TCP proxy on loopback that holds every chunk for delay in each
@@ -116,4 +126,27 @@ func preciseSleep(d time.Duration) {
 			return
 		}
 	}
+}
+
+// The benchmark's proxy must pass every byte both ways, pipelines included.
+func TestDelayProxyForwards(t *testing.T) {
+	testbed.Need(t, "redis-server")
+	kv := testbed.RedisForTest(t)
+	p, err := startDelayProxy(kv.Addr, 200*time.Microsecond)
+	require.NoError(t, err)
+	c := redis.NewClient(&redis.Options{Addr: p.Addr(), Password: kv.Password, MaxRetries: -1})
+	defer c.Close()
+	ctx := context.Background()
+	pipe := c.Pipeline()
+	for i := 0; i < 2000; i++ {
+		pipe.Set(ctx, fmt.Sprintf("k%d", i), strings.Repeat("v", i%100), 0)
+	}
+	_, err = pipe.Exec(ctx)
+	require.NoError(t, err)
+	n, err := kv.Client().DBSize(ctx).Result()
+	require.NoError(t, err)
+	assert.Equal(t, int64(2000), n)
+	assert.Equal(t, strings.Repeat("v", 42), c.Get(ctx, "k42").Val())
+	require.NoError(t, p.Close())
+	assert.Error(t, c.Ping(ctx).Err(), "closed proxy")
 }

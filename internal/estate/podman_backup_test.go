@@ -272,3 +272,31 @@ func TestPlanTreeRefusesSpecialFiles(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "is not a directory")
 }
+
+// TestPAMVolumeLargeExportStreamsFake: an export past the in-memory limit is streamed;
+// one that fails early is only a warning. runner.Fake stands in for podman.
+func TestPAMVolumeLargeExportStreamsFake(t *testing.T) {
+	big := strings.Repeat("v", pamVolumeBufferLimit+12345)
+	fake := &runner.Fake{Handle: func(c runner.Cmd, _ []byte) (string, error) {
+		if strings.Join(c.Args, " ") == "volume export big" {
+			return big, nil
+		}
+		return "", &runner.ExitError{Cmd: "podman volume export", ExitCode: 125, Stderr: "Error: no such volume broken"}
+	}}
+	b := &PodmanBackup{Config: PodmanConfig{PAMVolume: "big"}, Runner: fake}
+	sink := newMemorySink()
+	n, warn, err := b.writePAMVolume(context.Background(), sink, time.Now(), true)
+	require.NoError(t, err)
+	assert.Empty(t, warn)
+	assert.Equal(t, int64(len(big)), n)
+	assert.Equal(t, len(big), len(sink.files[EntryPAMVolumeTar]))
+	assert.Equal(t, fs.FileMode(0o700), sink.dirs[EntryVolumesDir])
+
+	b.Config.PAMVolume = "broken"
+	sink = newMemorySink()
+	_, warn, err = b.writePAMVolume(context.Background(), sink, time.Now(), true)
+	require.NoError(t, err)
+	assert.Contains(t, warn, "PAM Issuer volume export failed")
+	assert.Empty(t, sink.files, "a failed export adds nothing")
+	assert.Empty(t, sink.dirs)
+}

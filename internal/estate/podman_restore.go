@@ -290,19 +290,14 @@ func (p *PodmanRestore) secrets(ctx context.Context) (string, string, error) {
 	return p.dbPassword, p.kvPassword, p.secretsErr
 }
 
-func (d *podmanDevices) conn() (devprep.ConnOptions, error) {
-	c := d.p.Config
-	return devprep.ConnOptions{DBHost: c.DBHost, DBPort: c.DBPort, DBName: d.p.dbName, DBUser: c.DBUser,
-		KVHost: c.KVHost, KVPort: c.KVPort}, nil
-}
-
 func (d *podmanDevices) connect(ctx context.Context) (*devprepConns, error) {
-	co, _ := d.conn()
 	dbpw, kvpw, err := d.p.secrets(ctx)
 	if err != nil {
 		return nil, err
 	}
-	co.DBPassword, co.KVPassword = dbpw, kvpw
+	c := d.p.Config
+	co := devprep.ConnOptions{DBHost: c.DBHost, DBPort: c.DBPort, DBName: d.p.dbName, DBUser: c.DBUser, DBPassword: dbpw,
+		KVHost: c.KVHost, KVPort: c.KVPort, KVPassword: kvpw}
 	db, kv, err := co.Connect(ctx)
 	if err != nil {
 		return nil, err

@@ -3,6 +3,7 @@ package restore_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,7 +117,7 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		verifyTotal += time.Since(start)
 
 		start = time.Now()
-		opts := restore.Options{ArchivePath: ar.Path, Target: target(ctx, b, cfg, nil), StateDir: cfg.StateDir, FlushKV: true, Force: true}
+		opts := restore.Options{Logger: benchLogger(), ArchivePath: ar.Path, Target: target(ctx, b, cfg, benchLogger()), StateDir: cfg.StateDir, FlushKV: true, Force: true}
 		res, err := restore.Run(ctx, opts)
 		require.NoError(b, err)
 		restoreTotal += time.Since(start)
@@ -137,4 +138,12 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	b.ReportMetric(restoreTotal.Seconds()/psqlTotal.Seconds(), "restore/psql")
 	b.ReportMetric(float64(dumpInfo.Size())/(1<<20), "dump-MiB")
 	b.ReportMetric(float64(ar.Size)/(1<<20), "archive-MiB")
+}
+
+// benchLogger shows the steps with their times when FLIGHTCTL_DR_BENCH_LOG=1.
+func benchLogger() *slog.Logger {
+	if os.Getenv("FLIGHTCTL_DR_BENCH_LOG") != "1" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }

@@ -103,9 +103,16 @@ func TestRestoreInvalidDumpLeavesLiveDatabase(t *testing.T) {
 	e.damage(ctx)
 	before := e.snapshot(ctx)
 
-	res, err := restore.Run(ctx, e.options(ctx, path))
+	opts := e.options(ctx, path)
+	stopped := false
+	opts.Checkpoint = func(name string) error {
+		stopped = stopped || name == "stop_units:recorded"
+		return nil
+	}
+	res, err := restore.Run(ctx, opts)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "load_database")
+	require.False(t, stopped, "a dump that does not load stops nothing")
 	require.Contains(t, err.Error(), "everything was put back")
 	require.True(t, res.RolledBack)
 	e.assertUnchanged(ctx, before)
@@ -216,8 +223,8 @@ func readJournal(t *testing.T, dir string) restore.Journal {
 
 // Checkpoints in the order a restore passes them (no PAM volume in these tests).
 var killPoints = []string{
-	"stop_units:recorded", restore.StepStopUnits,
 	"load_database:created", "load_database:loaded", restore.StepLoadDatabase,
+	"stop_units:recorded", restore.StepStopUnits,
 	"swap_database:live_renamed", "swap_database:temp_renamed", restore.StepSwapDatabase,
 	"swap_files:pki", "swap_files:encryption", "swap_files:config", restore.StepSwapFiles,
 	restore.StepVolume, restore.StepDevicePrep, restore.StepStartUnits,

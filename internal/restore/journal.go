@@ -22,8 +22,8 @@ const (
 
 // Step names, in the order they run. They appear in results and in the journal.
 const (
-	StepStopUnits    = "stop_units"
 	StepLoadDatabase = "load_database"
+	StepStopUnits    = "stop_units"
 	StepSwapDatabase = "swap_database"
 	StepStageFiles   = "stage_files"
 	StepSwapFiles    = "swap_files"

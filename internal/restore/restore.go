@@ -65,11 +65,11 @@ type Options struct {
 
 // Validate checks the options.
 func (o *Options) Validate() error {
-	if o.Target == nil && !o.Rollback {
+	if o.Target == nil {
 		return errors.New("restore: no target: tell which installation to restore (deployment_type)")
 	}
-	if o.Rollback && o.ArchivePath != "" && o.CheckMode {
-		return nil
+	if o.Rollback && o.ArchivePath != "" {
+		return errors.New("restore: rollback undoes the unfinished restore in the journal: give it without an archive")
 	}
 	if o.StateDir == "" {
 		o.StateDir = DefaultStateDir
@@ -274,7 +274,7 @@ func (r *run) restore(ctx context.Context) error {
 		return nil
 	}
 
-	if err := r.checkCompatibility(ctx); err != nil {
+	if err := r.checkCompatibility(ctx, resume); err != nil {
 		return err
 	}
 	if err := r.selectComponents(); err != nil {
@@ -311,13 +311,18 @@ func (r *run) restore(ctx context.Context) error {
 	return r.apply(ctx)
 }
 
-// checkCompatibility refuses a deployment-type or version mismatch.
-func (r *run) checkCompatibility(ctx context.Context) error {
+// checkCompatibility refuses a deployment-type or version mismatch. A resumed restore
+// passed the version check when it started; the stopped server may no longer be able to
+// tell its version (quadlet removes a stopped unit's container).
+func (r *run) checkCompatibility(ctx context.Context, resume bool) error {
 	md := r.report.Metadata
 	current := r.target.DeploymentType()
 	if md.DeploymentType != current {
 		return fmt.Errorf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported",
 			md.DeploymentType, current)
+	}
+	if resume {
+		return nil
 	}
 	running := r.opts.ServerVersion
 	if running == "" {

@@ -20,15 +20,17 @@ import (
 const cleanupTimeout = 5 * time.Minute
 
 // apply runs the steps the journal does not mark done. A failure before the units are
-// started again rolls everything back and starts the units that were active.
+// started again rolls everything back and starts the units that were stopped.
 func (r *run) apply(ctx context.Context) error {
 	j := r.journal
 	steps := []struct {
 		name string
 		fn   func(context.Context) error
 	}{
-		{StepStopUnits, r.stopUnits},
+		// The dump loads into a temporary database while the server still runs: a bad dump
+		// fails before anything is stopped, and the server is down only for the swap.
 		{StepLoadDatabase, r.loadAndStage},
+		{StepStopUnits, r.stopUnits},
 		{StepSwapDatabase, r.swapDatabase},
 		{StepSwapFiles, r.swapFiles},
 		{StepVolume, r.replaceVolume},
@@ -509,9 +511,6 @@ func (r *run) rollbackOnly(ctx context.Context) error {
 		r.res.Changed = true
 		r.res.Message = fmt.Sprintf("restore %s would be rolled back; steps done: %v", j.ID, j.Done)
 		return nil
-	}
-	if r.target == nil {
-		return errors.New("rollback needs the target installation")
 	}
 	if err := r.rollback(ctx); err != nil {
 		return fmt.Errorf("roll back restore %s: %w", j.ID, err)

@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,4 +168,111 @@ func toStrings(v any) []string {
 		}
 	}
 	return out
+}
+
+// TestModuleSIGTERMLeavesNothing: Ansible (or an operator) interrupting the module while
+// pg_dump streams: one JSON object saying so, pg_dump stopped, nothing in output_dir.
+func TestModuleSIGTERMLeavesNothing(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	h := newHost(t)
+	ctx := context.Background()
+	conn, err := h.pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `INSERT INTO events (org_id, name, reason, type, message, details, created_at)
+		SELECT '`+testbed.DefaultOrgID+`', 'event-' || i, 'Test', 'Normal', md5(i::text),
+			jsonb_build_object('blob', (SELECT string_agg(md5(random()::text || i || j), '') FROM generate_series(1, 30) j)), now()
+		FROM generate_series(1, 60000) i`)
+	require.NoError(t, err)
+	conn.Close(ctx)
+	require.NoError(t, os.MkdirAll(h.out, 0o755))
+
+	args := h.args(map[string]any{"compression_level": 9})
+	b, err := json.Marshal(args)
+	require.NoError(t, err)
+	argsFile := filepath.Join(t.TempDir(), "args")
+	require.NoError(t, os.WriteFile(argsFile, b, 0o600))
+	cmd := exec.Command(bin, argsFile)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Start())
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+
+	var children []int
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		if size, ok := unnamedFileSize(cmd.Process.Pid, h.out); ok && size >= 256<<10 {
+			children = childPIDs(cmd.Process.Pid)
+			break
+		}
+		select {
+		case <-done:
+			t.Fatalf("the module ended before it could be interrupted: %s %s", stdout.String(), stderr.String())
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "no archive data appeared: %s", stderr.String())
+		time.Sleep(2 * time.Millisecond)
+	}
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	<-done
+
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &out), "one JSON object even when interrupted: %q", stdout.String())
+	assert.Equal(t, true, out["failed"])
+	assert.Contains(t, out["msg"], "interrupted")
+	for _, pid := range children {
+		assert.NoError(t, waitGone(pid), "pg_dump (pid %d) must be stopped by the module", pid)
+	}
+	entries, err := os.ReadDir(h.out)
+	require.NoError(t, err)
+	assert.Empty(t, entries, "an interrupted backup leaves nothing")
+}
+
+// unnamedFileSize finds an open file of pid under dir (the unnamed archive) and its size.
+func unnamedFileSize(pid int, dir string) (int64, bool) {
+	fdDir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	fds, err := os.ReadDir(fdDir)
+	if err != nil {
+		return 0, false
+	}
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
+		if err != nil || !strings.HasPrefix(target, dir+"/") {
+			continue
+		}
+		if st, err := os.Stat(filepath.Join(fdDir, fd.Name())); err == nil {
+			return st.Size(), true
+		}
+	}
+	return 0, false
+}
+
+func childPIDs(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + task.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// waitGone waits for a process to end (a zombie counts as ended).
+func waitGone(pid int) error {
+	for i := 0; i < 1500; i++ {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil || strings.Contains(string(b), ") Z ") {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return fmt.Errorf("process %d still runs after 15 s", pid)
 }

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Benchmark of archive verification (SPEC §2 archives): archive.Verify against
+# `sha256sum` and `gzip -dc > /dev/null` on the same 1 GiB archive, plus the
+# writer's throughput against `gzip -c`. Results replace the "## Archive"
+# section of bench/RESULTS.md.
+#
+#   bench/archive/verify.sh            # 1 GiB archive, mixed text/random data
+#   SIZE=$((256<<20)) PROFILE=text bench/archive/verify.sh
+#   RUNS=5 GO_BENCH=0 KEEP=1 bench/archive/verify.sh
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+SIZE=${SIZE:-$((1 << 30))}
+PROFILE=${PROFILE:-mixed}
+RUNS=${RUNS:-5}
+GO_BENCH=${GO_BENCH:-1}
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/flightctl-archive-bench.XXXXXX")
+if [[ "${KEEP:-0}" != 1 ]]; then trap 'rm -rf "$WORK"' EXIT; fi
+
+echo "building tools in $WORK" >&2
+"$GO" build -o "$WORK/mkarchive" ./bench/archive/mkarchive
+"$GO" build -o "$WORK/verify" ./bench/archive/verify
+mkdir -p "$WORK/out"
+
+echo "writing a $SIZE-byte $PROFILE archive" >&2
+start=$(date +%s.%N)
+archive=$(/usr/bin/time -f '%M' -o "$WORK/mk.rss" "$WORK/mkarchive" -dir "$WORK/out" -size "$SIZE" -profile "$PROFILE")
+end=$(date +%s.%N)
+write_s=$(echo "$end - $start" | bc)
+write_rss=$(cat "$WORK/mk.rss")
+bytes=$(stat -c %s "$archive")
+name=$(basename "$archive")
+cat "$archive" > /dev/null # same page-cache state for every command
+
+verify_cmd="$WORK/verify $archive"
+sha_cmd="sha256sum $archive"
+gzip_cmd="gzip -dc $archive > /dev/null"
+
+results="$WORK/results.md"
+if command -v hyperfine > /dev/null; then
+	tool="hyperfine $(hyperfine --version | awk '{print $2}'), $RUNS runs, 1 warm-up"
+	hyperfine --style basic --warmup 1 --runs "$RUNS" --export-markdown "$results" \
+		-n "archive.Verify (checksum + gzip + tar + manifest)" "$verify_cmd" \
+		-n "sha256sum" "$sha_cmd" \
+		-n "gzip -dc > /dev/null" "$gzip_cmd" >&2
+else
+	tool="/usr/bin/time, best of $RUNS runs (hyperfine not installed)"
+	{
+		echo "| Command | Best wall [s] | User [s] | Max RSS [KB] |"
+		echo "|:---|---:|---:|---:|"
+		for pair in "archive.Verify (checksum + gzip + tar + manifest)|$verify_cmd" "sha256sum|$sha_cmd" "gzip -dc > /dev/null|$gzip_cmd"; do
+			label=${pair%%|*} cmd=${pair#*|} best=""
+			for _ in $(seq "$RUNS"); do
+				/usr/bin/time -f '%e %U %M' -o "$WORK/t" sh -c "$cmd > /dev/null"
+				read -r e u m < "$WORK/t"
+				if [[ -z "$best" ]] || (($(echo "$e < $best" | bc))); then best=$e bu=$u bm=$m; fi
+			done
+			echo "| $label | $best | $bu | $bm |"
+		done
+	} > "$results"
+fi
+/usr/bin/time -f '%M' -o "$WORK/v.rss" sh -c "$verify_cmd > /dev/null"
+verify_rss=$(cat "$WORK/v.rss")
+
+gobench=""
+if [[ "$GO_BENCH" == 1 ]]; then
+	echo "running Go benchmarks" >&2
+	gobench=$("$GO" test -run '^$' -bench 'AddStream|GzipCLI|Verify' -benchtime 3x ./internal/archive 2>&1 | grep -E '^(Benchmark|cpu:)' || true)
+fi
+
+section="$WORK/section.md"
+{
+	echo "## Archive"
+	echo
+	echo "Written by \`bench/archive/verify.sh\` on $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared, so wall times are noisy; user times are steadier)."
+	echo
+	echo "### Verify of a $(printf "%.2f" "$(echo "scale=4; $bytes / 1073741824" | bc)") GiB archive ($PROFILE data, $bytes bytes)"
+	echo
+	echo "Same file, warm page cache, $tool. \`archive.Verify\` reads the file once: it hashes the compressed bytes on one goroutine while another inflates, parses the tar stream, checks every entry and hashes every file for the manifest."
+	echo
+	cat "$results"
+	echo
+	echo "Peak RSS of verify: ${verify_rss} KB."
+	echo
+	echo "### Writing it"
+	echo
+	echo "\`mkarchive\` (AddStream of the dump, default level, one gzip member per MiB compressed on $(nproc) goroutines, header patched in place, then the archive re-hashed from the patched member): ${write_s%????} s for $bytes bytes, peak RSS ${write_rss} KB."
+	if [[ -n "$gobench" ]]; then
+		echo
+		echo "### Go benchmarks (64 MiB of SQL-like text, \`go test -bench 'AddStream|GzipCLI|Verify' -benchtime 3x ./internal/archive\`)"
+		echo
+		echo '```'
+		echo "$gobench"
+		echo '```'
+		echo
+		echo "AddStream MB/s is input bytes; rehash-ms/op is the re-read after the size patch. GzipCLI is \`gzip -c\` (level 6, one core) on the same bytes. Verify MB/s is compressed bytes."
+	fi
+} > "$section"
+
+out=bench/RESULTS.md
+[[ -f "$out" ]] || printf '# Benchmark results\n\n' > "$out"
+python3 - "$out" "$section" <<'PY'
+import re, sys
+path, section = sys.argv[1], open(sys.argv[2]).read().rstrip() + "\n"
+text = open(path).read()
+m = re.search(r'(?m)^## Archive\s*$', text)
+if m:
+    nxt = re.search(r'(?m)^## ', text[m.end():])
+    end = m.end() + nxt.start() if nxt else len(text)
+    text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
+else:
+    text = text.rstrip() + "\n\n" + section
+open(path, "w").write(text)
+PY
+echo "results written to $out" >&2
+cat "$section"
