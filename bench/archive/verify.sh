@@ -41,10 +41,20 @@ gzip_cmd="gzip -dc $archive > /dev/null"
 results="$WORK/results.md"
 if command -v hyperfine > /dev/null; then
 	tool="hyperfine $(hyperfine --version | awk '{print $2}'), $RUNS runs, 1 warm-up"
-	hyperfine --style basic --warmup 1 --runs "$RUNS" --export-markdown "$results" \
+	hyperfine --style basic --warmup 1 --runs "$RUNS" --export-json "$WORK/hf.json" \
 		-n "archive.Verify (checksum + gzip + tar + manifest)" "$verify_cmd" \
 		-n "sha256sum" "$sha_cmd" \
 		-n "gzip -dc > /dev/null" "$gzip_cmd" >&2
+	python3 - "$WORK/hf.json" "$bytes" > "$results" <<'PY'
+import json, sys
+runs = json.load(open(sys.argv[1]))["results"]
+size = int(sys.argv[2])
+base = min(r["mean"] for r in runs)
+print("| Command | Mean wall [s] | Min wall [s] | User [s] | System [s] | MB/s (min wall) | Relative |")
+print("|:---|---:|---:|---:|---:|---:|---:|")
+for r in runs:
+    print(f"| `{r['command']}` | {r['mean']:.2f} ± {r['stddev']:.2f} | {r['min']:.2f} | {r['user']:.2f} | {r['system']:.2f} | {size / r['min'] / 1e6:.0f} | {r['mean'] / base:.2f} |")
+PY
 else
 	tool="/usr/bin/time, best of $RUNS runs (hyperfine not installed)"
 	{

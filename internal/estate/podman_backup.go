@@ -211,9 +211,9 @@ func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 		exists, err := b.podman().VolumeExists(ctx, c.PAMVolume)
 		switch {
 		case err != nil:
-			plan.Warnings = append(plan.Warnings, fmt.Sprintf("PAM Issuer volume %s will not be backed up (podman is unavailable: %s)", c.PAMVolume, firstLine(err.Error())))
+			plan.Warnings = append(plan.Warnings, pamVolumeWarning(firstLine(err.Error())))
 		case !exists:
-			plan.Warnings = append(plan.Warnings, fmt.Sprintf("PAM Issuer volume %s will not be backed up: it does not exist", c.PAMVolume))
+			plan.Warnings = append(plan.Warnings, pamVolumeWarning("volume "+c.PAMVolume+" does not exist"))
 		default:
 			vol.Present = true
 		}
@@ -235,6 +235,11 @@ func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 		plan.EstimatedSize += s.Size
 	}
 	return plan, nil
+}
+
+// pamVolumeWarning is upstream's warning for a PAM issuer volume left out.
+func pamVolumeWarning(why string) string {
+	return "PAM Issuer volume export failed (volume may not exist or podman unavailable): " + why + "; continuing backup without PAM Issuer volume"
 }
 
 func encryptionMissingWarning(dir string) string {
@@ -449,8 +454,9 @@ func (b *PodmanBackup) WriteBackup(ctx context.Context, sink BackupSink, plan *B
 	out.Components = append(out.Components, CapturedComponent{Component: ComponentConfig, ArchivePath: EntryConfigFile, Source: c.ConfigFile, Files: 1, Bytes: size})
 	log.Info("Service configuration backed up: " + c.ConfigFile)
 
-	if vol := findSource(plan, ComponentVolumes); vol != nil {
-		n, warn, err := b.writePAMVolume(ctx, sink, now, vol.Present)
+	// A volume found missing by Plan was already reported there.
+	if vol := findSource(plan, ComponentVolumes); vol != nil && vol.Present {
+		n, warn, err := b.writePAMVolume(ctx, sink, now)
 		if err != nil {
 			return nil, err
 		}
@@ -547,11 +553,8 @@ func (b *PodmanBackup) writeConfig(sink BackupSink) (int64, error) {
 // writePAMVolume exports the PAM issuer volume. A failure before anything reached the
 // archive is a warning (as upstream); a failure later fails the backup, since the
 // archive can no longer drop the entry.
-func (b *PodmanBackup) writePAMVolume(ctx context.Context, sink BackupSink, now time.Time, present bool) (int64, string, error) {
+func (b *PodmanBackup) writePAMVolume(ctx context.Context, sink BackupSink, now time.Time) (int64, string, error) {
 	name := b.Config.PAMVolume
-	if !present {
-		return 0, fmt.Sprintf("PAM Issuer volume export failed (volume may not exist or podman unavailable): volume %s not found", name), nil
-	}
 	exportCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream := startStream(exportCtx, func(ctx context.Context, w io.Writer) error { return b.podman().VolumeExport(ctx, name, w) })
@@ -569,7 +572,7 @@ func (b *PodmanBackup) writePAMVolume(ctx context.Context, sink BackupSink, now 
 		}
 		return int64(got), "", nil
 	case err != nil:
-		return 0, fmt.Sprintf("PAM Issuer volume export failed (volume may not exist or podman unavailable): %s", firstLine(err.Error())), nil
+		return 0, pamVolumeWarning(firstLine(err.Error())), nil
 	}
 	if err := sink.AddDir(EntryVolumesDir, 0o700, now); err != nil {
 		return 0, "", fmt.Errorf("back up PAM Issuer volume: %w", err)

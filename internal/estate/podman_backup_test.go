@@ -285,7 +285,7 @@ func TestPAMVolumeLargeExportStreamsFake(t *testing.T) {
 	}}
 	b := &PodmanBackup{Config: PodmanConfig{PAMVolume: "big"}, Runner: fake}
 	sink := newMemorySink()
-	n, warn, err := b.writePAMVolume(context.Background(), sink, time.Now(), true)
+	n, warn, err := b.writePAMVolume(context.Background(), sink, time.Now())
 	require.NoError(t, err)
 	assert.Empty(t, warn)
 	assert.Equal(t, int64(len(big)), n)
@@ -294,7 +294,7 @@ func TestPAMVolumeLargeExportStreamsFake(t *testing.T) {
 
 	b.Config.PAMVolume = "broken"
 	sink = newMemorySink()
-	_, warn, err = b.writePAMVolume(context.Background(), sink, time.Now(), true)
+	_, warn, err = b.writePAMVolume(context.Background(), sink, time.Now())
 	require.NoError(t, err)
 	assert.Contains(t, warn, "PAM Issuer volume export failed")
 	assert.Empty(t, sink.files, "a failed export adds nothing")

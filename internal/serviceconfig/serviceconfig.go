@@ -80,22 +80,23 @@ func Parse(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("invalid YAML: %w; fix the file or restore it from a known good copy", err)
 	}
 	cfg := &Config{}
-	if raw.DB.Kind == 0 || isNull(&raw.DB) {
+	db := deref(&raw.DB)
+	if db.Kind == 0 || isNull(db) {
 		return cfg, nil
 	}
-	if raw.DB.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("line %d: db must be a mapping (db.type, db.name, ...), found %s", raw.DB.Line, kindName(&raw.DB))
+	if db.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: db must be a mapping (db.type, db.name, ...), found %s", db.Line, kindName(db))
 	}
 	var err error
-	if cfg.DB.Type, err = scalarField(&raw.DB, "db", "type"); err != nil {
+	if cfg.DB.Type, err = scalarField(db, "db", "type"); err != nil {
 		return nil, err
 	}
 	cfg.DB.Type = strings.ToLower(strings.TrimSpace(cfg.DB.Type))
-	if cfg.DB.Name, err = scalarField(&raw.DB, "db", "name"); err != nil {
+	if cfg.DB.Name, err = scalarField(db, "db", "name"); err != nil {
 		return nil, err
 	}
 	cfg.DB.Name = strings.TrimSpace(cfg.DB.Name)
-	if ext := child(&raw.DB, "external"); ext != nil && !isNull(ext) {
+	if ext := child(db, "external"); ext != nil && !isNull(ext) {
 		if ext.Kind != yaml.MappingNode {
 			return nil, fmt.Errorf("line %d: db.external must be a mapping, found %s", ext.Line, kindName(ext))
 		}
@@ -121,10 +122,18 @@ func Parse(data []byte) (*Config, error) {
 func child(m *yaml.Node, key string) *yaml.Node {
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		if m.Content[i].Value == key {
-			return m.Content[i+1]
+			return deref(m.Content[i+1])
 		}
 	}
 	return nil
+}
+
+// deref follows YAML aliases (*name) to the node they stand for.
+func deref(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode && n.Alias != nil && i < 16; i++ {
+		n = n.Alias
+	}
+	return n
 }
 
 func scalarField(m *yaml.Node, section, key string) (string, error) {

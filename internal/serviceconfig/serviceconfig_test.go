@@ -27,6 +27,7 @@ func TestParse(t *testing.T) {
 			want: DB{Type: "external", Name: "fc", External: ExternalDB{Hostname: "db.example.com", Port: 5433, Name: "fcprod", SSLMode: "verify-full"}}, external: true,
 		},
 		{name: "database: key is not db:", yaml: "database:\n  type: external\n", want: DB{}},
+		{name: "aliases followed", yaml: "x-db: &ext\n  type: external\n  name: &n fc\ndb: *ext\n", want: DB{Type: "external", Name: "fc"}, external: true},
 		{name: "unknown keys ignored", yaml: "db:\n  type: builtin\n  extra: [1, 2]\nservice:\n  x: {a: 1}\n", want: DB{Type: "builtin"}},
 	}
 	for _, tc := range tests {
