@@ -28,11 +28,10 @@ collection:
 	@set -e; present=; missing=; for m in $(MODULES); do \
 	  if [ -d modules/$$m ]; then present="$$present $$m"; continue; fi; \
 	  missing="$$missing $$m"; \
-	  rm -f $(COLLECTION_DIR)/plugins/modules/$$m $(COLLECTION_DIR)/plugins/modules/$$m.yml $(COLLECTION_DIR)/plugins/action/$$m.py; \
 	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "collection: WARNING: no source for$$missing: left out of the collection" >&2; \
-	  if [ -n "$(COLLECTION_REQUIRE_ALL)" ]; then exit 1; fi; \
+	  echo "collection: no source for$$missing (modules/<name>): the collection needs all of $(MODULES)" >&2; \
+	  exit 1; \
 	fi; \
 	bash scripts/multicall.sh build/_multicall $$present; \
 	for a in $(COLLECTION_ARCHS); do \
@@ -44,6 +43,9 @@ collection:
 	  echo "collection: $(COLLECTION_TARBALL) is $$size bytes (limit $(COLLECTION_MAX_BYTES))"; \
 	  if [ $$size -gt $(COLLECTION_MAX_BYTES) ]; then \
 	    echo "collection: $(COLLECTION_TARBALL) is over Galaxy's 20 MB limit" >&2; exit 1; fi
+	@contents=$$(tar tzf $(COLLECTION_TARBALL)); for f in $(COLLECTION_ARCHS:%=plugins/modules/flightctl_dr_linux_%) \
+	  $(MODULES:%=plugins/modules/%.yml) $(MODULES:%=plugins/action/%.py) playbooks/dr_backup.yml playbooks/dr_restore.yml meta/runtime.yml; do \
+	  grep -qx "$$f" <<<"$$contents" || { echo "collection: $(COLLECTION_TARBALL) lacks $$f" >&2; exit 1; }; done
 	@# Lets `ansible-playbook playbooks/dr-backup.yml` find the collection from a checkout.
 	@mkdir -p playbooks/collections/ansible_collections/flightctl
 	@ln -sfn ../../../../$(COLLECTION_DIR) playbooks/collections/ansible_collections/flightctl/dr

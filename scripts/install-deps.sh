@@ -8,7 +8,7 @@ packages=(
   postgresql postgresql-client
   redis-server redis-tools
   ansible ansible-lint yamllint
-  python3-psycopg2 python3-redis python3-voluptuous python3-pycodestyle shellcheck
+  python3-psycopg2 python3-redis python3-voluptuous python3-pycodestyle pylint shellcheck
   podman runc catatonit busybox-static uidmap
   dbus-user-session systemd
   openssl jq

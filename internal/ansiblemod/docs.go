@@ -14,7 +14,6 @@ import (
 type sidecarOption struct {
 	Type     string   `yaml:"type"`
 	Required bool     `yaml:"required"`
-	NoLog    bool     `yaml:"no_log"`
 	Default  any      `yaml:"default"`
 	Choices  []any    `yaml:"choices"`
 	Aliases  []string `yaml:"aliases"`
@@ -34,7 +33,7 @@ type sidecar struct {
 // CheckSidecar compares the sidecar documentation at path with the option specs of opts
 // (a pointer to the module's options struct) and returns every difference: an option
 // documented but not accepted or the reverse, a type, required flag, default, choices,
-// aliases or no_log that differs, or a missing description, EXAMPLES or RETURN.
+// aliases or secrecy that differs, or a missing description, EXAMPLES or RETURN.
 func CheckSidecar(path, module string, opts any) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -80,11 +79,12 @@ func CheckSidecar(path, module string, opts any) ([]string, error) {
 		if d.Required != s.Required {
 			add("option %s: documented required=%v, accepted required=%v", s.Name, d.Required, s.Required)
 		}
-		if d.NoLog != s.Secret {
-			add("option %s: documented no_log=%v, secret=%v", s.Name, d.NoLog, s.Secret)
-		}
 		if d.Desc == nil {
 			add("option %s has no description", s.Name)
+		}
+		// ansible-doc has no no_log key for options, so the description carries it.
+		if marked := strings.Contains(descriptionText(d.Desc), SecretDocMarker); marked != s.Secret {
+			add("option %s: secret=%v but its description %s %q", s.Name, s.Secret, map[bool]string{true: "says", false: "does not say"}[marked], SecretDocMarker)
 		}
 		docDefault, hasDocDefault := normalizeDefault(d.Default)
 		if hasDocDefault != s.HasDef || (s.HasDef && !sameDefault(s, docDefault)) {
@@ -108,6 +108,24 @@ func CheckSidecar(path, module string, opts any) ([]string, error) {
 	}
 	sort.Strings(problems)
 	return problems, nil
+}
+
+// SecretDocMarker is the sentence the description of every secret option holds, and no
+// other option's.
+const SecretDocMarker = "The value is never logged or returned."
+
+func descriptionText(d any) string {
+	switch x := d.(type) {
+	case string:
+		return x
+	case []any:
+		parts := make([]string, len(x))
+		for i, p := range x {
+			parts[i] = fmt.Sprint(p)
+		}
+		return strings.Join(parts, " ")
+	}
+	return fmt.Sprint(d)
 }
 
 func normalizeDefault(v any) (string, bool) {

@@ -22,6 +22,18 @@ var (
 	built   = map[string]string{}
 )
 
+// Main runs a module package's tests and removes the binaries Build made. Use it as
+// func TestMain(m *testing.M) { moduletest.Main(m) }.
+func Main(m *testing.M) {
+	code := m.Run()
+	buildMu.Lock()
+	for _, bin := range built {
+		_ = os.RemoveAll(filepath.Dir(bin))
+	}
+	buildMu.Unlock()
+	os.Exit(code)
+}
+
 // Build compiles the module package (an import path such as
 // "flightctl.dr/modules/flightctl_archive_verify") once per test process and returns the
 // binary's path.

@@ -15,6 +15,8 @@ import (
 	"flightctl.dr/internal/moduletest"
 )
 
+func TestMain(m *testing.M) { moduletest.Main(m) }
+
 const pkg = "flightctl.dr/modules/flightctl_archive_verify"
 
 func TestSidecarDocsMatchOptions(t *testing.T) {

@@ -23,6 +23,8 @@ import (
 	"flightctl.dr/internal/testbed"
 )
 
+func TestMain(m *testing.M) { moduletest.Main(m) }
+
 const pkg = "flightctl.dr/modules/flightctl_backup"
 
 const dbPassword = "m0dule-Secret-pw"

@@ -17,6 +17,8 @@ import (
 	"flightctl.dr/internal/testbed"
 )
 
+func TestMain(m *testing.M) { moduletest.Main(m) }
+
 const pkg = "flightctl.dr/modules/flightctl_devprep"
 
 func TestSidecarDocsMatchOptions(t *testing.T) {

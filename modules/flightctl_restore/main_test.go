@@ -18,6 +18,8 @@ import (
 	"flightctl.dr/internal/testbed"
 )
 
+func TestMain(m *testing.M) { moduletest.Main(m) }
+
 const pkg = "flightctl.dr/modules/flightctl_restore"
 
 func TestSidecarDocsMatchOptions(t *testing.T) {
