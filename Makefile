@@ -28,8 +28,7 @@ deps:
 
 ## test: every test, on real components
 test: deps build
-	FLIGHTCTL_DR_REQUIRE_REAL=1 $(GO) test -count=1 -timeout 40m ./...
-	@$(MAKE) --no-print-directory test-ansible
+	bash scripts/test.sh
 
 ## unit: Go tests only, skipping what needs real components that are missing
 unit:

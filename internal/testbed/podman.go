@@ -477,18 +477,9 @@ func (pp *PodmanPostgres) Stop() error {
 func PodmanPostgresForTest(t testing.TB, p *Podman, name string) *PodmanPostgres {
 	t.Helper()
 	Need(t, filepath.Join(PostgresBinDir, "postgres"), filepath.Join(PostgresBinDir, "psql"))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pp, err := StartPodmanPostgres(ctx, p, PodmanPostgresOptions{Name: name, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	t.Cleanup(func() {
-		if err := pp.Stop(); err != nil {
-			t.Errorf("%v", err)
-		}
+	return startForTest(t, 2*time.Minute, func(ctx context.Context) (*PodmanPostgres, error) {
+		return StartPodmanPostgres(ctx, p, PodmanPostgresOptions{Name: name, Dir: t.TempDir()})
 	})
-	return pp
 }
 
 // AttachPostgres returns a Postgres for a server this process did not start (one run by a

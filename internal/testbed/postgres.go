@@ -112,21 +112,11 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		p.runAsUser = "postgres"
 	}
 
-	p.dir = opts.Dir
-	if p.dir == "" {
-		d, err := os.MkdirTemp("", "flightctl-dr-pg-")
-		if err != nil {
-			return nil, fmt.Errorf("start postgres: %w", err)
-		}
-		p.dir, p.removeDir = d, true
-	} else if err := os.MkdirAll(p.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("start postgres: %w", err)
-	}
-	abs, err := filepath.Abs(p.dir)
+	dir, remove, err := workDir(opts.Dir, "flightctl-dr-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("start postgres: %w", err)
 	}
-	p.dir = abs
+	p.dir, p.removeDir = dir, remove
 	p.DataDir = filepath.Join(p.dir, "data")
 	p.SocketDir = filepath.Join(p.dir, "sock")
 	for _, d := range []string{p.DataDir, p.SocketDir} {
@@ -456,16 +446,7 @@ func PostgresForTest(t testing.TB) *Postgres {
 			Unavailable(t, "running as root needs the OS user postgres to own the cluster")
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	p, err := StartPostgres(ctx, PostgresOptions{})
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.Stop(); err != nil {
-			t.Errorf("%v", err)
-		}
+	return startForTest(t, 2*time.Minute, func(ctx context.Context) (*Postgres, error) {
+		return StartPostgres(ctx, PostgresOptions{})
 	})
-	return p
 }

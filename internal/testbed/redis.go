@@ -55,21 +55,11 @@ func StartRedis(ctx context.Context, opts RedisOptions) (*Redis, error) {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	r := &Redis{Host: "127.0.0.1", Password: opts.Password, logger: logger}
-	r.dir = opts.Dir
-	if r.dir == "" {
-		d, err := os.MkdirTemp("", "flightctl-dr-redis-")
-		if err != nil {
-			return nil, fmt.Errorf("start redis: %w", err)
-		}
-		r.dir, r.removeDir = d, true
-	} else if err := os.MkdirAll(r.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("start redis: %w", err)
-	}
-	abs, err := filepath.Abs(r.dir)
+	dir, remove, err := workDir(opts.Dir, "flightctl-dr-redis-")
 	if err != nil {
 		return nil, fmt.Errorf("start redis: %w", err)
 	}
-	r.dir = abs
+	r.dir, r.removeDir = dir, remove
 
 	attempts := 1
 	if opts.Port == 0 {
@@ -219,16 +209,7 @@ func RandomPassword() string {
 func RedisForTest(t testing.TB) *Redis {
 	t.Helper()
 	Need(t, "redis-server")
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	r, err := StartRedis(ctx, RedisOptions{Password: RandomPassword()})
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	t.Cleanup(func() {
-		if err := r.Stop(); err != nil {
-			t.Errorf("%v", err)
-		}
+	return startForTest(t, time.Minute, func(ctx context.Context) (*Redis, error) {
+		return StartRedis(ctx, RedisOptions{Password: RandomPassword()})
 	})
-	return r
 }

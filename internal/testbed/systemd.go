@@ -600,16 +600,7 @@ func SystemdForTest(t testing.TB) *Systemd {
 	if os.Geteuid() != 0 {
 		Unavailable(t, "the systemd test manager needs root to create cgroups")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	s, err := StartSystemd(ctx, SystemdOptions{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatalf("start systemd: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("stop systemd: %v", err)
-		}
+	return startForTest(t, 60*time.Second, func(ctx context.Context) (*Systemd, error) {
+		return StartSystemd(ctx, SystemdOptions{Dir: t.TempDir()})
 	})
-	return s
 }

@@ -5,11 +5,14 @@
 package testbed
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
+	"time"
 )
 
 // RequireRealEnv, when "1", turns a missing component into a test failure instead of a
@@ -48,4 +51,42 @@ func Unavailable(t testing.TB, reason string) {
 		t.Fatalf("real component required (%s=1): %s", RequireRealEnv, reason)
 	}
 	t.Skip(reason)
+}
+
+// stopper is a started component.
+type stopper interface{ Stop() error }
+
+// startForTest starts a component for t within timeout and stops it when t ends; a start
+// failure fails t with what start said.
+func startForTest[T stopper](t testing.TB, timeout time.Duration, start func(ctx context.Context) (T, error)) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := start(ctx)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("%v", err)
+		}
+	})
+	return c
+}
+
+// workDir returns dir made absolute and created 0700, or a new temporary directory named
+// after prefix when dir is ""; remove says whether the caller created it and so removes it.
+func workDir(dir, prefix string) (abs string, remove bool, err error) {
+	if dir == "" {
+		d, err := os.MkdirTemp("", prefix)
+		if err != nil {
+			return "", false, err
+		}
+		return d, true, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, err
+	}
+	abs, err = filepath.Abs(dir)
+	return abs, false, err
 }
