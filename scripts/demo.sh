@@ -19,9 +19,10 @@ logs=$work/logs
 # Container, secret and volume names get this prefix, so the demo can run beside another
 # sandbox on the same machine.
 prefix=${DEMO_PREFIX:-demo-}
-# The restore reaches the database directly for device preparation; the sandbox's
-# database container listens on another port inside than it publishes outside.
-restore_db_access=${DEMO_RESTORE_DB_ACCESS:-direct}
+# How the restore reaches the database: "container" (the default, upstream's way: psql
+# inside the database container, device preparation at the port podman publishes) or
+# "direct".
+restore_db_access=${DEMO_RESTORE_DB_ACCESS:-container}
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 now() { date +%s.%N; }

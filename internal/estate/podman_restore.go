@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -23,6 +24,12 @@ import (
 // PodmanRestore is the restore target of a quadlet install: systemd units over D-Bus, the
 // database through psql (inside the database container, or direct), files under
 // /etc/flightctl, the PAM issuer volume, and device preparation through the devprep engine.
+//
+// With container access psql runs inside the database container over its own socket, and
+// device preparation connects from this host. An empty DBHost and a zero DBPort (likewise
+// KVHost/KVPort) then mean "find it out": the address podman publishes the container's
+// 5432/tcp (6379/tcp) on, else the container's IP, as upstream's ExposeService does. With
+// direct access they default to 127.0.0.1:5432 and 127.0.0.1:6379.
 type PodmanRestore struct {
 	Config PodmanConfig
 	Runner runner.Runner
@@ -41,7 +48,23 @@ type PodmanRestore struct {
 	dbPassword  string
 	kvPassword  string
 	secretsErr  error
+
+	endpointsMu sync.Mutex
+	dbEndpoint  *Endpoint
+	kvEndpoint  *Endpoint
 }
+
+// Endpoint is where this host reaches the database or the KV store for device
+// preparation, and how that address was found (for the log and the operator).
+type Endpoint struct {
+	Host string
+	Port int
+	// Source says where the address comes from: "configured", "published port of
+	// container flightctl-db", "IP of container flightctl-db", ...
+	Source string
+}
+
+func (e Endpoint) String() string { return net.JoinHostPort(e.Host, strconv.Itoa(e.Port)) }
 
 var _ restore.Target = (*PodmanRestore)(nil)
 
@@ -59,6 +82,20 @@ func (p *PodmanRestore) Open(ctx context.Context) error {
 	case DBAccessContainer, DBAccessDirect:
 	default:
 		return fmt.Errorf("db_access %q: must be %q or %q", c.DBAccess, DBAccessContainer, DBAccessDirect)
+	}
+	if c.DBAccess == DBAccessDirect {
+		if c.DBHost == "" {
+			c.DBHost = "127.0.0.1"
+		}
+		if c.DBPort == 0 {
+			c.DBPort = 5432
+		}
+	}
+	if c.DBContainer == "" {
+		c.DBContainer = "flightctl-db"
+	}
+	if c.KVContainer == "" {
+		c.KVContainer = "flightctl-kv"
 	}
 	if c.PKIDir == "" || c.ConfigFile == "" {
 		return errors.New("pki_dir and config_file must be set")
@@ -290,16 +327,86 @@ func (p *PodmanRestore) secrets(ctx context.Context) (string, string, error) {
 	return p.dbPassword, p.kvPassword, p.secretsErr
 }
 
+// Endpoints returns where this host reaches the database and the KV store for device
+// preparation (see PodmanRestore). The answer is kept for the rest of the restore.
+func (p *PodmanRestore) Endpoints(ctx context.Context) (db, kv Endpoint, err error) {
+	p.endpointsMu.Lock()
+	defer p.endpointsMu.Unlock()
+	c := p.Config
+	if p.dbEndpoint == nil {
+		e, err := p.resolveEndpoint(ctx, "database", c.DBContainer, "5432/tcp", c.DBHost, c.DBPort, 5432, "db_host and db_port")
+		if err != nil {
+			return Endpoint{}, Endpoint{}, err
+		}
+		p.dbEndpoint = &e
+	}
+	if p.kvEndpoint == nil {
+		e, err := p.resolveEndpoint(ctx, "KV store", c.KVContainer, "6379/tcp", c.KVHost, c.KVPort, 6379, "kv_host and kv_port")
+		if err != nil {
+			return Endpoint{}, Endpoint{}, err
+		}
+		p.kvEndpoint = &e
+	}
+	return *p.dbEndpoint, *p.kvEndpoint, nil
+}
+
+// resolveEndpoint finds one service's address: the configured one when given (or with
+// direct access), else the port podman publishes for the container, else the container's
+// IP on its network, else (host network) loopback.
+func (p *PodmanRestore) resolveEndpoint(ctx context.Context, what, container, containerPort, host string, port, defaultPort int, options string) (Endpoint, error) {
+	if p.Config.DBAccess != DBAccessContainer || host != "" || port != 0 {
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		if port == 0 {
+			port = defaultPort
+		}
+		return Endpoint{Host: host, Port: port, Source: "configured"}, nil
+	}
+	cli := p.podman()
+	h, pt, err := cli.Port(ctx, container, containerPort)
+	if err == nil {
+		e := Endpoint{Host: h, Port: pt, Source: "published port of container " + container}
+		p.Logger.Info("device preparation reaches the "+what+" at "+e.String(), "container", container, "how", "podman port "+containerPort)
+		return e, nil
+	}
+	if errors.Is(err, podman.ErrNotFound) {
+		return Endpoint{}, fmt.Errorf("find the %s for device preparation: container %s does not exist: start its unit, or give %s", what, container, options)
+	}
+	if !errors.Is(err, podman.ErrNotPublished) {
+		p.Logger.Warn("cannot ask podman where the "+what+" is published; trying the container's address", "container", container, "err", err)
+	}
+	ip, ierr := cli.ContainerIP(ctx, container)
+	if ierr != nil {
+		return Endpoint{}, fmt.Errorf("find the %s for device preparation: %w; give %s", what, ierr, options)
+	}
+	e := Endpoint{Host: ip, Port: defaultPort, Source: "IP of container " + container}
+	if ip == "" {
+		// No address of its own: the container shares this host's network.
+		e = Endpoint{Host: "127.0.0.1", Port: defaultPort, Source: "host network of container " + container}
+	}
+	p.Logger.Info("device preparation reaches the "+what+" at "+e.String(), "container", container, "how", e.Source)
+	return e, nil
+}
+
 func (d *podmanDevices) connect(ctx context.Context) (*devprepConns, error) {
 	dbpw, kvpw, err := d.p.secrets(ctx)
 	if err != nil {
 		return nil, err
 	}
+	dbAt, kvAt, err := d.p.Endpoints(ctx)
+	if err != nil {
+		return nil, err
+	}
 	c := d.p.Config
-	co := devprep.ConnOptions{DBHost: c.DBHost, DBPort: c.DBPort, DBName: d.p.dbName, DBUser: c.DBUser, DBPassword: dbpw,
-		KVHost: c.KVHost, KVPort: c.KVPort, KVPassword: kvpw}
+	co := devprep.ConnOptions{DBHost: dbAt.Host, DBPort: dbAt.Port, DBName: d.p.dbName, DBUser: c.DBUser, DBPassword: dbpw,
+		KVHost: kvAt.Host, KVPort: kvAt.Port, KVPassword: kvpw}
 	db, kv, err := co.Connect(ctx)
 	if err != nil {
+		if dbAt.Source != "configured" || kvAt.Source != "configured" {
+			return nil, fmt.Errorf("%w (database at %s: %s; KV store at %s: %s; give db_host/db_port or kv_host/kv_port if these are wrong)",
+				err, dbAt, dbAt.Source, kvAt, kvAt.Source)
+		}
 		return nil, err
 	}
 	return &devprepConns{opts: devprep.Options{DB: db, KV: kv}}, nil

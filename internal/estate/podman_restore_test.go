@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
@@ -64,8 +66,10 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	ctx := context.Background()
 	pod := testbed.PodmanForTest(t)
 	sd := testbed.SystemdForTest(t)
-	rd := testbed.RedisForTest(t)
 	dbName := testbed.PodmanName("flightctl-db")
+	kvName := testbed.PodmanName("flightctl-kv")
+	kv := startRedisContainer(t, pod, kvName, "kv-Secret-4711")
+	require.NoError(t, kv.Set(ctx, "stale-cache", "x", 0).Err())
 	pp := testbed.PodmanPostgresForTest(t, pod, dbName)
 	require.NoError(t, pp.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
 	exec1 := func(sql string) {
@@ -127,8 +131,10 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 
 	target := func() *estate.PodmanRestore {
 		cfg := estate.DefaultPodmanConfig()
-		cfg.DBContainer, cfg.DBPort, cfg.DBPassword = dbName, pp.Port, "apppass"
-		cfg.KVHost, cfg.KVPort, cfg.KVPassword = rd.Host, rd.Port, rd.Password
+		// No host or port: device preparation finds the database at the port podman
+		// publishes, and the KV store (published nowhere) at its container's IP.
+		cfg.DBContainer, cfg.DBHost, cfg.DBPort, cfg.DBPassword = dbName, "", 0, "apppass"
+		cfg.KVContainer, cfg.KVHost, cfg.KVPort, cfg.KVPassword = kvName, "", 0, "kv-Secret-4711"
 		cfg.PKIDir, cfg.EncryptionDir, cfg.ConfigFile, cfg.PAMVolume = pki, "", cfgFile, volume
 		cfg.SystemdScope, cfg.SystemdBusAddress = string(units.ScopeUser), sd.BusAddress
 		cfg.Units = []string{"flightctl-api.service"}
@@ -149,6 +155,13 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 		require.NoError(t, err)
 		return strings.TrimSpace(string(content)) + " | " + strings.Join(strings.Fields(string(names)), " ")
 	}
+	dbAt, kvAt, err := target().Endpoints(ctx)
+	require.NoError(t, err)
+	require.Equal(t, estate.Endpoint{Host: "127.0.0.1", Port: pp.Port, Source: "published port of container " + dbName}, dbAt)
+	require.Equal(t, "IP of container "+kvName, kvAt.Source)
+	require.Equal(t, 6379, kvAt.Port)
+	require.Equal(t, kv.Options().Addr, kvAt.String())
+
 	damagedVolume := volumeFiles()
 	require.Contains(t, damagedVolume, "damaged")
 
@@ -177,6 +190,89 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	require.Equal(t, "active", strings.TrimSpace(out))
 	_, err = os.Stat(filepath.Join(state, "pam-volume-before-"+res.RestoreID+".tar"))
 	require.True(t, os.IsNotExist(err), "the saved volume is removed at the end")
+	// Device preparation ran against the KV container it found: flushed, then one key
+	// per device.
+	require.Equal(t, int64(0), kv.Exists(ctx, "stale-cache").Val())
+	keys, err := kv.Keys(ctx, "v1/*/awaiting-reconnect").Result()
+	require.NoError(t, err)
+	require.Len(t, keys, 3)
+}
+
+// startRedisContainer runs redis-server in a container that publishes no port, as a KV
+// store only reachable at the container's IP, and returns a client connected there.
+func startRedisContainer(t *testing.T, pod *testbed.Podman, name, password string) *redis.Client {
+	t.Helper()
+	ctx := context.Background()
+	testbed.Need(t, "/usr/bin/redis-server")
+	conf := filepath.Join(t.TempDir(), "redis.conf")
+	require.NoError(t, os.WriteFile(conf, []byte("port 6379\nbind 0.0.0.0\nrequirepass "+password+"\nsave \"\"\nappendonly no\n"), 0o644))
+	require.NoError(t, pod.RunContainer(ctx, testbed.PodmanContainerOptions{Name: name, Image: testbed.PodmanHostUsrImage,
+		Volumes: []string{"/usr:/usr:ro", conf + ":/etc/redis/redis.conf:ro"}, Command: []string{"/usr/bin/redis-server", "/etc/redis/redis.conf"}}))
+	ip, err := pod.Client().ContainerIP(ctx, name)
+	require.NoError(t, err)
+	require.NotEmpty(t, ip)
+	kv := redis.NewClient(&redis.Options{Addr: net.JoinHostPort(ip, "6379"), Password: password})
+	t.Cleanup(func() { kv.Close() })
+	// Wait (not a timed assertion) until the server answers.
+	deadline := time.Now().Add(30 * time.Second)
+	for kv.Ping(ctx).Err() != nil {
+		if time.Now().After(deadline) {
+			logs, _ := pod.Podman(ctx, "logs", name)
+			t.Fatalf("redis in container %s does not answer at %s: %v\n%s", name, ip, kv.Ping(ctx).Err(), logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return kv
+}
+
+// The address device preparation uses, in every case but the real ones covered above
+// (runner.Fake: podman's answers only).
+func TestPodmanRestoreEndpointsFake(t *testing.T) {
+	ctx := context.Background()
+	target := func(cfg estate.PodmanConfig, handle func(c runner.Cmd) (string, error)) (*estate.PodmanRestore, *runner.Fake) {
+		cfg.PKIDir, cfg.ConfigFile = t.TempDir(), filepath.Join(t.TempDir(), "missing.yaml")
+		fake := &runner.Fake{Handle: func(c runner.Cmd, _ []byte) (string, error) { return handle(c) }}
+		p := &estate.PodmanRestore{Config: cfg, Runner: fake, UnitManager: noUnits{}}
+		require.NoError(t, p.Open(ctx))
+		return p, fake
+	}
+	noHost := func() estate.PodmanConfig {
+		c := estate.DefaultPodmanConfig()
+		c.DBHost, c.DBPort, c.KVHost, c.KVPort = "", 0, "", 0
+		return c
+	}
+
+	// Given explicitly: used as they are, podman is not asked.
+	cfg := noHost()
+	cfg.DBPort, cfg.KVHost = 15432, "10.1.2.3"
+	p, fake := target(cfg, func(runner.Cmd) (string, error) { return "", errors.New("podman must not run") })
+	db, kv, err := p.Endpoints(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:15432 10.1.2.3:6379", db.String()+" "+kv.String())
+	require.Empty(t, fake.Calls)
+
+	// Direct access: upstream's defaults, podman is not asked.
+	cfg = noHost()
+	cfg.DBAccess = estate.DBAccessDirect
+	p, fake = target(cfg, func(runner.Cmd) (string, error) { return "", errors.New("podman must not run") })
+	db, kv, err = p.Endpoints(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:5432 127.0.0.1:6379", db.String()+" "+kv.String())
+	require.Empty(t, fake.Calls)
+
+	// Host network: nothing published, no IP of its own: loopback and the service's port.
+	p, _ = target(noHost(), func(c runner.Cmd) (string, error) { return "", nil })
+	db, kv, err = p.Endpoints(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:5432 127.0.0.1:6379", db.String()+" "+kv.String())
+	require.Equal(t, "host network of container flightctl-db", db.Source)
+
+	// A missing container tells the operator what to do.
+	p, _ = target(noHost(), func(c runner.Cmd) (string, error) {
+		return "", &runner.ExitError{ExitCode: 125, Stderr: `Error: no container with name or ID "flightctl-db" found: no such container`}
+	})
+	_, _, err = p.Endpoints(ctx)
+	require.ErrorContains(t, err, "container flightctl-db does not exist: start its unit, or give db_host and db_port")
 }
 
 func tarOf(t *testing.T, files map[string]string) *bytes.Buffer {

@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"flightctl.dr/internal/runner"
@@ -22,6 +24,10 @@ import (
 
 // ErrNotFound is wrapped by errors about a container, secret or volume that does not exist.
 var ErrNotFound = errors.New("not found")
+
+// ErrNotPublished is wrapped by Port's error when the container does not publish the port
+// on this host (not published, host network, or the container is not running).
+var ErrNotPublished = errors.New("port not published")
 
 // DefaultSecretsStore is where podman's file secret driver keeps values by default.
 const DefaultSecretsStore = "/var/lib/containers/storage/secrets/filedriver"
@@ -196,6 +202,63 @@ func ImageTag(ref string) string {
 		return last[i+1:]
 	}
 	return ""
+}
+
+// Port returns the host address where a running container publishes containerPort
+// ("5432/tcp"), from the first line of `podman port` as upstream reads it. An empty or
+// wildcard host (0.0.0.0, ::) becomes 127.0.0.1: the service is reached from this host.
+// A port that is not published gives an error wrapping ErrNotPublished; a missing
+// container one wrapping ErrNotFound.
+func (c *Client) Port(ctx context.Context, container, containerPort string) (string, int, error) {
+	out, err := c.output(ctx, "port", container, containerPort)
+	if err != nil {
+		var ee *runner.ExitError
+		switch {
+		case isNoSuch(err, "container"):
+			return "", 0, fmt.Errorf("find where container %s publishes %s: container %w", container, containerPort, ErrNotFound)
+		case errors.As(err, &ee) && strings.Contains(ee.Stderr, "failed to find published port"):
+			// A container that publishes other ports, but not this one.
+			return "", 0, fmt.Errorf("find where container %s publishes %s: %w", container, containerPort, ErrNotPublished)
+		}
+		return "", 0, fmt.Errorf("find where container %s publishes %s: %w", container, containerPort, err)
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	line = strings.TrimSpace(line)
+	if line == "" {
+		return "", 0, fmt.Errorf("find where container %s publishes %s: %w", container, containerPort, ErrNotPublished)
+	}
+	host, portText, err := net.SplitHostPort(line)
+	if err != nil {
+		// "podman port" of old releases may print ":PORT" or "PORT" alone.
+		host, portText = "", strings.TrimPrefix(line, ":")
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil || port <= 0 || port > 65535 {
+		return "", 0, fmt.Errorf("find where container %s publishes %s: unexpected output of podman port: %q", container, containerPort, line)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return host, port, nil
+}
+
+// ContainerIP returns the container's first IP address on its networks, "" when it has
+// none (host network, or not running). A missing container gives an error wrapping
+// ErrNotFound.
+func (c *Client) ContainerIP(ctx context.Context, name string) (string, error) {
+	out, err := c.output(ctx, "container", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name)
+	if err != nil {
+		if isNoSuch(err, "container") {
+			return "", fmt.Errorf("inspect container %s: %w", name, ErrNotFound)
+		}
+		return "", fmt.Errorf("inspect container %s: %w", name, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if net.ParseIP(f) != nil {
+			return f, nil
+		}
+	}
+	return "", nil
 }
 
 // ContainerExists reports whether a container of that name exists (in any state).

@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strings"
 	"testing"
@@ -185,4 +187,68 @@ func tarFiles(t *testing.T, b []byte) map[string]string {
 	}
 	sort.Strings(names)
 	return out
+}
+
+// Port reads `podman port` as upstream does, and ContainerIP the address an unpublished
+// container has on its network, on real containers.
+func TestPortAndContainerIPOnRealPodman(t *testing.T) {
+	tb := testbed.PodmanForTest(t)
+	ctx := context.Background()
+	c := tb.Client()
+	loopback, err := testbed.FreePort()
+	require.NoError(t, err)
+	wildcard, err := testbed.FreePort()
+	require.NoError(t, err)
+	published := testbed.PodmanName("fdr-port")
+	require.NoError(t, tb.RunContainer(ctx, testbed.PodmanContainerOptions{Name: published, Command: []string{"sleep", "3600"},
+		Publish: []string{fmt.Sprintf("127.0.0.1:%d:5432", loopback), fmt.Sprintf("%d:6379", wildcard)}}))
+	host, port, err := c.Port(ctx, published, "5432/tcp")
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", host)
+	assert.Equal(t, loopback, port)
+	host, port, err = c.Port(ctx, published, "6379/tcp")
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1", host, "a port published on every address is reached on loopback")
+	assert.Equal(t, wildcard, port)
+	_, _, err = c.Port(ctx, published, "8080/tcp")
+	assert.ErrorIs(t, err, podman.ErrNotPublished)
+
+	unpublished := testbed.PodmanName("fdr-noport")
+	require.NoError(t, tb.RunContainer(ctx, testbed.PodmanContainerOptions{Name: unpublished, Command: []string{"sleep", "3600"}}))
+	_, _, err = c.Port(ctx, unpublished, "5432/tcp")
+	assert.ErrorIs(t, err, podman.ErrNotPublished)
+	ip, err := c.ContainerIP(ctx, unpublished)
+	require.NoError(t, err)
+	require.NotNil(t, net.ParseIP(ip), "container IP %q", ip)
+
+	_, _, err = c.Port(ctx, unpublished+"-missing", "5432/tcp")
+	assert.ErrorIs(t, err, podman.ErrNotFound)
+	_, err = c.ContainerIP(ctx, unpublished+"-missing")
+	assert.ErrorIs(t, err, podman.ErrNotFound)
+}
+
+// The forms of `podman port` output across releases (runner.Fake: podman's output only).
+func TestPortParsesOutputFake(t *testing.T) {
+	for out, want := range map[string]string{
+		"127.0.0.1:40001\n":           "127.0.0.1:40001",
+		"0.0.0.0:40002\n[::]:40002\n": "127.0.0.1:40002",
+		"[::]:40003\n":                "127.0.0.1:40003",
+		":40004\n":                    "127.0.0.1:40004",
+		"192.168.1.5:40005\n":         "192.168.1.5:40005",
+		"[fd00::1]:40006\n":           "fd00::1:40006",
+		"":                            "not published",
+		"garbage\n":                   "unexpected output",
+		"127.0.0.1:99999\n":           "unexpected output",
+	} {
+		fake := &runner.Fake{Handle: func(cmd runner.Cmd, _ []byte) (string, error) {
+			assert.Equal(t, []string{"port", "flightctl-db", "5432/tcp"}, cmd.Args)
+			return out, nil
+		}}
+		host, port, err := (&podman.Client{Runner: fake}).Port(context.Background(), "flightctl-db", "5432/tcp")
+		if err != nil {
+			assert.Contains(t, err.Error(), want, "output %q", out)
+			continue
+		}
+		assert.Equal(t, want, fmt.Sprintf("%s:%d", host, port), "output %q", out)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -210,6 +211,10 @@ func TestRestoreCheckModeChangesNothing(t *testing.T) {
 	require.Contains(t, res.Diff.Before, "stray.pem")
 	require.NotContains(t, res.Diff.After, "stray.pem")
 	require.Contains(t, res.Diff.After, "fleets: 3")
+	require.Equal(t, "Check mode, nothing changed. A restore would stop 2 units (flightctl-api, flightctl-worker), "+
+		"replace database flightctl (devices 17 → 20, fleets 4 → 3, enrollment requests 3 → 3), "+
+		"replace pki (2 replaced, 1 removed, 2 unchanged), replace encryption (1 added), replace config (1 replaced), "+
+		"then prepare the devices and start the units again.", res.Message)
 }
 
 func readJournal(t *testing.T, dir string) restore.Journal {
@@ -284,6 +289,7 @@ func TestRestoreResumesAfterSIGKILLAtEveryStep(t *testing.T) {
 			require.NoError(t, err)
 			require.True(t, res.Changed)
 			require.Equal(t, j.ID, res.RestoreID, "the second run finishes the first one")
+			require.Contains(t, strings.Join(res.Warnings, "\n"), "version check skipped: this run finishes the interrupted restore "+j.ID)
 			e.assertRestored(ctx)
 			require.Equal(t, restore.StateDone, readJournal(t, e.cfg.StateDir).State)
 			require.NoError(t, os.Remove(filepath.Join(e.cfg.StateDir, restore.JournalFile)))

@@ -130,18 +130,21 @@ type Diff struct {
 
 // Result is what a restore did.
 type Result struct {
-	Changed     bool            `json:"changed"`
-	Message     string          `json:"msg,omitempty"`
-	RestoreID   string          `json:"restore_id,omitempty"`
-	Archive     *ArchiveSummary `json:"archive,omitempty"`
-	Plan        *Plan           `json:"plan,omitempty"`
-	Steps       []string        `json:"steps"`
-	DevicePrep  any             `json:"device_preparation,omitempty"`
-	OldDatabase string          `json:"old_database,omitempty"`
-	RolledBack  bool            `json:"rolled_back,omitempty"`
-	Warnings    []string        `json:"warnings"`
-	Duration    time.Duration   `json:"-"`
-	Diff        *Diff           `json:"diff,omitempty"`
+	Changed   bool   `json:"changed"`
+	Message   string `json:"msg,omitempty"`
+	RestoreID string `json:"restore_id,omitempty"`
+	// AlreadyRestoredAt is set when nothing was done because the journal says this
+	// archive was restored then.
+	AlreadyRestoredAt time.Time       `json:"already_restored_at,omitzero"`
+	Archive           *ArchiveSummary `json:"archive,omitempty"`
+	Plan              *Plan           `json:"plan,omitempty"`
+	Steps             []string        `json:"steps"`
+	DevicePrep        any             `json:"device_preparation,omitempty"`
+	OldDatabase       string          `json:"old_database,omitempty"`
+	RolledBack        bool            `json:"rolled_back,omitempty"`
+	Warnings          []string        `json:"warnings"`
+	Duration          time.Duration   `json:"-"`
+	Diff              *Diff           `json:"diff,omitempty"`
 }
 
 func (r *Result) warn(logger *slog.Logger, format string, args ...any) {
@@ -157,11 +160,13 @@ type run struct {
 	target  Target
 	store   *journalStore
 	journal *Journal
-	report  *archive.Report
-	res     *Result
-	files   []FileTarget // targets present in the archive
-	hasDump bool
-	volume  bool // the archive has the PAM volume and the target has one
+	// journal0 is the journal as this run found it.
+	journal0 *Journal
+	report   *archive.Report
+	res      *Result
+	files    []FileTarget // targets present in the archive
+	hasDump  bool
+	volume   bool // the archive has the PAM volume and the target has one
 }
 
 // Run restores (or, in check mode, plans) as opts say.
@@ -269,11 +274,13 @@ func (r *run) restore(ctx context.Context) error {
 	}
 	if j != nil && j.State == StateDone && j.ArchiveSHA256 == report.SHA256 && !r.opts.Force {
 		r.res.RestoreID = j.ID
-		r.res.Message = fmt.Sprintf("this archive was already restored (restore %s, finished %s); set force to restore it again",
-			j.ID, j.Updated.Format(time.RFC3339))
+		r.res.AlreadyRestoredAt = j.Updated
+		r.res.Message = fmt.Sprintf("Nothing done: this server was already restored from this archive at %s (restore %s). Set force: true (--force on the command line) to restore it again.",
+			humanTime(j.Updated), j.ID)
 		return nil
 	}
 
+	r.journal0 = j
 	if err := r.checkCompatibility(ctx, resume); err != nil {
 		return err
 	}
@@ -286,7 +293,8 @@ func (r *run) restore(ctx context.Context) error {
 		r.logger.Info("resuming an interrupted restore", "id", j.ID, "done", j.Done)
 		if r.opts.CheckMode {
 			r.res.Changed = true
-			r.res.Message = fmt.Sprintf("an interrupted restore (id %s) from this archive would be finished; steps done so far: %v", j.ID, j.Done)
+			r.res.Message = fmt.Sprintf("Check mode, nothing changed. An interrupted restore from this archive (restore %s, started %s) would be finished; steps done so far: %s.",
+				j.ID, humanTime(j.Started), stepList(j.Done))
 			return nil
 		}
 		return r.apply(ctx)
@@ -302,7 +310,7 @@ func (r *run) restore(ctx context.Context) error {
 	}
 	if r.opts.CheckMode {
 		r.res.Changed = true
-		r.res.Message = "check mode: nothing was changed; the plan shows what a restore would do"
+		r.res.Message = "Check mode, nothing changed. A restore would " + plan.Summary() + "."
 		return nil
 	}
 	if err := r.newJournal(ctx, plan); err != nil {
@@ -322,6 +330,7 @@ func (r *run) checkCompatibility(ctx context.Context, resume bool) error {
 			md.DeploymentType, current)
 	}
 	if resume {
+		r.res.warn(r.logger, "version check skipped: this run finishes the interrupted restore %s, which passed the check when it started (the stopped server may no longer be able to tell its version)", r.journal0.ID)
 		return nil
 	}
 	running := r.opts.ServerVersion

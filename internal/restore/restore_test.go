@@ -50,7 +50,14 @@ func TestRestoreRoundTrip(t *testing.T) {
 			again, err := restore.Run(ctx, e.options(ctx, path))
 			require.NoError(t, err)
 			require.False(t, again.Changed)
-			require.Contains(t, again.Message, "already restored")
+			require.Empty(t, again.Steps)
+			require.Equal(t, res.RestoreID, again.RestoreID)
+			require.False(t, again.AlreadyRestoredAt.IsZero())
+			// The operator reads what happened, when, and how to override it.
+			require.Contains(t, again.Message, "Nothing done: this server was already restored from this archive at "+
+				again.AlreadyRestoredAt.UTC().Format("2006-01-02 15:04:05 UTC")+" (restore "+res.RestoreID+")")
+			require.Contains(t, again.Message, "force: true")
+			require.Contains(t, res.Message, "Restored from "+filepath.Base(path)+" (restore "+res.RestoreID+"): database flightctl replaced")
 			// Reset the KV so the next layout starts from the same place.
 			require.NoError(t, e.kv.FlushAll(ctx).Err())
 			conn, err := e.pg.SuperuserConn(ctx, "flightctl")

@@ -70,7 +70,7 @@ func (r *run) apply(ctx context.Context) error {
 	if err := r.finalize(ctx); err != nil {
 		return err
 	}
-	r.res.Message = fmt.Sprintf("restored from %s (restore %s)", r.opts.ArchivePath, j.ID)
+	r.res.Message = r.doneSummary()
 	return nil
 }
 
@@ -502,21 +502,22 @@ func (r *run) rollbackOnly(ctx context.Context) error {
 		return err
 	}
 	if j == nil || j.State != StateRunning {
-		r.res.Message = "no unfinished restore to roll back"
+		r.res.Message = "Nothing to roll back: no unfinished restore is recorded in " + r.opts.StateDir + "."
 		return nil
 	}
 	r.journal = j
 	r.res.RestoreID = j.ID
 	if r.opts.CheckMode {
 		r.res.Changed = true
-		r.res.Message = fmt.Sprintf("restore %s would be rolled back; steps done: %v", j.ID, j.Done)
+		r.res.Message = fmt.Sprintf("Check mode, nothing changed. The unfinished restore %s (started %s) would be rolled back; steps done so far: %s.",
+			j.ID, humanTime(j.Started), stepList(j.Done))
 		return nil
 	}
 	if err := r.rollback(ctx); err != nil {
 		return fmt.Errorf("roll back restore %s: %w", j.ID, err)
 	}
 	r.res.Changed, r.res.RolledBack = true, true
-	r.res.Message = fmt.Sprintf("restore %s rolled back; the units that were running were started again", j.ID)
+	r.res.Message = fmt.Sprintf("Restore %s rolled back: the previous database and files are back, and the units that were running were started again.", j.ID)
 	return nil
 }
 

@@ -148,3 +148,23 @@ func TestJournalSaveLoad(t *testing.T) {
 	_, err = s.load()
 	require.ErrorContains(t, err, "damaged")
 }
+
+// Check mode's msg is one sentence an operator can act on, whatever the plan holds.
+func TestPlanSummary(t *testing.T) {
+	p := &Plan{Database: &DatabasePlan{External: true}}
+	require.Equal(t, "leave the database alone (external, or no dump in the archive: restore it with your database tools), then prepare the devices", p.Summary())
+
+	p = &Plan{
+		UnitsToStop: []string{"flightctl-api.service"},
+		Database:    &DatabasePlan{Name: "flightctl", CountsArchive: map[string]int64{"devices": 3, "fleets": -1}},
+		Files: []FileChanges{
+			{Name: "pki", Added: []string{"a"}, Replaced: []string{}, Removed: []string{}, Unchanged: 0},
+			{Name: "encryption", Unchanged: 1},
+			{Name: "config", Unchanged: 1},
+		},
+		Volume: "flightctl-pam-issuer-etc",
+	}
+	require.Equal(t, "stop 1 unit (flightctl-api), create database flightctl from the archive (devices 3, fleets none), "+
+		"replace pki (1 added), rewrite encryption and config (identical to the archive), re-import volume flightctl-pam-issuer-etc, "+
+		"then prepare the devices and start the units again", p.Summary())
+}

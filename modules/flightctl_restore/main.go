@@ -9,9 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -36,15 +33,16 @@ type Options struct {
 	AllowVersionMismatch bool     `ansible:"allow_version_mismatch" default:"false" help:"restore an archive of another server version, with a warning"`
 	DBAccess             string   `ansible:"db_access" default:"container" choices:"container,direct" help:"run psql inside the database container, or locally against db_host"`
 	DBContainer          string   `ansible:"db_container" default:"flightctl-db" help:"the database container"`
-	DBHost               string   `ansible:"db_host" default:"127.0.0.1" help:"database host (direct access, and device preparation)"`
-	DBPort               int      `ansible:"db_port" default:"5432" help:"database port"`
+	DBHost               string   `ansible:"db_host" help:"database host for direct access and device preparation (default: direct 127.0.0.1; container: where podman publishes the container's 5432/tcp, else its IP)"`
+	DBPort               int      `ansible:"db_port" help:"database port (default: direct 5432; container: found with podman port)"`
 	DBName               string   `ansible:"db_name" help:"the database (default: db.name of the service config, else flightctl)"`
 	DBAdminUser          string   `ansible:"db_admin_user" help:"superuser that replaces the database (default: postgres in the container, admin when direct)"`
 	DBAdminPassword      string   `ansible:"db_admin_password,secret" help:"its password (direct access; default: the podman secret flightctl-postgresql-master-password)"`
 	DBUser               string   `ansible:"db_user" default:"flightctl_app" help:"application user for device preparation"`
 	DBPassword           string   `ansible:"db_password,secret" env:"DB_PASSWORD" help:"its password (default: the podman secret flightctl-postgresql-user-password)"`
-	KVHost               string   `ansible:"kv_host" default:"127.0.0.1" help:"KV store host"`
-	KVPort               int      `ansible:"kv_port" default:"6379" help:"KV store port"`
+	KVContainer          string   `ansible:"kv_container" default:"flightctl-kv" help:"the KV container, asked where it publishes 6379/tcp (container access)"`
+	KVHost               string   `ansible:"kv_host" help:"KV store host (default: direct 127.0.0.1; container: where podman publishes kv_container's 6379/tcp, else its IP)"`
+	KVPort               int      `ansible:"kv_port" help:"KV store port (default: direct 6379; container: found with podman port)"`
 	KVPassword           string   `ansible:"kv_password,secret" env:"KV_PASSWORD" help:"KV password (default: the podman secret flightctl-kv-password)"`
 	PKIDir               string   `ansible:"pki_dir" default:"/etc/flightctl/pki" help:"the live PKI directory"`
 	EncryptionDir        string   `ansible:"encryption_dir" default:"/etc/flightctl/encryption" help:"the live data-at-rest key directory"`
@@ -60,7 +58,8 @@ type Options struct {
 
 // Validate checks what the tags cannot.
 func (o *Options) Validate() error {
-	if o.DBPort <= 0 || o.DBPort > 65535 || o.KVPort <= 0 || o.KVPort > 65535 {
+	// 0 is "not given": the target finds the port (container access) or uses the default.
+	if o.DBPort < 0 || o.DBPort > 65535 || o.KVPort < 0 || o.KVPort > 65535 {
 		return errors.New("db_port and kv_port must be TCP ports (1-65535)")
 	}
 	if o.Rollback && o.Path != "" {
@@ -84,7 +83,8 @@ func (o *Options) podmanConfig() estate.PodmanConfig {
 			c.DBAdminUser = "admin"
 		}
 	}
-	c.KVHost, c.KVPort, c.KVPassword = o.KVHost, o.KVPort, o.KVPassword
+	// Left empty with container access, host and ports are found from the containers.
+	c.KVContainer, c.KVHost, c.KVPort, c.KVPassword = o.KVContainer, o.KVHost, o.KVPort, o.KVPassword
 	c.SystemdScope, c.SystemdBusAddress = o.SystemdScope, o.SystemdBusAddress
 	if len(o.Units) > 0 {
 		c.Units = o.Units
@@ -95,12 +95,12 @@ func (o *Options) podmanConfig() estate.PodmanConfig {
 // deploymentType resolves auto. A restore interrupted after stopping the API unit leaves
 // nothing for detection to see, so an unfinished journal (only Podman restores write one)
 // answers instead.
-func deploymentType(ctx context.Context, o *Options, log *slog.Logger) (estate.Type, error) {
+func deploymentType(ctx context.Context, o *Options, env *ansiblemod.Env) (estate.Type, error) {
 	if o.DeploymentType != estate.AutoDetect {
 		return estate.ParseType(o.DeploymentType)
 	}
 	if j, err := restore.ReadJournal(o.StateDir); err == nil && j != nil && j.State == restore.StateRunning {
-		log.Info("an unfinished restore is recorded: deployment type podman")
+		env.Warn("deployment_type auto: taken as podman from the unfinished restore %s recorded in %s (the stopped server cannot be detected); set deployment_type to override", j.ID, o.StateDir)
 		return estate.Podman, nil
 	}
 	active, closeFn, err := estate.SystemdUnitActive(ctx, o.SystemdScope, o.SystemdBusAddress)
@@ -114,7 +114,7 @@ func deploymentType(ctx context.Context, o *Options, log *slog.Logger) (estate.T
 
 func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
 	log := env.Log
-	typ, err := deploymentType(ctx, o, log)
+	typ, err := deploymentType(ctx, o, env)
 	if err != nil {
 		return nil, err
 	}
@@ -156,9 +156,13 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	if res == nil {
 		return nil, err
 	}
+	// The engine logged its warnings as they happened: add them to the result only.
+	logger := env.Log
+	env.Log = nil
 	for _, w := range res.Warnings {
 		env.Warn("%s", w)
 	}
+	env.Log = logger
 	out := &ansiblemod.Result{
 		Changed: res.Changed,
 		Msg:     res.Message,
@@ -172,6 +176,9 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"rolled_back":        res.RolledBack,
 			"duration":           res.Duration.Seconds(),
 		},
+	}
+	if !res.AlreadyRestoredAt.IsZero() {
+		out.Values["already_restored_at"] = res.AlreadyRestoredAt
 	}
 	if res.Diff != nil {
 		out.Diff = &ansiblemod.Diff{Before: res.Diff.Before, After: res.Diff.After}
@@ -209,9 +216,9 @@ func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error
 	keep := fs.Bool("keep-old-db", false, "keep the pre-restore database as <db>_old_<id>")
 	container := fs.String("db-container-name", "flightctl-db", "database container (podman)")
 	name := fs.String("db-name", "", "database name (default: from service-config.yaml)")
-	fs.String("kv-container-name", "flightctl-kv", "KV container (podman; accepted for compatibility)")
+	kvContainer := fs.String("kv-container-name", "flightctl-kv", "KV container (podman)")
 	return func(args []string) (map[string]any, error) {
-		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "db_container": *container}
+		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "db_container": *container, "kv_container": *kvContainer}
 		if *typ != "" {
 			if _, err := estate.ParseType(*typ); err != nil {
 				return nil, fmt.Errorf("invalid --deployment-type %q: must be \"kubernetes\" or \"podman\"", *typ)
@@ -222,30 +229,6 @@ func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error
 			opts["db_name"] = *name
 		}
 		return opts, nil
-	}
-}
-
-func human(w io.Writer, out ansiblemod.Output) {
-	if msg, _ := out["msg"].(string); msg != "" {
-		fmt.Fprintln(w, msg)
-	}
-	if steps, ok := out["steps"].([]any); ok && len(steps) > 0 {
-		parts := make([]string, len(steps))
-		for i, s := range steps {
-			parts[i] = fmt.Sprint(s)
-		}
-		fmt.Fprintf(w, "steps:    %s\n", strings.Join(parts, ", "))
-	}
-	if old, _ := out["old_database"].(string); old != "" {
-		fmt.Fprintf(w, "previous database kept as %s\n", old)
-	}
-	if d, ok := out["duration"].(float64); ok {
-		fmt.Fprintf(w, "duration: %.1fs\n", d)
-	}
-	for _, k := range []string{"plan", "device_preparation"} {
-		if v, ok := out[k]; ok && v != nil {
-			cli.PrintHuman(w, ansiblemod.Output{k: v})
-		}
 	}
 }
 

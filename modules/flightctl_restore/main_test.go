@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/moduletest"
+	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/testbed"
 )
 
@@ -143,6 +145,46 @@ func TestModuleRestore(t *testing.T) {
 	prep := res.Out["device_preparation"].(map[string]any)
 	require.Equal(t, float64(5), prep["devices_updated"])
 	require.NotContains(t, res.Stdout, "CREATE TABLE", "psql output never reaches stdout")
+
+	// The same archive again: nothing done, and the operator is told why and how to force it.
+	again := moduletest.Run(t, bin, args)
+	require.Nil(t, again.Out["failed"], again.Out["msg"])
+	require.Equal(t, false, again.Out["changed"])
+	require.Contains(t, again.Out["msg"], "Nothing done: this server was already restored from this archive at ")
+	require.Contains(t, again.Out["msg"], "Set force: true")
+	require.NotEmpty(t, again.Out["already_restored_at"])
+
+	// The CLI, as a person runs it: check mode reads as sentences and aligned lines, not JSON.
+	cli := exec.Command(bin, ar.Path, "--check", "--force", "--deployment-type", "podman", "--server-version", "v1.4.0",
+		"--systemd-scope", "user", "--systemd-bus-address", sd.BusAddress,
+		"--db-access", "direct", "--db-port", fmt.Sprint(pg.Port), "--kv-host", rd.Host, "--kv-port", fmt.Sprint(rd.Port),
+		"--pki-dir", pki, "--encryption-dir", filepath.Join(root, "encryption"), "--config-file", cfgFile, "--pam-volume", "",
+		"--state-dir", filepath.Join(root, "state"), "--units", "flightctl-api.service,flightctl-worker.service")
+	cli.Env = append(os.Environ(), "FLIGHTCTL_DR_DB_ADMIN_PASSWORD=admin-Secret-4711", "DB_PASSWORD=app-Secret-4711", "KV_PASSWORD="+rd.Password)
+	var cliOut, cliErr bytes.Buffer
+	cli.Stdout, cli.Stderr = &cliOut, &cliErr
+	require.NoError(t, cli.Run(), cliErr.String())
+	human := cliOut.String()
+	require.True(t, strings.HasPrefix(human, "Check mode, nothing changed. A restore would stop 1 unit (flightctl-api), replace database flightctl"), human)
+	require.Contains(t, human, "\nUnits ")
+	require.Regexp(t, `devices +5 +5\n`, human)
+	require.NotContains(t, human, "{", "no JSON for people")
+	for _, s := range secrets {
+		require.NotContains(t, human+cliErr.String(), s)
+	}
+
+	// deployment_type auto trusts an unfinished journal (the stopped server cannot be
+	// detected) and says so in the result's warnings. Check mode: nothing is rolled back.
+	stateDir := filepath.Join(root, "state")
+	unfinished, err := json.Marshal(restore.Journal{FormatVersion: 1, ID: "0badc0de", ArchivePath: ar.Path, State: restore.StateRunning,
+		Started: time.Now().UTC(), Done: []string{}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(stateDir, restore.JournalFile), unfinished, 0o600))
+	rb := moduletest.Run(t, bin, merge(args, map[string]any{"path": nil, "rollback": true, "deployment_type": "auto", "_ansible_check_mode": true}))
+	require.Nil(t, rb.Out["failed"], rb.Out["msg"])
+	require.Contains(t, rb.Out["msg"], "The unfinished restore 0badc0de (started ")
+	require.Contains(t, fmt.Sprint(rb.Out["warnings"]), "deployment_type auto: taken as podman from the unfinished restore 0badc0de")
+	require.NoError(t, os.Remove(filepath.Join(stateDir, restore.JournalFile)))
 
 	// Device preparation alone (no archive): already prepared, so nothing to do.
 	only := merge(args, nil)
