@@ -160,28 +160,11 @@ func StartPostgres(ctx context.Context, opts PostgresOptions) (*Postgres, error)
 		}
 	}
 
-	// A free port can be taken between choosing and listening: retry with another one.
-	attempts := 1
-	if opts.Port == 0 {
-		attempts = 5
-	}
-	var startErr error
-	for i := 0; i < attempts; i++ {
-		port := opts.Port
-		if port == 0 {
-			if port, err = FreePort(); err != nil {
-				p.cleanup()
-				return nil, err
-			}
-		}
+	startErr := startOnPort(opts.Port, logger, "postgres", func(port int) error {
 		p.Port = port
 		serverOpts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off", port, p.SocketDir)
-		startErr = p.command(ctx, "pg_ctl", "-D", p.DataDir, "-l", filepath.Join(p.dir, "postgres.log"), "-o", serverOpts, "-w", "-t", "60", "start")
-		if startErr == nil {
-			break
-		}
-		logger.Warn("postgres did not start, retrying on another port", "port", port, "err", startErr)
-	}
+		return p.command(ctx, "pg_ctl", "-D", p.DataDir, "-l", filepath.Join(p.dir, "postgres.log"), "-o", serverOpts, "-w", "-t", "60", "start")
+	})
 	if startErr != nil {
 		log, _ := os.ReadFile(filepath.Join(p.dir, "postgres.log"))
 		p.cleanup()

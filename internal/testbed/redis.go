@@ -61,26 +61,11 @@ func StartRedis(ctx context.Context, opts RedisOptions) (*Redis, error) {
 	}
 	r.dir, r.removeDir = dir, remove
 
-	attempts := 1
-	if opts.Port == 0 {
-		attempts = 5
-	}
-	var startErr error
-	for i := 0; i < attempts; i++ {
-		port := opts.Port
-		if port == 0 {
-			if port, err = FreePort(); err != nil {
-				r.cleanup()
-				return nil, err
-			}
-		}
+	startErr := startOnPort(opts.Port, logger, "redis", func(port int) error {
 		r.Port = port
 		r.Addr = fmt.Sprintf("%s:%d", r.Host, port)
-		if startErr = r.start(ctx); startErr == nil {
-			break
-		}
-		logger.Warn("redis did not start, retrying on another port", "port", port, "err", startErr)
-	}
+		return r.start(ctx)
+	})
 	if startErr != nil {
 		log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
 		r.cleanup()

@@ -7,6 +7,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -89,4 +90,27 @@ func workDir(dir, prefix string) (abs string, remove bool, err error) {
 	}
 	abs, err = filepath.Abs(dir)
 	return abs, false, err
+}
+
+// startOnPort runs start on port, or, when port is 0, on a free port, retrying a few times
+// with another one because a free port can be taken between choosing and listening.
+func startOnPort(port int, logger *slog.Logger, what string, start func(port int) error) error {
+	attempts := 1
+	if port == 0 {
+		attempts = 5
+	}
+	var err error
+	for i := 0; i < attempts; i++ {
+		p := port
+		if p == 0 {
+			if p, err = FreePort(); err != nil {
+				return err
+			}
+		}
+		if err = start(p); err == nil {
+			return nil
+		}
+		logger.Warn(what+" did not start, retrying on another port", "port", p, "err", err)
+	}
+	return err
 }
