@@ -210,25 +210,11 @@ var App = cli.App[Options]{
 
 // upstreamFlags are upstream flightctl-restore's flags (UPSTREAM §1.2).
 func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error) {
-	typ := fs.String("deployment-type", "", "deployment type: kubernetes or podman (default: auto-detect)")
-	fs.String("namespace", "flightctl", "Kubernetes namespace (Kubernetes only)")
-	fs.String("internal-namespace", "", "Kubernetes internal namespace (Kubernetes only)")
+	shared := cli.RegisterUpstreamFlags(fs)
 	keep := fs.Bool("keep-old-db", false, "keep the pre-restore database as <db>_old_<id>")
-	container := fs.String("db-container-name", "flightctl-db", "database container (podman)")
-	name := fs.String("db-name", "", "database name (default: from service-config.yaml)")
-	kvContainer := fs.String("kv-container-name", "flightctl-kv", "KV container (podman)")
 	return func(args []string) (map[string]any, error) {
-		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "db_container": *container, "kv_container": *kvContainer}
-		if *typ != "" {
-			if _, err := estate.ParseType(*typ); err != nil {
-				return nil, fmt.Errorf("invalid --deployment-type %q: must be \"kubernetes\" or \"podman\"", *typ)
-			}
-			opts["deployment_type"] = *typ
-		}
-		if *name != "" {
-			opts["db_name"] = *name
-		}
-		return opts, nil
+		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "kv_container": *shared.KVContainer}
+		return opts, shared.Apply(opts)
 	}
 }
 
