@@ -32,6 +32,7 @@ say "Installing what is missing"
 bash scripts/install-deps.sh
 
 say "Building and installing the collection"
+mkdir -p "$repo/build"
 make --no-print-directory collection-install >"$work.build.log" 2>&1 || { cat "$work.build.log"; exit 1; }
 tail -n 3 "$work.build.log" | sed 's/^/  /'
 export ANSIBLE_COLLECTIONS_PATH=$repo/build/installed
