@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Backup speed on a database of about 1 GiB (flightctl schema, generated rows):
 #   1. pg_dump alone to /dev/null              (the floor)
-#   2. pg_dump | gzip to /dev/null             (single-threaded compression, for reference)
-#   3. upstream's way: pg_dump to a staging file, then tar czf of the staging directory
-#   4. flightctl_backup (this project), direct database access, gzip levels 6 and 1
-# Wall time and peak RSS come from /usr/bin/time -v. Everything runs on a private
-# PostgreSQL 15 cluster on a free loopback port, removed at the end.
+#   2. upstream's way: pg_dump to a staging file, then tar czf of the staging directory
+#   3. flightctl_backup (this project), direct database access, at every gzip level in
+#      BENCH_LEVELS (archive size against time, for the choice of the default level)
+# Wall times from hyperfine (BENCH_RUNS runs each, one warm-up before the first command);
+# peak RSS of every run from /usr/bin/time (the largest process of the command: pg_dump,
+# tar or flightctl_backup). Everything runs on a private PostgreSQL 15 cluster on a free
+# loopback port, stopped and removed at the end. Prints a Markdown table on stdout.
 #
-# Usage: bench/backup/run.sh            (BENCH_EVENTS=rows, BENCH_RUNS=n, BENCH_DIR=parent dir)
+# Usage: bench/backup/run.sh   (BENCH_EVENTS=rows, BENCH_RUNS=n, BENCH_UPSTREAM_RUNS=n,
+#                               BENCH_LEVELS="1 3 6", BENCH_DIR=parent dir)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,13 +18,15 @@ FIXTURES=${FLIGHTCTL_DR_FIXTURES:-$ROOT/../shared/fixtures}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 EVENTS=${BENCH_EVENTS:-560000}
 DEVICES=${BENCH_DEVICES:-50000}
-RUNS=${BENCH_RUNS:-2}
+RUNS=${BENCH_RUNS:-5}
+UPSTREAM_RUNS=${BENCH_UPSTREAM_RUNS:-3}
+LEVELS=${BENCH_LEVELS:-1 2 3 4 5 6 9}
 GO=${GO:-/usr/local/go/bin/go}
 ORG=00000000-0000-0000-0000-000000000000
 APP_PW=bench-app-pw
 
-for p in "$PGBIN/initdb" "$PGBIN/pg_ctl" /usr/bin/time pg_dump psql tar gzip; do
-	command -v "$p" >/dev/null || { echo "missing $p: install postgresql and time" >&2; exit 1; }
+for p in "$PGBIN/initdb" "$PGBIN/pg_ctl" /usr/bin/time hyperfine pg_dump psql tar gzip python3; do
+	command -v "$p" >/dev/null || { echo "missing $p: install postgresql, time and hyperfine" >&2; exit 1; }
 done
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/flightctl-dr-bench-backup.XXXXXX")
@@ -88,40 +93,65 @@ mkdir -p "$WORK/pki" && echo cert >"$WORK/pki/ca.crt" && printf 'db:\n  name: fl
 export PGPASSWORD=$APP_PW
 DUMP="pg_dump --clean --if-exists --no-password -h 127.0.0.1 -p $PORT -U flightctl_app -d flightctl"
 
-# measure NAME CMD...: runs CMD under /usr/bin/time -v, prints "NAME wall_s rss_kib".
-measure() {
-	local name=$1; shift
-	/usr/bin/time -v -o "$WORK/time.txt" "$@"
-	local wall rss
-	wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$WORK/time.txt" | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
-	rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$WORK/time.txt")
-	printf '%-34s %8.2f s %10d KiB\n' "$name" "$wall" "$rss"
-}
-
 args() { # level
-	cat >"$WORK/args.json" <<EOF
+	cat >"$WORK/args-$1.json" <<EOF
 {"output_dir": "$WORK/out", "deployment_type": "podman", "server_version": "bench", "db_access": "direct",
  "db_host": "127.0.0.1", "db_port": $PORT, "db_password": "$APP_PW", "pki_dir": "$WORK/pki",
  "encryption_dir": "$WORK/none", "config_file": "$WORK/service-config.yaml", "pam_volume": "", "compression_level": $1}
 EOF
 }
 
+# bench ID LABEL RUNS PREPARE CMD: hyperfine on CMD (wrapped in /usr/bin/time for the
+# peak RSS of every run), with the load average before and after.
+bench() {
+	local id=$1 label=$2 runs=$3 prepare=$4 cmd=$5 warmup=0
+	[ "$id" = pgdump ] && warmup=1
+	cut -d' ' -f1-3 /proc/loadavg >"$WORK/$id.load"
+	: >"$WORK/$id.rss"
+	hyperfine --style basic --runs "$runs" --warmup "$warmup" --prepare "$prepare" \
+		--export-json "$WORK/$id.json" -n "$label" \
+		"/usr/bin/time -f %M -a -o $WORK/$id.rss sh -c '$cmd'" >&2
+	cut -d' ' -f1-3 /proc/loadavg >>"$WORK/$id.load"
+	echo "$id" >>"$WORK/order"
+}
+
 echo "== $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "database_bytes $DBSIZE"
-for run in $(seq "$RUNS"); do
-	measure "pg_dump >/dev/null" sh -c "$DUMP >/dev/null"
-	measure "pg_dump | gzip -6 >/dev/null" sh -c "$DUMP | gzip -6 >/dev/null"
-	rm -rf "$WORK/staging" "$WORK/upstream.tar.gz" && mkdir -p "$WORK/staging/db"
-	measure "upstream: dump file + tar czf" sh -c "$DUMP >$WORK/staging/db/dump.sql && tar czf $WORK/upstream.tar.gz -C $WORK/staging ."
-	echo "  (dump $(stat -c %s "$WORK/staging/db/dump.sql") bytes, tar.gz $(stat -c %s "$WORK/upstream.tar.gz") bytes)"
-	rm -rf "$WORK/staging" "$WORK/upstream.tar.gz"
-	for level in 6 1; do
-		rm -f "$WORK"/out/*
-		args "$level"
-		measure "flightctl_backup (gzip -$level)" sh -c "'$WORK/flightctl_backup' '$WORK/args.json' >$WORK/result.json"
-		grep -Eq '"changed": *true' "$WORK/result.json" || { cat "$WORK/result.json" >&2; exit 1; }
-		(cd "$WORK/out" && sha256sum -c --quiet ./*.sha256)
-		echo "  (archive $(stat -c %s "$WORK"/out/*.tar.gz) bytes)"
-	done
+: >"$WORK/order"
+bench pgdump "pg_dump > /dev/null" "$RUNS" true "$DUMP > /dev/null"
+$DUMP | wc -c >"$WORK/pgdump.size"
+bench upstream "upstream: pg_dump to a file, then tar czf" "$UPSTREAM_RUNS" \
+	"rm -rf $WORK/staging $WORK/upstream.tar.gz; mkdir -p $WORK/staging/db" \
+	"$DUMP > $WORK/staging/db/dump.sql && tar czf $WORK/upstream.tar.gz -C $WORK/staging ."
+stat -c %s "$WORK/upstream.tar.gz" >"$WORK/upstream.size"
+rm -rf "$WORK/staging" "$WORK/upstream.tar.gz"
+for level in $LEVELS; do
+	args "$level"
+	bench "level$level" "flightctl_backup, level $level" "$RUNS" "rm -f $WORK/out/*" \
+		"$WORK/flightctl_backup $WORK/args-$level.json > $WORK/result.json"
+	grep -Eq '"changed": *true' "$WORK/result.json" || { cat "$WORK/result.json" >&2; exit 1; }
+	(cd "$WORK/out" && sha256sum -c --quiet ./*.sha256)
+	stat -c %s "$WORK"/out/*.tar.gz >"$WORK/level$level.size"
+	rm -f "$WORK"/out/*
 done
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+
+python3 - "$WORK" "$DBSIZE" <<'PY'
+import json, os, sys
+work, dbsize = sys.argv[1], int(sys.argv[2])
+ids = open(os.path.join(work, "order")).read().split()
+res = {i: json.load(open(os.path.join(work, i + ".json")))["results"][0] for i in ids}
+floor = res["pgdump"]["mean"]
+dump = int(open(os.path.join(work, "pgdump.size")).read())
+print(f"database {dbsize / 1e6:.0f} MB (pg_database_size), plain dump {dump / 1e6:.0f} MB")
+print()
+print("| what | runs | mean wall [s] | min … max [s] | user [s] | × pg_dump | peak RSS [MiB] | output [MB] | load avg before → after |")
+print("|:---|---:|---:|---:|---:|---:|---:|---:|:---|")
+for i in ids:
+    r = res[i]
+    rss = max(int(x) for x in open(os.path.join(work, i + ".rss")).read().split()) / 1024
+    size = int(open(os.path.join(work, i + ".size")).read()) / 1e6
+    load = open(os.path.join(work, i + ".load")).read().strip().split("\n")
+    sd = r["stddev"] or 0.0
+    print(f"| {r['command']} | {len(r['times'])} | {r['mean']:.2f} ± {sd:.2f} | {r['min']:.2f} … {r['max']:.2f} | "
+          f"{r['user']:.2f} | {r['mean'] / floor:.2f} | {rss:.0f} | {size:.0f} | {load[0]} → {load[-1]} |")
+PY

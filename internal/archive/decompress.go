@@ -3,14 +3,15 @@ package archive
 import (
 	"bufio"
 	"bytes"
-	"compress/flate"
-	"compress/gzip"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
 	"io"
 	"runtime"
 	"sync"
+
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
 )
 
 const (
@@ -20,10 +21,21 @@ const (
 	maxMemberOutput = 16 << 20
 )
 
+// NewGzipReader returns a reader of the tar stream inside a gzip-compressed
+// archive read from r, for callers that walk an archive themselves (restore's
+// load pass). Archives from this package's writer are inflated on every CPU;
+// any other gzip stream, upstream's single member included, sequentially. Every
+// member's CRC and length are checked; errors wrap gzip.ErrChecksum,
+// gzip.ErrHeader or flate.CorruptInputError of the standard library. Close
+// stops the goroutines; it does not close r.
+func NewGzipReader(r io.Reader) (io.ReadCloser, error) {
+	return newDecompressor(r)
+}
+
 // newDecompressor returns a reader of the tar stream inside the gzip stream.
 // Archives from our writer (gzip members carrying their length in an "FD"
 // subfield) are inflated on several goroutines; anything else, upstream's
-// single-member archives included, by compress/gzip. Both check every
+// single-member archives included, by a sequential gzip reader. Both check every
 // member's CRC and length.
 func newDecompressor(r io.Reader) (io.ReadCloser, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
@@ -74,7 +86,7 @@ func putBuf(b []byte) {
 // parallelInflater splits the stream at member boundaries and inflates the
 // members on several goroutines, returning their output in order. When it
 // meets a member without the length field it hands the rest of the stream to
-// compress/gzip.
+// a sequential gzip reader.
 type parallelInflater struct {
 	br    *bufio.Reader
 	order chan *inflateJob
@@ -84,7 +96,7 @@ type parallelInflater struct {
 
 	cur      *inflateJob
 	pos      int
-	tail     io.Reader // compress/gzip for the rest, once the members end
+	tail     io.Reader // sequential gzip reader for the rest, once the members end
 	finished bool
 	err      error
 }
@@ -117,7 +129,7 @@ func (p *parallelInflater) split() {
 		}
 		n, ok := parseMemberHeader(head)
 		if !ok {
-			return // the consumer continues with compress/gzip from here
+			return // the consumer continues with a sequential gzip reader from here
 		}
 		job := &inflateJob{in: getBuf(n), done: make(chan struct{})}
 		if _, err := io.ReadFull(p.br, job.in); err != nil {
@@ -205,7 +217,7 @@ func (p *parallelInflater) Read(b []byte) (int, error) {
 		job, ok := <-p.order
 		if !ok {
 			// The members ended: either the stream did, or what follows is
-			// not ours and compress/gzip reads it (and refuses garbage).
+			// not ours and a sequential gzip reader reads it (and refuses garbage).
 			p.finished = true
 			if _, err := p.br.Peek(1); err == io.EOF {
 				p.err = io.EOF

@@ -2,7 +2,6 @@ package archive
 
 import (
 	"bytes"
-	"compress/flate"
 	"crypto/sha256"
 	"encoding"
 	"encoding/binary"
@@ -11,6 +10,8 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
+
+	"github.com/klauspost/compress/flate"
 )
 
 // The archive's gzip stream is a sequence of independent gzip members (RFC

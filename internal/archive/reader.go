@@ -3,8 +3,6 @@ package archive
 import (
 	"archive/tar"
 	"bytes"
-	"compress/flate"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +15,9 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/gzip"
 )
 
 // maxMetadataSize bounds metadata.json, which is read into memory (a manifest

@@ -41,7 +41,7 @@ type Options struct {
 	ServerVersion string
 	// OutputDir receives the archive and its .sha256; created (0755) when missing.
 	OutputDir string
-	// CompressionLevel 1..9, 0 for gzip's default; Concurrency 0 for every CPU.
+	// CompressionLevel 1..9, 0 for archive.DefaultCompressionLevel; Concurrency 0 for every CPU.
 	CompressionLevel int
 	Concurrency      int
 
