@@ -18,6 +18,7 @@ import (
 
 	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/humanize"
 	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/version"
 )
@@ -182,7 +183,7 @@ func prepare(ctx context.Context, opts *Options) (Estate, *Preview, error) {
 		return nil, nil, err
 	}
 	if !opts.ignoreFreeSpace && uint64(plan.EstimatedSize) > free {
-		return nil, nil, fmt.Errorf("not enough free space in %s: %s free, up to %s needed (database size on disk plus files, before compression): free some space or choose another output_dir", outDir, humanBytes(free), humanBytes(uint64(plan.EstimatedSize)))
+		return nil, nil, fmt.Errorf("not enough free space in %s: %s free, up to %s needed (database size on disk plus files, before compression): free some space or choose another output_dir", outDir, humanize.Bytes(int64(free)), humanize.Bytes(plan.EstimatedSize))
 	}
 	p := &Preview{
 		DeploymentType: typ,
@@ -386,17 +387,4 @@ func dedupe(list []string) []string {
 		}
 	}
 	return out
-}
-
-func humanBytes(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

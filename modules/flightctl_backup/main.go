@@ -162,25 +162,11 @@ var App = cli.App[Options]{
 // upstreamFlags are upstream flightctl-backup's flags (UPSTREAM §1.1).
 func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error) {
 	output := fs.String("output", ".", "output directory for the backup archive")
-	typ := fs.String("deployment-type", "", "deployment type: kubernetes or podman (default: auto-detect)")
-	fs.String("namespace", "flightctl", "Kubernetes namespace (Kubernetes only)")
-	fs.String("internal-namespace", "", "Kubernetes internal namespace (Kubernetes only)")
 	fs.String("helm-release-name", "", "Helm release name (Kubernetes only)")
-	container := fs.String("db-container-name", "flightctl-db", "database container name (podman)")
-	name := fs.String("db-name", "", "database name (default: db.name from service-config.yaml)")
-	fs.String("kv-container-name", "flightctl-kv", "KV container name (podman; reserved)")
+	shared := cli.RegisterUpstreamFlags(fs)
 	return func([]string) (map[string]any, error) {
-		opts := map[string]any{"output_dir": *output, "db_container": *container}
-		if *typ != "" {
-			if _, err := estate.ParseType(*typ); err != nil {
-				return nil, fmt.Errorf("invalid --deployment-type %q: must be \"kubernetes\" or \"podman\"", *typ)
-			}
-			opts["deployment_type"] = *typ
-		}
-		if *name != "" {
-			opts["db_name"] = *name
-		}
-		return opts, nil
+		opts := map[string]any{"output_dir": *output}
+		return opts, shared.Apply(opts)
 	}
 }
 

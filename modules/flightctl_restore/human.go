@@ -10,6 +10,7 @@ import (
 
 	"flightctl.dr/internal/ansiblemod"
 	"flightctl.dr/internal/devprep"
+	"flightctl.dr/internal/humanize"
 	"flightctl.dr/internal/restore"
 )
 
@@ -33,7 +34,7 @@ func human(w io.Writer, out ansiblemod.Output) {
 	}
 	fmt.Fprintln(w)
 	if arch != nil {
-		line("Archive", "%s (%s, sha256 %s)", filepath.Base(arch.Path), size(arch.Size), short(arch.SHA256))
+		line("Archive", "%s (%s, sha256 %s)", filepath.Base(arch.Path), humanize.Bytes(arch.Size), short(arch.SHA256))
 		what := "with the database dump"
 		if !arch.DatabaseIncluded {
 			what = "without a database dump (external database)"
@@ -87,13 +88,13 @@ func writePlan(line func(string, string, ...any), p *restore.Plan, done bool) {
 		default:
 			live := "did not exist"
 			if d.LiveExists {
-				live = fmt.Sprintf("%s %s, owner %s", size(d.LiveSize), now, d.Owner)
+				live = fmt.Sprintf("%s %s, owner %s", humanize.Bytes(d.LiveSize), now, d.Owner)
 			}
 			free := "free space unknown"
 			if d.FreeSpaceKnown {
-				free = size(d.FreeSpace) + " free"
+				free = humanize.Bytes(d.FreeSpace) + " free"
 			}
-			line("Database", "%s: %s; the archive's dump: %s of SQL; %s", d.Name, live, size(d.DumpSize), free)
+			line("Database", "%s: %s; the archive's dump: %s of SQL; %s", d.Name, live, humanize.Bytes(d.DumpSize), free)
 			if len(d.CountsNow) > 0 || len(d.CountsArchive) > 0 {
 				line("", "%-20s %8s %8s", "rows", now, "archive")
 				for _, t := range restore.CountedTables {
@@ -208,20 +209,6 @@ func short(sha string) string {
 		return sha[:12] + "…"
 	}
 	return sha
-}
-
-// size is a byte count a person reads at a glance.
-func size(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func asStrings(v any) []string {
