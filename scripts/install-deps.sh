@@ -32,7 +32,7 @@ if ! command -v go >/dev/null 2>&1; then
   if [ -x /usr/local/go/bin/go ]; then
     echo "install-deps: add /usr/local/go/bin to PATH" >&2
   else
-    echo "install-deps: Go is missing; install Go 1.24 or newer" >&2
+    echo "install-deps: Go is missing; install Go 1.26 or newer" >&2
     exit 1
   fi
 fi
