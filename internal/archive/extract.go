@@ -24,11 +24,7 @@ import (
 // wrote is removed.
 func Extract(ctx context.Context, archivePath, destRoot string, opts VerifyOptions) (rep *Report, err error) {
 	opts = opts.withDefaults(archivePath)
-	want, err := expectedChecksum(opts)
-	if err != nil {
-		return nil, fmt.Errorf("archive integrity check failed: %w", err)
-	}
-	f, _, err := openArchive(archivePath)
+	f, want, err := openWithChecksum(archivePath, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -416,6 +416,20 @@ func openArchive(path string) (*os.File, int64, error) {
 
 // expectedChecksum reads the checksum file. It returns "" when the file is
 // missing and not required.
+// openWithChecksum reads the expected checksum (opts already has its defaults), then opens
+// the archive: the first steps of Verify and Extract.
+func openWithChecksum(path string, opts VerifyOptions) (f *os.File, want string, err error) {
+	want, err = expectedChecksum(opts)
+	if err != nil {
+		return nil, "", fmt.Errorf("archive integrity check failed: %w", err)
+	}
+	f, _, err = openArchive(path)
+	if err != nil {
+		return nil, "", err
+	}
+	return f, want, nil
+}
+
 func expectedChecksum(opts VerifyOptions) (string, error) {
 	sum, err := readChecksumFile(opts.ChecksumFile)
 	if err != nil && !opts.RequireChecksum && errors.Is(err, fs.ErrNotExist) {
@@ -437,11 +451,7 @@ func checksumMismatch(path, want, got string, cause error) error {
 // the file once. The error is an *IntegrityError when the archive is bad.
 func Verify(ctx context.Context, path string, opts VerifyOptions) (*Report, error) {
 	opts = opts.withDefaults(path)
-	want, err := expectedChecksum(opts)
-	if err != nil {
-		return nil, fmt.Errorf("archive integrity check failed: %w", err)
-	}
-	f, _, err := openArchive(path)
+	f, want, err := openWithChecksum(path, opts)
 	if err != nil {
 		return nil, err
 	}
