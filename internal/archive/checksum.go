@@ -10,40 +10,61 @@ import (
 	"strings"
 )
 
-// writeChecksumFile writes "<hex>  <name>\n" (the sha256sum format) to
-// dir/name.sha256, mode 0644 as upstream, through a temporary name.
-func writeChecksumFile(dir, name, sum string) (string, error) {
-	final := filepath.Join(dir, name+".sha256")
-	tmp := filepath.Join(dir, "."+randomName(name+".sha256.", ".partial"))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+// pendingChecksum is a checksum file written and synced under a hidden name before the
+// archive is named, so that a full disk fails the backup before anything is named rather
+// than leaving an archive without its checksum.
+type pendingChecksum struct {
+	dir, tmp, name, sum string
+}
+
+// prepareChecksumFile writes "<sum>  <name>\n" to a hidden file in dir (mode 0644, as
+// upstream) and syncs it.
+func prepareChecksumFile(dir, name, sum string) (*pendingChecksum, error) {
+	p := &pendingChecksum{dir: dir, tmp: filepath.Join(dir, "."+randomName(name+".sha256.", ".partial")), name: name, sum: sum}
+	if err := p.write(os.O_WRONLY | os.O_CREATE | os.O_EXCL); err != nil {
+		p.discard()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *pendingChecksum) write(flags int) error {
+	f, err := os.OpenFile(p.tmp, flags, 0o644)
 	if err != nil {
-		return "", err
+		return err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Close()
 	if err := f.Chmod(0o644); err != nil {
-		return "", err
+		return err
 	}
-	if _, err := fmt.Fprintf(f, "%s  %s\n", sum, name); err != nil {
-		return "", err
+	if _, err := fmt.Fprintf(f, "%s  %s\n", p.sum, p.name); err != nil {
+		return err
 	}
 	if err := f.Sync(); err != nil {
-		return "", err
+		return err
 	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		return "", err
-	}
-	ok = true
-	return final, syncDir(dir)
+	return f.Close()
 }
+
+// commit gives the checksum file its final name beside the archive called name. Archive
+// names all have the same length, so rewriting the line for a bumped name needs no new
+// space.
+func (p *pendingChecksum) commit(name string) (string, error) {
+	if name != p.name {
+		p.name = name
+		if err := p.write(os.O_WRONLY); err != nil {
+			return "", err
+		}
+	}
+	final := filepath.Join(p.dir, name+".sha256")
+	if err := os.Rename(p.tmp, final); err != nil {
+		return "", err
+	}
+	return final, syncDir(p.dir)
+}
+
+// discard removes the hidden file; harmless after commit.
+func (p *pendingChecksum) discard() { _ = os.Remove(p.tmp) }
 
 // readChecksumFile returns the lowercase hex digest in a sha256sum-style
 // file. Only the first field counts, as upstream. It returns an error

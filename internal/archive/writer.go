@@ -497,23 +497,29 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 	if err := w.f.Sync(); err != nil {
 		return nil, fmt.Errorf("archive writer: sync the archive: %w", err)
 	}
+	// The checksum file takes its space before the archive is named: a disk that fills
+	// up here fails the backup with nothing named.
+	pending, err := prepareChecksumFile(w.opts.Dir, ArchiveName(meta.Timestamp), sum)
+	if err != nil {
+		return nil, fmt.Errorf("archive writer: write the checksum file: %w", err)
+	}
+	defer pending.discard()
 	name, err := w.link(meta.Timestamp)
 	if err != nil {
 		return nil, err
 	}
 	finalPath := filepath.Join(w.opts.Dir, name)
-	if err := syncDir(w.opts.Dir); err != nil {
-		return nil, fmt.Errorf("archive writer: sync %s: %w", w.opts.Dir, err)
+	sumPath, err := pending.commit(name)
+	if err != nil {
+		// Never leave an archive without its checksum: take the name back.
+		_ = os.Remove(finalPath)
+		_ = syncDir(w.opts.Dir)
+		return nil, fmt.Errorf("archive writer: name the checksum file of %s: %w", finalPath, err)
 	}
 	w.f.Close()
 	w.f = nil
 	w.state = stateCommitted
 	w.stop()
-	sumPath, err := writeChecksumFile(w.opts.Dir, name, sum)
-	if err != nil {
-		// The archive is complete and synced; only its checksum is missing.
-		return nil, fmt.Errorf("archive writer: the archive %s is complete but its checksum file could not be written (write it with `sha256sum %s > %s.sha256` from that directory): %w", finalPath, name, name, err)
-	}
 	w.log.Debug("archive committed", "path", finalPath, "bytes", size, "sha256", sum, "entries", len(meta.Manifest))
 	return &Result{Path: finalPath, ChecksumPath: sumPath, SHA256: sum, Size: size, Metadata: meta}, nil
 }
