@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archive/archivetest"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
@@ -110,20 +111,10 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	// The dump as the backup takes it: pg_dump inside the container.
 	dump, err := pod.Podman(ctx, "exec", dbName, "pg_dump", "--clean", "--if-exists", "-U", "postgres", "-d", "flightctl")
 	require.NoError(t, err)
-	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: t.TempDir()})
-	require.NoError(t, err)
-	now := time.Now()
-	require.NoError(t, w.AddDir("db", 0o755, now))
-	_, err = w.AddStream(archive.DatabaseDump, 0o600, now, strings.NewReader(dump))
-	require.NoError(t, err)
-	_, err = w.AddTree("pki", pki)
-	require.NoError(t, err)
-	require.NoError(t, w.AddDir("config", 0o700, now))
-	require.NoError(t, w.AddFile("config/service-config.yaml", 0o600, now, 21, strings.NewReader("db:\n  name: flightctl\n")))
-	require.NoError(t, w.AddDir("volumes", 0o700, now))
-	require.NoError(t, w.AddFile("volumes/pam-issuer-etc.tar", 0o600, now, int64(volTar.Len()), &volTar))
-	ar, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true})
-	require.NoError(t, err)
+	ar := archivetest.Write(t, t.TempDir(), archivetest.Content{
+		Dump: []byte(dump), PKIDir: pki, Config: []byte("db:\n  name: flightctl\n"), Volume: volTar.Bytes(),
+		Metadata: archive.Metadata{Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true},
+	})
 
 	// Damage: a row, and the volume's content.
 	exec1(`DELETE FROM devices WHERE name = 'dev-0'`)

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archive/archivetest"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/testbed"
@@ -254,26 +255,12 @@ func (e *env) dump(ctx context.Context) []byte {
 
 // writeArchive makes an archive with our writer, holding dump as db/dump.sql.
 func (e *env) writeArchive(ctx context.Context, dir string, md archive.Metadata, dump []byte) string {
-	require.NoError(e.t, os.MkdirAll(dir, 0o700))
-	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: dir})
-	require.NoError(e.t, err)
-	now := time.Now()
-	if dump != nil {
-		require.NoError(e.t, w.AddDir("db", 0o755, now))
-		_, err = w.AddStream(archive.DatabaseDump, 0o600, now, bytes.NewReader(dump))
-		require.NoError(e.t, err)
-	}
-	_, err = w.AddTree("pki", e.cfg.pki())
-	require.NoError(e.t, err)
-	_, err = w.AddTree("encryption", e.cfg.encryption())
-	require.NoError(e.t, err)
 	cfg, err := os.ReadFile(e.cfg.configFile())
 	require.NoError(e.t, err)
-	require.NoError(e.t, w.AddDir("config", 0o700, now))
-	require.NoError(e.t, w.AddFile("config/service-config.yaml", 0o640, now, int64(len(cfg)), bytes.NewReader(cfg)))
-	res, err := w.Commit(md)
-	require.NoError(e.t, err)
-	return res.Path
+	return archivetest.Write(e.t, dir, archivetest.Content{
+		Dump: dump, PKIDir: e.cfg.pki(), EncryptionDir: e.cfg.encryption(),
+		Config: cfg, ConfigMode: 0o640, Metadata: md,
+	}).Path
 }
 
 func metadata() archive.Metadata {

@@ -1,17 +1,16 @@
 package main
 
 import (
-	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archive/archivetest"
 	"flightctl.dr/internal/moduletest"
 )
 
@@ -26,19 +25,12 @@ func TestSidecarDocsMatchOptions(t *testing.T) {
 // writeArchive makes a small archive with the real writer.
 func writeArchive(t *testing.T, version string) *archive.Result {
 	t.Helper()
-	dir := t.TempDir()
-	w, err := archive.NewWriter(context.Background(), archive.WriterOptions{Dir: dir})
-	require.NoError(t, err)
-	now := time.Now()
-	require.NoError(t, w.AddDir("pki", 0o700, now))
-	body := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-	require.NoError(t, w.AddFile("pki/ca.crt", 0o644, now, int64(len(body)), strings.NewReader(body)))
-	require.NoError(t, w.AddDir("db", 0o755, now))
-	_, err = w.AddStream("db/dump.sql", 0o600, now, strings.NewReader("SELECT 1;\n"))
-	require.NoError(t, err)
-	res, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: version, DeploymentType: "podman", DatabaseIncluded: true})
-	require.NoError(t, err)
-	return res
+	pki := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(pki, "ca.crt"), []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), 0o644))
+	return archivetest.Write(t, t.TempDir(), archivetest.Content{
+		Dump: []byte("SELECT 1;\n"), PKIDir: pki,
+		Metadata: archive.Metadata{Version: version, DeploymentType: "podman", DatabaseIncluded: true},
+	})
 }
 
 func TestVerifyGoodArchive(t *testing.T) {

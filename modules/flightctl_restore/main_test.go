@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archive/archivetest"
 	"flightctl.dr/internal/moduletest"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/testbed"
@@ -77,18 +78,10 @@ func TestModuleRestore(t *testing.T) {
 	dump.Env = append(os.Environ(), "PGPASSWORD=admin-Secret-4711")
 	sql, err := dump.Output()
 	require.NoError(t, err)
-	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: t.TempDir()})
-	require.NoError(t, err)
-	now := time.Now()
-	require.NoError(t, w.AddDir("db", 0o755, now))
-	_, err = w.AddStream(archive.DatabaseDump, 0o600, now, bytes.NewReader(sql))
-	require.NoError(t, err)
-	_, err = w.AddTree("pki", pki)
-	require.NoError(t, err)
-	require.NoError(t, w.AddDir("config", 0o700, now))
-	require.NoError(t, w.AddFile("config/service-config.yaml", 0o600, now, int64(len("db:\n  name: flightctl\n")), strings.NewReader("db:\n  name: flightctl\n")))
-	ar, err := w.Commit(archive.Metadata{Timestamp: now.UTC(), Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true})
-	require.NoError(t, err)
+	ar := archivetest.Write(t, t.TempDir(), archivetest.Content{
+		Dump: sql, PKIDir: pki, Config: []byte("db:\n  name: flightctl\n"),
+		Metadata: archive.Metadata{Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true},
+	})
 
 	// Damage after the backup.
 	_, err = conn.Exec(ctx, `DELETE FROM devices WHERE name = 'dev-0'`)
