@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -109,6 +110,7 @@ func (c ConnOptions) Connect(ctx context.Context) (*pgx.Conn, *redis.Client, err
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to the database: %w", describeDBError(err, c.DBHost, c.DBPort, c.DBUser))
 	}
+	quietRedisOnce.Do(func() { redis.SetLogger(quietRedisLog{}) })
 	kv := redis.NewClient(&redis.Options{
 		Addr:        net.JoinHostPort(c.KVHost, strconv.Itoa(c.KVPort)),
 		Password:    c.KVPassword,
@@ -125,6 +127,14 @@ func (c ConnOptions) Connect(ctx context.Context) (*pgx.Conn, *redis.Client, err
 	}
 	return db, kv, nil
 }
+
+// go-redis prints its own dial retries to stderr; the errors returned here already say
+// what failed and what to do, so its logger is silenced once for the process.
+var quietRedisOnce sync.Once
+
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
 
 // describeDBError says which of wrong credentials, missing database or unreachable server
 // an error is.
