@@ -14,8 +14,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -228,6 +228,20 @@ func (r *run) lock() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// lockJournal takes the restore lock and reads the journal under it; unlock releases
+// the lock.
+func (r *run) lockJournal() (j *Journal, unlock func(), err error) {
+	unlock, err = r.lock()
+	if err != nil {
+		return nil, nil, err
+	}
+	if j, err = r.store.load(); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return j, unlock, nil
+}
+
 // devicesOnly runs device preparation alone.
 func (r *run) devicesOnly(ctx context.Context) error {
 	dev := r.target.Devices()
@@ -249,16 +263,11 @@ func (r *run) devicesOnly(ctx context.Context) error {
 
 // restore verifies, plans and applies.
 func (r *run) restore(ctx context.Context) error {
-	unlock, err := r.lock()
+	j, unlock, err := r.lockJournal()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-
-	j, err := r.store.load()
-	if err != nil {
-		return err
-	}
 	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
 	report, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
 		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})

@@ -492,15 +492,11 @@ func (r *run) rollbackDatabase(ctx context.Context, jd *JournalDatabase) error {
 
 // rollbackOnly undoes the unfinished restore recorded in the journal.
 func (r *run) rollbackOnly(ctx context.Context) error {
-	unlock, err := r.lock()
+	j, unlock, err := r.lockJournal()
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	j, err := r.store.load()
-	if err != nil {
-		return err
-	}
 	if j == nil || j.State != StateRunning {
 		r.res.Message = "Nothing to roll back: no unfinished restore is recorded in " + r.opts.StateDir + "."
 		return nil
