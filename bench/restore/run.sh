@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Restore benchmark: a whole flightctl_restore (verify, load into a temporary database,
+# Restore benchmark: a whole flightctl_restore (checksum and metadata, load and verify into a temporary database,
 # swap, files, device preparation of 20,000 devices, unit restart, finalise) against
 # `psql -f` of the same dump into an empty database, on a private PostgreSQL 15, Redis and
 # systemd user manager started by the benchmark itself (the Go benchmark
@@ -21,6 +21,6 @@ echo "restore benchmark: about ${MB} MiB of SQL, -benchtime $BENCHTIME, $(nproc)
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 FLIGHTCTL_DR_BENCH_RESTORE_MB=$MB FLIGHTCTL_DR_BENCH_LOG=${LOG:-1} \
   go test ./internal/restore/ -run '^$' -bench 'BenchmarkRestoreVsPsqlLoad$' -benchtime "$BENCHTIME" -count 1 -timeout 60m 2>&1 |
-  grep -E 'msg="(verifying archive|archive verified|restore journal created|restore step|loading the dump|dump loaded|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
+  grep -E 'msg="(verifying archive|archive verified|checking the archive.s checksum|archive checksum verified, metadata read|verifying the archive while loading it|restore journal created|restore step|loading the dump|dump loaded|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
   sed -E 's/ (archive|journal|path|database)=[^ ]*//g'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -18,8 +18,8 @@ import (
 	"flightctl.dr/internal/testbed"
 )
 
-// BenchmarkRestoreVsPsqlLoad compares a whole restore (verify, stop units, load the dump
-// into a temporary database, swap, files, device preparation, start, finalise) with
+// BenchmarkRestoreVsPsqlLoad compares a whole restore (checksum and metadata, load and verify the dump
+// into a temporary database, stop units, swap, files, device preparation, start, finalise) with
 // `psql -f` of the same dump into an empty database, on a database of about
 // FLIGHTCTL_DR_BENCH_RESTORE_MB MiB of SQL (default 64) with 20,000 devices. bench/restore/run.sh
 // runs it at 1 GiB. Run with -benchtime 1x: each iteration restores once.

@@ -2,6 +2,9 @@ package restore_test
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
@@ -326,4 +329,42 @@ func TestRestoreUnfinishedJournalOtherArchiveAndRollback(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, res.Changed)
 	_ = archive.DatabaseDump
+}
+
+// A damaged archive whose checksum file was rewritten to match is only found out by the
+// structure checks, which run while the dump loads: the restore must still stop nothing
+// and leave no database behind.
+func TestRestoreForgedChecksumRefused(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	// Enough incompressible SQL comment that the dump spans several gzip members.
+	pad := make([]byte, 3<<20)
+	_, _ = rand.Read(pad)
+	dump := append(e.dump(ctx), []byte("\n-- "+hex.EncodeToString(pad)+"\n")...)
+	good := e.writeArchive(ctx, filepath.Join(t.TempDir(), "good"), metadata(), dump)
+	e.damage(ctx)
+	before := e.snapshot(ctx)
+
+	data, err := os.ReadFile(good)
+	require.NoError(t, err)
+	data[len(data)/2] ^= 0xff
+	forged := filepath.Join(t.TempDir(), filepath.Base(good))
+	require.NoError(t, os.WriteFile(forged, data, 0o600))
+	sum := sha256.Sum256(data)
+	require.NoError(t, os.WriteFile(forged+".sha256", []byte(hex.EncodeToString(sum[:])+"  "+filepath.Base(forged)+"\n"), 0o644))
+
+	opts := e.options(ctx, forged)
+	stopped := false
+	opts.Checkpoint = func(name string) error {
+		stopped = stopped || name == "stop_units:recorded"
+		return nil
+	}
+	res, err := restore.Run(ctx, opts)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "archive integrity check failed")
+	require.False(t, stopped, "a damaged archive stops nothing")
+	require.True(t, res.RolledBack)
+	e.assertUnchanged(ctx, before)
+	j := readJournal(t, e.cfg.StateDir)
+	require.Equal(t, restore.StateRolledBack, j.State)
 }

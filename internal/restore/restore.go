@@ -164,6 +164,7 @@ type run struct {
 	// journal0 is the journal as this run found it.
 	journal0 *Journal
 	report   *archive.Report
+	verified bool // report comes from a full archive.Verify; else from quickCheck
 	res      *Result
 	files    []FileTarget // targets present in the archive
 	hasDump  bool
@@ -268,17 +269,38 @@ func (r *run) restore(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
-	report, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
-	if err != nil {
-		return fmt.Errorf("archive integrity check failed: %w", err)
+	// A fresh restore of one of our archives checks the checksum and reads metadata.json
+	// from the archive's tail now, and the rest (structure, manifest) during the load into
+	// the temporary database, before anything is stopped. Anything else is verified in
+	// full first.
+	var report *archive.Report
+	quick := !r.opts.CheckMode && !r.opts.Diff && (j == nil || j.State != StateRunning)
+	if quick {
+		report, err = r.quickCheck(ctx)
+		if errors.Is(err, archive.ErrNoQuickMetadata) {
+			quick = false
+		} else if err != nil {
+			return err
+		}
+	}
+	if !quick {
+		r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
+		report, err = archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
+			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+		if err != nil {
+			return fmt.Errorf("archive integrity check failed: %w", err)
+		}
 	}
 	r.report = report
+	r.verified = !quick
 	md := report.Metadata
 	r.res.Archive = &ArchiveSummary{Path: r.opts.ArchivePath, SHA256: report.SHA256, Size: report.Size,
 		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded}
-	r.logger.Info("archive verified", "version", md.Version, "deploymentType", md.DeploymentType,
+	msg := "archive verified"
+	if quick {
+		msg = "archive checksum verified, metadata read"
+	}
+	r.logger.Info(msg, "version", md.Version, "deploymentType", md.DeploymentType,
 		"databaseIncluded", md.DatabaseIncluded, "timestamp", md.Timestamp)
 
 	resume := false
@@ -334,6 +356,34 @@ func (r *run) restore(ctx context.Context) error {
 		return err
 	}
 	return r.apply(ctx)
+}
+
+// quickCheck checks the archive's checksum and reads metadata.json from its tail. The
+// report's entries are the manifest's; the archive's structure and content are checked
+// later, by the load pass. archive.ErrNoQuickMetadata: verify the archive in full instead.
+func (r *run) quickCheck(ctx context.Context) (*archive.Report, error) {
+	r.logger.Info("checking the archive's checksum", "archive", r.opts.ArchivePath)
+	sum, size, err := archive.ChecksumOK(ctx, r.opts.ArchivePath, archive.VerifyOptions{
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+	if err != nil {
+		return nil, fmt.Errorf("archive integrity check failed: %w", err)
+	}
+	md, err := archive.ReadMetadata(ctx, r.opts.ArchivePath)
+	if errors.Is(err, archive.ErrNoQuickMetadata) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("archive integrity check failed: %w", err)
+	}
+	if md.FormatVersion < 1 || len(md.Manifest) == 0 {
+		return nil, archive.ErrNoQuickMetadata
+	}
+	entries := make([]archive.Entry, 0, len(md.Manifest))
+	for _, m := range md.Manifest {
+		entries = append(entries, archive.Entry{Path: m.Path, Type: m.Type, Size: m.Size, Mode: m.Mode, SHA256: m.SHA256})
+	}
+	return &archive.Report{Path: r.opts.ArchivePath, SHA256: sum, Size: size, ChecksumVerified: true,
+		Metadata: *md, HasManifest: true, Entries: entries}, nil
 }
 
 // checkCompatibility refuses a deployment-type or version mismatch. A resumed restore

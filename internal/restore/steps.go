@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -122,6 +123,9 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	needStage := len(j.Files) > 0 && !j.isDone(StepStageFiles)
 	needVolume := j.Volume != nil && !j.isDone(StepStageFiles)
 	if !needLoad && !needStage && !needVolume {
+		if err := r.verifyNow(ctx); err != nil {
+			return err
+		}
 		return r.done(StepLoadDatabase)
 	}
 	db := r.target.Database()
@@ -155,7 +159,7 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	}
 	counter := newCopyCounter(CountedTables)
 	loaded := false
-	err := streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, func(hdr *tar.Header, name string, rd io.Reader) error {
+	load := func(hdr *tar.Header, name string, rd io.Reader) error {
 		switch {
 		case name == archive.DatabaseDump && needLoad:
 			r.logger.Info("loading the dump into the temporary database", "database", j.Database.Temp)
@@ -170,7 +174,23 @@ func (r *run) loadAndStage(ctx context.Context) error {
 			return st.entry(hdr, name, rd)
 		}
 		return nil
-	})
+	}
+	var err error
+	if r.verified {
+		err = streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, load)
+	} else {
+		// This pass is also the archive's verification: any failure drops what it loaded
+		// and staged (rollback), and nothing has been stopped yet.
+		r.logger.Info("verifying the archive while loading it", "archive", r.opts.ArchivePath)
+		var rep *archive.Report
+		rep, err = archive.VerifyWalk(ctx, r.opts.ArchivePath, archive.VerifyOptions{
+			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits}, load)
+		if _, bad := archive.IsIntegrityError(err); bad {
+			err = fmt.Errorf("archive integrity check failed: %w", err)
+		} else if err == nil {
+			err = r.acceptReport(rep)
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -196,6 +216,31 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	}
 	r.journal.markDone(StepStageFiles)
 	return r.done(StepLoadDatabase)
+}
+
+// verifyNow verifies the archive in full when nothing has yet.
+func (r *run) verifyNow(ctx context.Context) error {
+	if r.verified {
+		return nil
+	}
+	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
+	rep, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+	if err != nil {
+		return fmt.Errorf("archive integrity check failed: %w", err)
+	}
+	return r.acceptReport(rep)
+}
+
+// acceptReport takes the full verification's report in place of the quick check's,
+// which it must agree with: the plan was made from the quick one.
+func (r *run) acceptReport(rep *archive.Report) error {
+	if rep.SHA256 != r.report.SHA256 || !reflect.DeepEqual(rep.Metadata, r.report.Metadata) {
+		return errArchiveChanged
+	}
+	r.report, r.verified = rep, true
+	r.logger.Info("archive verified", "sha256", rep.SHA256)
+	return nil
 }
 
 func (r *run) volumeStagePath() string {
