@@ -107,21 +107,32 @@ func TestRestoreInvalidDumpLeavesLiveDatabase(t *testing.T) {
 	e.damage(ctx)
 	before := e.snapshot(ctx)
 
-	opts := e.options(ctx, path)
-	stopped := false
-	opts.Checkpoint = func(name string) error {
-		stopped = stopped || name == "stop_units:recorded"
-		return nil
-	}
-	res, err := restore.Run(ctx, opts)
+	res, stopped, err := runWatchingStop(ctx, e.options(ctx, path))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "load_database")
 	require.False(t, stopped, "a dump that does not load stops nothing")
 	require.Contains(t, err.Error(), "everything was put back")
-	require.True(t, res.RolledBack)
+	e.assertRolledBackUnchanged(ctx, res, before)
+}
+
+// runWatchingStop runs a restore and says whether it ever got as far as stopping units.
+func runWatchingStop(ctx context.Context, opts restore.Options) (res *restore.Result, stopped bool, err error) {
+	opts.Checkpoint = func(name string) error {
+		stopped = stopped || name == "stop_units:recorded"
+		return nil
+	}
+	res, err = restore.Run(ctx, opts)
+	return res, stopped, err
+}
+
+// assertRolledBackUnchanged checks that a failed restore was rolled back, left the estate
+// as it was before and recorded the rollback in its journal.
+func (e *env) assertRolledBackUnchanged(ctx context.Context, res *restore.Result, before snapshot) {
+	e.t.Helper()
+	require.True(e.t, res.RolledBack)
 	e.assertUnchanged(ctx, before)
-	j := readJournal(t, e.cfg.StateDir)
-	require.Equal(t, restore.StateRolledBack, j.State)
+	j := readJournal(e.t, e.cfg.StateDir)
+	require.Equal(e.t, restore.StateRolledBack, j.State)
 }
 
 func TestRestoreFailureAfterSwapPutsEverythingBack(t *testing.T) {
@@ -220,7 +231,7 @@ func TestRestoreCheckModeChangesNothing(t *testing.T) {
 		"then prepare the devices and start the units again.", res.Message)
 }
 
-func readJournal(t *testing.T, dir string) restore.Journal {
+func readJournal(t testing.TB, dir string) restore.Journal {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, restore.JournalFile))
 	require.NoError(t, err)
@@ -353,18 +364,9 @@ func TestRestoreForgedChecksumRefused(t *testing.T) {
 	sum := sha256.Sum256(data)
 	require.NoError(t, os.WriteFile(forged+".sha256", []byte(hex.EncodeToString(sum[:])+"  "+filepath.Base(forged)+"\n"), 0o644))
 
-	opts := e.options(ctx, forged)
-	stopped := false
-	opts.Checkpoint = func(name string) error {
-		stopped = stopped || name == "stop_units:recorded"
-		return nil
-	}
-	res, err := restore.Run(ctx, opts)
+	res, stopped, err := runWatchingStop(ctx, e.options(ctx, forged))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "archive integrity check failed")
 	require.False(t, stopped, "a damaged archive stops nothing")
-	require.True(t, res.RolledBack)
-	e.assertUnchanged(ctx, before)
-	j := readJournal(t, e.cfg.StateDir)
-	require.Equal(t, restore.StateRolledBack, j.State)
+	e.assertRolledBackUnchanged(ctx, res, before)
 }
