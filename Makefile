@@ -3,15 +3,21 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-MODULES := flightctl_backup flightctl_restore flightctl_devprep flightctl_archive_verify
+MODULES := flightctl_backup flightctl_restore flightctl_devprep flightctl_archive_verify flightctl_archive_store flightctl_archive_prune flightctl_schedule
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
-LDFLAGS := -s -w -X flightctl.dr/internal/version.Version=$(VERSION)
+# FLIGHTCTL_RELEASE: the Flight Control server release these binaries are made for; the
+# upstream-named commands print it first in `version`, as the Red Hat runbooks compare it.
+FLIGHTCTL_RELEASE ?= v1.4.0
+# The collection release the binaries belong to: a release tag (v1.2.3), else galaxy.yml's.
+RELEASE ?= $(shell v='$(VERSION)'; v=$${v#v}; \
+  if [[ $$v =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]]; then echo $$v; else sed -n 's/^version: *//p' galaxy.yml; fi)
+LDFLAGS := -s -w -X flightctl.dr/internal/version.Version=$(VERSION) -X flightctl.dr/internal/version.Collection=$(RELEASE) -X flightctl.dr/internal/version.ServerRelease=$(FLIGHTCTL_RELEASE)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 
 .PHONY: all build test unit lint deps clean
 all: build
 
-## build: the four module binaries for this machine, in bin/
+## build: the module binaries for this machine, in bin/
 build:
 	@mkdir -p bin
 	@for m in $(MODULES); do \
@@ -37,6 +43,8 @@ unit:
 ## lint: go vet, gofmt, and the Ansible linters
 lint:
 	$(GO) vet ./...
+	@# go.mod must be tidy: direct requirements not marked // indirect, nothing missing.
+	$(GO) mod tidy -diff
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	@$(MAKE) --no-print-directory lint-ansible
 

@@ -83,9 +83,10 @@ t0=$(now)
 playbook backup flightctl.dr.dr_backup
 t1=$(now)
 report "$logs/backup.log"
-archive=$(ls -1 "$backups"/flightctl-backup-*.tar.gz | tail -n 1)
+# The controller keeps copies per estate: the sandbox's host is "sandbox".
+archive=$(ls -1 "$backups"/sandbox/flightctl-backup-*.tar.gz | tail -n 1)
 echo "  checksum file: $(cat "$archive.sha256")"
-(cd "$backups" && sha256sum -c "$(basename "$archive").sha256" | sed 's/^/  sha256sum -c: /')
+(cd "$(dirname "$archive")" && sha256sum -c "$(basename "$archive").sha256" | sed 's/^/  sha256sum -c: /')
 echo "  backup took $(took "$t0" "$t1")"
 
 say "Disaster: database dropped, PKI deleted, KV flushed"

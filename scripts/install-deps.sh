@@ -12,6 +12,8 @@ packages=(
   podman runc catatonit busybox-static uidmap
   dbus-user-session systemd
   openssl jq
+  openssh-client
+  etcd-server
 )
 
 missing=()
@@ -36,4 +38,10 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# The S3 tests and `hack/sandbox up --s3` need a MinIO server: built once from the Go module
+# proxy into a cache shared by every checkout (several minutes the first time).
+bash "$(dirname "$0")/build-minio.sh" >/dev/null
+# The Kubernetes test cluster (kube-apiserver from the Go module proxy and the exec node of
+# hack/kubenode): built once into a cache shared by every checkout (about 5 minutes cold).
+bash "$(dirname "$0")/k8s-testbed.sh"
 echo "install-deps: ok" >&2

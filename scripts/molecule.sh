@@ -26,7 +26,8 @@ export PATH=/usr/local/go/bin:$PATH
 instance_config=$MOLECULE_EPHEMERAL_DIRECTORY/instance_config.yml
 
 # The inventory molecule would write: the platform in its groups, the scenario's
-# host_vars, and the link to the inventory the sandbox writes.
+# host_vars, and the link to the scenario's inventory script (which reads the inventory
+# the sandbox writes, once create has started it).
 inventory=$MOLECULE_EPHEMERAL_DIRECTORY/inventory
 mkdir -p "$inventory"
 cat > "$inventory/ansible_inventory.yml" <<'EOF'
@@ -41,7 +42,7 @@ all:
       hosts:
         sandbox: {}
 EOF
-ln -sfn "$MOLECULE_EPHEMERAL_DIRECTORY/sandbox/inventory.yml" "$inventory/hosts"
+ln -sfn "$scenario_dir/inventory/sandbox.py" "$inventory/hosts"
 
 log=$MOLECULE_EPHEMERAL_DIRECTORY/logs
 mkdir -p "$log"

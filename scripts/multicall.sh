@@ -56,8 +56,8 @@ $imports)
 func main() {
 	switch name := moduleName(); name {
 $cases	default:
-		msg := fmt.Sprintf("this binary runs the flightctl.dr modules (${names% }) through their action plugins; it was asked for %q", name)
-		b, _ := json.Marshal(map[string]any{"failed": true, "msg": msg})
+		msg := cli.MulticallFailure(name, "${names% }", os.Args[1:])
+		b, _ := json.Marshal(map[string]any{"failed": true, "changed": false, "msg": msg})
 		fmt.Println(string(b))
 		os.Exit(1)
 	}

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Masker hides secret values in everything a module returns or logs.
@@ -58,15 +60,59 @@ func (m *Masker) AddFromRaw(raw map[string]json.RawMessage, opts any) {
 	}
 }
 
-// Mask replaces every secret inside s.
+// wholeWordBelow is the length under which a secret is masked only where it stands as a
+// value of its own, not inside a longer word: a short password such as "yp" must not turn
+// "type" into "t********pe". Longer secrets are masked wherever they appear, since text
+// holding one is the secret, whatever surrounds it.
+const wholeWordBelow = 8
+
+// Mask replaces every secret in s: short ones where they stand alone (not preceded or
+// followed by a letter or digit), longer ones wherever they appear.
 func (m *Masker) Mask(s string) string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, secret := range m.secrets {
-		s = strings.ReplaceAll(s, secret, maskedText)
+		if len(secret) >= wholeWordBelow {
+			s = strings.ReplaceAll(s, secret, maskedText)
+			continue
+		}
+		s = replaceWhole(s, secret)
 	}
 	return s
 }
+
+// replaceWhole masks the occurrences of secret in s that are not part of a longer word: a
+// letter or digit right before or after the occurrence (when the secret itself starts or
+// ends with one) means unrelated text that happens to contain it.
+func replaceWhole(s, secret string) string {
+	if !strings.Contains(s, secret) {
+		return s
+	}
+	first, _ := utf8.DecodeRuneInString(secret)
+	last, _ := utf8.DecodeLastRuneInString(secret)
+	var b strings.Builder
+	rest := s
+	for {
+		i := strings.Index(rest, secret)
+		if i < 0 {
+			b.WriteString(rest)
+			return b.String()
+		}
+		before, _ := utf8.DecodeLastRuneInString(rest[:i])
+		after, _ := utf8.DecodeRuneInString(rest[i+len(secret):])
+		inWord := (i > 0 && isWordRune(first) && isWordRune(before)) ||
+			(i+len(secret) < len(rest) && isWordRune(last) && isWordRune(after))
+		b.WriteString(rest[:i])
+		if inWord {
+			b.WriteString(secret)
+		} else {
+			b.WriteString(maskedText)
+		}
+		rest = rest[i+len(secret):]
+	}
+}
+
+func isWordRune(r rune) bool { return unicode.IsLetter(r) || unicode.IsDigit(r) }
 
 // MaskOutput returns out with every string (keys and values, at any depth) masked. The
 // result is plain JSON values (maps, slices, strings, float64, bool), whatever structs the

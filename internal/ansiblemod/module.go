@@ -2,11 +2,12 @@
 // of the collection (SPEC §6): read the arguments file, decode the module's options strictly
 // with Ansible's lenient coercion, hand check and diff mode to the module, mask secrets in
 // everything returned or logged, and print exactly one JSON object on stdout, even on a
-// panic. Logs go to stderr. SIGINT and SIGTERM cancel the module's context so that it can
-// clean up.
+// panic. Logs go to stderr. SIGINT, SIGTERM and SIGHUP cancel the module's context so that
+// it can clean up.
 package ansiblemod
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -91,16 +92,32 @@ type ansibleKeys struct {
 }
 
 // ParseArgs splits an arguments file into the module's own options and the Env. It accepts
-// the flat object Ansible writes and the {"ANSIBLE_MODULE_ARGS": {...}} form.
+// the flat object Ansible writes and the {"ANSIBLE_MODULE_ARGS": {...}} form. Anything
+// else (an empty file, a UTF-8 byte order mark, a JSON array, number or string, text that
+// is not JSON) is a ParamError saying what the file holds.
 func ParseArgs(data []byte) (map[string]json.RawMessage, *Env, error) {
+	if err := checkArgsText(data); err != nil {
+		return nil, nil, err
+	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, nil, &ParamError{Msg: fmt.Sprintf("the arguments file is not a JSON object: %v", err)}
 	}
-	if inner, ok := raw["ANSIBLE_MODULE_ARGS"]; ok && len(raw) == 1 {
-		raw = nil
-		if err := json.Unmarshal(inner, &raw); err != nil {
-			return nil, nil, &ParamError{Msg: fmt.Sprintf("ANSIBLE_MODULE_ARGS is not a JSON object: %v", err)}
+	if inner, ok := raw["ANSIBLE_MODULE_ARGS"]; ok {
+		// The wrapped form; _ansible_* keys beside the wrapper (as the collection's action
+		// plugins add _ansible_module_name) still count, and those inside win.
+		var params map[string]json.RawMessage
+		if err := json.Unmarshal(inner, &params); err != nil || params == nil {
+			return nil, nil, &ParamError{Msg: fmt.Sprintf("ANSIBLE_MODULE_ARGS is %s, not a JSON object of the module's parameters", describeJSON(inner))}
+		}
+		delete(raw, "ANSIBLE_MODULE_ARGS")
+		for k := range raw {
+			if !strings.HasPrefix(k, "_ansible_") {
+				return nil, nil, &ParamError{Msg: fmt.Sprintf("the arguments file has %s beside ANSIBLE_MODULE_ARGS: put every parameter inside it, or write them all without it", k)}
+			}
+		}
+		for k, v := range params {
+			raw[k] = v
 		}
 	}
 	env := &Env{}
@@ -117,21 +134,66 @@ func ParseArgs(data []byte) (map[string]json.RawMessage, *Env, error) {
 	return own, env, nil
 }
 
-// applyAnsibleKey decodes the _ansible_* keys leniently: null means unset, and a value of
-// an unexpected type is ignored rather than failing the task.
+// checkArgsText explains an arguments file that cannot be a JSON object.
+func checkArgsText(data []byte) error {
+	const what = "the arguments file "
+	trimmed := bytes.TrimSpace(data)
+	switch {
+	case len(data) == 0:
+		return &ParamError{Msg: what + "is empty: it must hold one JSON object of the module's parameters, as Ansible writes it"}
+	case bytes.HasPrefix(data, []byte("\xef\xbb\xbf")):
+		return &ParamError{Msg: what + "starts with a UTF-8 byte order mark: write the JSON object without it (Ansible never writes one)"}
+	case len(trimmed) == 0:
+		return &ParamError{Msg: what + "holds only white space: it must hold one JSON object of the module's parameters"}
+	case trimmed[0] != '{':
+		return &ParamError{Msg: fmt.Sprintf(what+"holds %s, not a JSON object of the module's parameters", describeJSON(trimmed))}
+	}
+	return nil
+}
+
+// describeJSON says what a piece of text holds, without repeating it at length.
+func describeJSON(b []byte) string {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		start := string(b)
+		if len(start) > 40 {
+			start = start[:40]
+		}
+		return fmt.Sprintf("text that is not JSON (it starts with %q)", start)
+	}
+	return jsonType(v)
+}
+
+// strictBools are the _ansible_* keys that decide what the module may do: a value that is
+// not a boolean fails the task rather than being read as false (a real run where check
+// mode was meant).
+var strictBools = map[string]bool{"_ansible_check_mode": true, "_ansible_diff": true, "_ansible_no_log": true}
+
+// applyAnsibleKey decodes the _ansible_* keys: null means unset; the mode switches must be
+// booleans (with Ansible's lenient spellings); another key's value of an unexpected type is
+// ignored rather than failing the task.
 func applyAnsibleKey(env *Env, k string, v json.RawMessage) error {
 	var x any
 	if err := json.Unmarshal(v, &x); err != nil || x == nil {
 		return nil
 	}
+	if strictBools[k] {
+		b, err := toBool(x)
+		if err != nil {
+			return &ParamError{Msg: fmt.Sprintf("%s: %v; refusing to guess whether to change anything", k, err)}
+		}
+		switch k {
+		case "_ansible_check_mode":
+			env.CheckMode = b
+		case "_ansible_diff":
+			env.Diff = b
+		case "_ansible_no_log":
+			env.NoLog = b
+		}
+		return nil
+	}
 	str := func() string { s, _ := toString(x); return s }
 	switch k {
-	case "_ansible_check_mode":
-		env.CheckMode, _ = toBool(x)
-	case "_ansible_diff":
-		env.Diff, _ = toBool(x)
-	case "_ansible_no_log":
-		env.NoLog, _ = toBool(x)
 	case "_ansible_verbosity":
 		n, _ := toInt(x)
 		env.Verbosity = int(n)
@@ -233,7 +295,7 @@ func nonNil(s []string) []string {
 // Main is a module's entry point when Ansible runs it: argsPath is the arguments file.
 // It prints one JSON object on stdout and returns the exit code (0, or 1 when failed).
 func Main[T any](m Module[T], argsPath string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := SignalContext(context.Background())
 	defer stop()
 	var out Output
 	data, err := os.ReadFile(argsPath)
@@ -245,6 +307,16 @@ func Main[T any](m Module[T], argsPath string, stdout, stderr io.Writer) int {
 		out = Invoke(ctx, m, raw, env, stderr)
 	}
 	return Print(out, stdout)
+}
+
+// SignalContext returns a context cancelled by SIGINT, SIGTERM or SIGHUP. SIGHUP is what a
+// dropped SSH session sends: like the others it makes the module clean up (a restore
+// rolls back or starts its units again) instead of dying half-way. SIGPIPE is ignored for
+// the same reason: once the session is gone, a write to its stdout or stderr fails with
+// EPIPE rather than killing the process.
+func SignalContext(parent context.Context) (context.Context, context.CancelFunc) {
+	signal.Ignore(syscall.SIGPIPE)
+	return signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 }
 
 // Print writes out as one JSON object and returns the exit code it implies.

@@ -56,6 +56,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("ANSIBLEMOD_TEST_AS_MODULE") == "1" {
 		os.Exit(Main(testModule, os.Args[1], os.Stdout, os.Stderr))
 	}
+	if os.Getenv("ANSIBLEMOD_TEST_AS_WAIT_MODULE") == "1" {
+		os.Exit(Main(waitModule, os.Args[1], os.Stdout, os.Stderr))
+	}
 	os.Exit(m.Run())
 }
 

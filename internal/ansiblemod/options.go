@@ -3,11 +3,13 @@ package ansiblemod
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // OptionSpec describes one module option, read from the struct tags of a module's options
@@ -19,6 +21,15 @@ import (
 //	Keep     bool          `ansible:"keep_old_db" default:"false"`
 //	Units    []string      `ansible:"units"`
 //	Timeout  time.Duration `ansible:"timeout" default:"10m"`
+//	Dir      string        `ansible:"output_dir,abspath"`
+//	Port     int           `ansible:"db_port" default:"5432" min:"1" max:"65535"`
+//	Units    []string      `ansible:"units" items:"unit"`
+//
+// Every string refuses NUL and line breaks and is bounded in length (MaxStringLen,
+// MaxSecretLen); abspath refuses a relative path (Ansible runs a module in a temporary
+// directory, so a relative one means nothing an operator could predict); min and max
+// bound an int; list items must be non-empty strings, and items:"unit" holds each to a
+// systemd unit name (name.suffix, no path).
 //
 // The tags are the one source of truth: decoding, the CLI flags and the check that keeps the
 // sidecar documentation in step all read them.
@@ -33,8 +44,17 @@ type OptionSpec struct {
 	Aliases  []string
 	Env      string // CLI mode: environment variable that may carry the value
 	Help     string
+	AbsPath  bool   // a non-empty value must be an absolute path
+	Min, Max *int64 // bounds of an int option
+	Items    string // list items: "" (non-empty strings) or "unit" (systemd unit names)
 	field    []int
 }
+
+// MaxStringLen bounds a string option (PATH_MAX on Linux); MaxSecretLen a secret one.
+const (
+	MaxStringLen = 4096
+	MaxSecretLen = 65536
+)
 
 var durationType = reflect.TypeOf(time.Duration(0))
 
@@ -64,6 +84,8 @@ func specsOf(t reflect.Type) ([]OptionSpec, error) {
 				s.Required = true
 			case "secret":
 				s.Secret = true
+			case "abspath":
+				s.AbsPath = true
 			default:
 				return nil, fmt.Errorf("ansiblemod: field %s: unknown tag flag %q", f.Name, p)
 			}
@@ -76,6 +98,23 @@ func specsOf(t reflect.Type) ([]OptionSpec, error) {
 		}
 		if a := f.Tag.Get("aliases"); a != "" {
 			s.Aliases = strings.Split(a, ",")
+		}
+		for _, b := range []struct {
+			tag string
+			dst **int64
+		}{{"min", &s.Min}, {"max", &s.Max}} {
+			if v, ok := f.Tag.Lookup(b.tag); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("ansiblemod: field %s: %s %q is not an integer", f.Name, b.tag, v)
+				}
+				*b.dst = &n
+			}
+		}
+		switch s.Items = f.Tag.Get("items"); s.Items {
+		case "", "unit":
+		default:
+			return nil, fmt.Errorf("ansiblemod: field %s: unknown items %q", f.Name, s.Items)
 		}
 		switch {
 		case f.Type == durationType:
@@ -188,41 +227,53 @@ func setField(field reflect.Value, s *OptionSpec, value any) error {
 	case "str":
 		str, err := toString(value)
 		if err != nil {
-			return paramErrorf("argument '%s' is of type %T and we were unable to convert to str: %v", s.Name, value, err)
+			return paramErrorf("argument '%s' is %s and we were unable to convert it to str: %v", s.Name, jsonType(value), err)
+		}
+		if err := checkString(s, str); err != nil {
+			return err
 		}
 		if len(s.Choices) > 0 && !contains(s.Choices, str) {
-			return paramErrorf("value of %s must be one of: %s, got: %s", s.Name, strings.Join(s.Choices, ", "), str)
+			return paramErrorf("value of %s must be one of: %s, got: %s", s.Name, strings.Join(s.Choices, ", "), Quote(str))
+		}
+		if s.AbsPath && str != "" && !filepath.IsAbs(str) {
+			return paramErrorf("%s must be an absolute path, got %s: the module runs in a temporary directory on the target, so a relative path has no meaning there", s.Name, Quote(str))
 		}
 		field.SetString(str)
 	case "bool":
 		b, err := toBool(value)
 		if err != nil {
-			return paramErrorf("argument '%s' is of type %T and we were unable to convert to bool: %v", s.Name, value, err)
+			return paramErrorf("argument '%s' is %s and we were unable to convert it to bool: %v", s.Name, jsonType(value), err)
 		}
 		field.SetBool(b)
 	case "int":
 		n, err := toInt(value)
 		if err != nil {
-			return paramErrorf("argument '%s' is of type %T and we were unable to convert to int: %v", s.Name, value, err)
+			return paramErrorf("argument '%s' is %s and we were unable to convert it to int: %v", s.Name, jsonType(value), err)
 		}
 		if len(s.Choices) > 0 && !contains(s.Choices, strconv.FormatInt(n, 10)) {
 			return paramErrorf("value of %s must be one of: %s, got: %d", s.Name, strings.Join(s.Choices, ", "), n)
+		}
+		if (s.Min != nil && n < *s.Min) || (s.Max != nil && n > *s.Max) {
+			return paramErrorf("%s %d is out of range: %s", s.Name, n, rangeText(s))
 		}
 		field.SetInt(n)
 	case "duration":
 		d, err := toDuration(value)
 		if err != nil {
-			return paramErrorf("argument '%s' is of type %T and we were unable to convert to a duration: %v (write it as 90s, 15m or 168h)", s.Name, value, err)
+			return paramErrorf("argument '%s' is %s and we were unable to convert it to a duration: %v (write it as 90s, 15m or 168h)", s.Name, jsonType(value), err)
 		}
 		field.SetInt(int64(d))
 	case "list":
 		l, err := toList(value)
 		if err != nil {
-			return paramErrorf("argument '%s' is of type %T and we were unable to convert to list: %v", s.Name, value, err)
+			return paramErrorf("argument '%s' is %s and we were unable to convert it to list: %v", s.Name, jsonType(value), err)
 		}
-		for _, item := range l {
+		for i, item := range l {
+			if err := checkItem(s, i, item); err != nil {
+				return err
+			}
 			if len(s.Choices) > 0 && !contains(s.Choices, item) {
-				return paramErrorf("value of %s must be one or more of: %s, got: %s", s.Name, strings.Join(s.Choices, ", "), item)
+				return paramErrorf("value of %s must be one or more of: %s, got: %s", s.Name, strings.Join(s.Choices, ", "), Quote(item))
 			}
 		}
 		field.Set(reflect.ValueOf(l))
@@ -248,7 +299,7 @@ func toString(v any) (string, error) {
 	case float64:
 		return strconv.FormatFloat(x, 'f', -1, 64), nil
 	}
-	return "", fmt.Errorf("a %T is not a string", v)
+	return "", fmt.Errorf("%s is not a string", jsonType(v))
 }
 
 func toBool(v any) (bool, error) {
@@ -270,7 +321,7 @@ func toBool(v any) (bool, error) {
 			return false, nil
 		}
 	}
-	return false, fmt.Errorf("%v is not a valid boolean (use true/false, yes/no, on/off or 1/0)", v)
+	return false, fmt.Errorf("%s is not a valid boolean (use true/false, yes/no, on/off or 1/0)", echo(v))
 }
 
 func toInt(v any) (int64, error) {
@@ -283,11 +334,11 @@ func toInt(v any) (int64, error) {
 	case string:
 		n, err := strconv.ParseInt(strings.TrimSpace(x), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("%q is not a whole number", x)
+			return 0, fmt.Errorf("%s is not a whole number", Quote(x))
 		}
 		return n, nil
 	}
-	return 0, fmt.Errorf("%v is not a whole number", v)
+	return 0, fmt.Errorf("%s is not a whole number", echo(v))
 }
 
 func toDuration(v any) (time.Duration, error) {
@@ -304,19 +355,23 @@ func toDuration(v any) (time.Duration, error) {
 				return time.Duration(n * 24 * float64(time.Hour)), nil
 			}
 		}
-		return time.ParseDuration(s)
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return 0, fmt.Errorf("%s is not a duration", Quote(s))
+		}
+		return d, nil
 	}
-	return 0, fmt.Errorf("%v is not a duration", v)
+	return 0, fmt.Errorf("%s is not a duration", echo(v))
 }
 
 func toList(v any) ([]string, error) {
 	switch x := v.(type) {
 	case []any:
 		out := make([]string, 0, len(x))
-		for _, item := range x {
-			s, err := toString(item)
-			if err != nil {
-				return nil, err
+		for i, item := range x {
+			s, ok := item.(string)
+			if !ok {
+				return nil, fmt.Errorf("item %d is %s: every item must be a string", i+1, jsonType(item))
 			}
 			out = append(out, s)
 		}
@@ -331,7 +386,7 @@ func toList(v any) ([]string, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%v is not a list", v)
+	return nil, fmt.Errorf("%s is not a list", echo(v))
 }
 
 // Values returns the decoded options as Ansible shows them in invocation.module_args:
@@ -352,6 +407,19 @@ func Values(opts any) map[string]any {
 			out[s.Name] = nil
 		case s.Type == "duration":
 			out[s.Name] = time.Duration(f.Int()).String()
+		case s.Type == "str":
+			out[s.Name] = Bound(f.String())
+		case s.Type == "list":
+			items := f.Interface().([]string)
+			if items == nil {
+				out[s.Name] = nil
+				continue
+			}
+			shown := make([]string, len(items))
+			for i, item := range items {
+				shown[i] = Bound(item)
+			}
+			out[s.Name] = shown
 		default:
 			out[s.Name] = f.Interface()
 		}
@@ -375,4 +443,127 @@ func SecretValues(opts any) []string {
 		}
 	}
 	return out
+}
+
+// checkString refuses what no option value may hold: NUL and line breaks (they end a value
+// early or forge a line in a file, a log or a command's input) and sizes no path, name or
+// password has. The message never quotes a secret.
+func checkString(s *OptionSpec, str string) error {
+	max := MaxStringLen
+	if s.Secret {
+		max = MaxSecretLen
+	}
+	if len(str) > max {
+		return paramErrorf("%s is %d bytes long; the limit is %d", s.Name, len(str), max)
+	}
+	if i := strings.IndexAny(str, "\x00\r\n"); i >= 0 {
+		what := map[byte]string{0: "a NUL byte", '\r': "a carriage return", '\n': "a newline"}[str[i]]
+		if s.Secret {
+			return paramErrorf("%s contains %s: give the value on one line, without the trailing newline of a file", s.Name, what)
+		}
+		return paramErrorf("%s contains %s at byte %d (%s): give the value on one line", s.Name, what, i, Quote(str))
+	}
+	return nil
+}
+
+// checkItem checks one list item (index i, from 0).
+func checkItem(s *OptionSpec, i int, item string) error {
+	if strings.TrimSpace(item) == "" {
+		return paramErrorf("%s: item %d is empty: remove it, or give a name", s.Name, i+1)
+	}
+	if err := checkString(&OptionSpec{Name: fmt.Sprintf("%s item %d", s.Name, i+1), Secret: s.Secret}, item); err != nil {
+		return err
+	}
+	if s.Items == "unit" {
+		if err := CheckUnitName(item); err != nil {
+			return paramErrorf("%s: item %d: %v", s.Name, i+1, err)
+		}
+	}
+	return nil
+}
+
+// unitSuffixes are the systemd unit types.
+var unitSuffixes = []string{".service", ".socket", ".target", ".timer", ".path", ".mount", ".automount", ".swap", ".slice", ".scope", ".device"}
+
+// CheckUnitName accepts a systemd unit name (systemd's unit_name_is_valid): at most 255
+// bytes of letters, digits and ":-_.\@", ending in a unit type such as .service; never a
+// path.
+func CheckUnitName(name string) error {
+	if strings.ContainsRune(name, '/') {
+		return fmt.Errorf("%s is a path, not a unit name: give the name only, such as flightctl-api.service", Quote(name))
+	}
+	if len(name) > 255 {
+		return fmt.Errorf("a unit name is at most 255 bytes; this one is %d", len(name))
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(":-_.\\@", r)) {
+			return fmt.Errorf("%s is not a systemd unit name (%q is not allowed in one)", Quote(name), r)
+		}
+	}
+	dot := strings.LastIndexByte(name, '.')
+	if dot <= 0 || !contains(unitSuffixes, name[dot:]) {
+		return fmt.Errorf("%s is not a systemd unit name: write it with its type, such as %s.service", Quote(name), strings.TrimSuffix(name, "."))
+	}
+	return nil
+}
+
+func rangeText(s *OptionSpec) string {
+	switch {
+	case s.Min != nil && s.Max != nil:
+		return fmt.Sprintf("use %d to %d", *s.Min, *s.Max)
+	case s.Min != nil:
+		return fmt.Sprintf("use %d or more", *s.Min)
+	default:
+		return fmt.Sprintf("use %d or less", *s.Max)
+	}
+}
+
+// jsonType names a decoded JSON value's type as the task author wrote it.
+func jsonType(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case float64:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a dictionary"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// MaxEcho bounds how much of one value a result or message repeats.
+const MaxEcho = 256
+
+// Bound returns s, or when it is longer than MaxEcho its start and its size, so that a
+// huge value is never repeated in full in a result.
+func Bound(s string) string {
+	if len(s) <= MaxEcho {
+		return s
+	}
+	cut := MaxEcho
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes in all)", s[:cut], len(s))
+}
+
+// Quote is Bound in quotes, for messages.
+func Quote(s string) string { return strconv.Quote(Bound(s)) }
+
+// echo shows a decoded JSON value in a message, bounded.
+func echo(v any) string {
+	if s, ok := v.(string); ok {
+		return Quote(s)
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return jsonType(v)
+	}
+	return Bound(string(b))
 }

@@ -22,6 +22,7 @@ package archive
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -52,6 +53,19 @@ type Metadata struct {
 	Producer         string            `json:"producer,omitempty"` // e.g. "flightctl.dr 1.2.3"
 	Manifest         []ManifestEntry   `json:"manifest,omitempty"`
 	Extra            map[string]string `json:"extra,omitempty"` // pg_dump version, counts, ...
+	// Estate says which installation the archive was made on; nil in upstream's archives
+	// and in archives made before estates were recorded.
+	Estate *Estate `json:"estate,omitempty"`
+}
+
+// Estate identifies the installation an archive was made on: the name the operator gives
+// it (the inventory's, by default the host's) and what the server says about itself.
+type Estate struct {
+	Name string `json:"name"`
+	// APIEndpoint is service.baseUrl of the service configuration, when it has one.
+	APIEndpoint string `json:"apiEndpoint,omitempty"`
+	// CAFingerprint is "sha256:<hex>" of the first certificate of the PKI's ca.crt (DER).
+	CAFingerprint string `json:"caFingerprint,omitempty"`
 }
 
 // ManifestEntry describes one entry of the archive (metadata.json excluded).
@@ -62,6 +76,21 @@ type ManifestEntry struct {
 	Mode   string `json:"mode"` // "0600"
 	SHA256 string `json:"sha256,omitempty"`
 }
+
+// Keys of Metadata.Extra that a restore reads.
+const (
+	// ExtraDumpRowsPrefix + table: the rows the dump's COPY block of that table holds,
+	// counted from the dump itself as it was written.
+	ExtraDumpRowsPrefix = "dump_rows_"
+	// ExtraCountPrefix + table: rows counted by a query before the dump (not the dump's
+	// snapshot: a hint, not a check).
+	ExtraCountPrefix = "count_"
+	// ExtraDBOwner is the live database's owner at backup.
+	ExtraDBOwner = "db_owner"
+	// ExtraDBACL is its database-level ACL, a JSON array of aclitem text; absent: the
+	// defaults.
+	ExtraDBACL = "db_acl"
+)
 
 // Entry types in manifests and reports.
 const (
@@ -90,15 +119,51 @@ type Limits struct {
 	MaxEntries   int
 	MaxEntrySize int64
 	MaxTotalSize int64
+	// MaxExpansion bounds how many bytes of tar the archive may inflate to per
+	// compressed byte read, once past ExpansionFloor: SQL and PEM compress 3 to 20
+	// times, a decompression bomb a thousand times.
+	MaxExpansion float64
+	// Per-component totals: the files under pki/, encryption/, config/ and volumes/.
+	MaxPKISize        int64
+	MaxEncryptionSize int64
+	MaxConfigSize     int64
+	MaxVolumeSize     int64
 }
+
+// ExpansionFloor is how much tar an archive may inflate to before MaxExpansion applies.
+const ExpansionFloor = 64 << 20
 
 // DefaultLimits are generous for a Flight Control server but finite.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxEntries:   100_000,
-		MaxEntrySize: 64 << 30,
-		MaxTotalSize: 256 << 30,
+		MaxEntries:        100_000,
+		MaxEntrySize:      64 << 30,
+		MaxTotalSize:      256 << 30,
+		MaxExpansion:      200,
+		MaxPKISize:        64 << 20,
+		MaxEncryptionSize: 1 << 20,
+		MaxConfigSize:     16 << 20,
+		MaxVolumeSize:     1 << 30,
 	}
+}
+
+// componentLimit returns the limit on the component an entry belongs to.
+func (l Limits) componentLimit(name string) (string, int64) {
+	top, _, nested := strings.Cut(name, "/")
+	if !nested {
+		return "", 0
+	}
+	switch top {
+	case "pki":
+		return "the PKI", l.MaxPKISize
+	case "encryption":
+		return "the encryption keys", l.MaxEncryptionSize
+	case "config":
+		return "the service configuration", l.MaxConfigSize
+	case "volumes":
+		return "the PAM issuer volume", l.MaxVolumeSize
+	}
+	return "", 0
 }
 
 // VerifyOptions configure Verify and Extract.
@@ -112,8 +177,20 @@ type VerifyOptions struct {
 	ExpectedVersion string
 	// ExpectedDeploymentType, when set, must equal metadata.deploymentType.
 	ExpectedDeploymentType string
-	// Limits; the zero value means DefaultLimits().
+	// Limits; zero fields mean DefaultLimits()'.
 	Limits Limits
+	// ExpectedSHA256, when set, is the digest the archive must have, in place of the
+	// checksum file (a restore's second read of an archive it verified).
+	ExpectedSHA256 string
+	// Manifest, when set, is the manifest read from the archive's tail before the walk:
+	// an entry it does not list, or lists with another size, is refused from its header.
+	Manifest []ManifestEntry
+	// Signature: the archive's signature is checked first when trusted keys are given.
+	Signature SignatureOptions
+	// CheckDump runs db/dump.sql through the dump checker a restore loads it through
+	// (internal/pgdump), so that verify refuses what restore would; a restore that loads
+	// the dump checks it itself as it loads it.
+	CheckDump bool
 }
 
 // Entry is one archive entry as read back.
@@ -145,4 +222,8 @@ type Report struct {
 	HasManifest      bool       `json:"has_manifest"`
 	Entries          []Entry    `json:"entries"`
 	Components       Components `json:"components"`
+	// Warnings are doubts that do not refuse the archive.
+	Warnings []string `json:"warnings,omitempty"`
+	// Signature is what the signature check found (Verify only).
+	Signature *SignatureReport `json:"signature,omitempty"`
 }

@@ -20,6 +20,8 @@ const (
 	KindManifest       ErrorKind = "manifest"        // entries disagree with the manifest
 	KindVersion        ErrorKind = "version"         // metadata.version differs from the expected one
 	KindDeploymentType ErrorKind = "deployment-type" // metadata.deploymentType differs from the expected one
+	KindDump           ErrorKind = "dump"            // db/dump.sql is not what pg_dump writes for a Flight Control database
+	KindSignature      ErrorKind = "signature"       // signature missing, not valid or not from a trusted key
 )
 
 // IntegrityError says why an archive cannot be trusted. Its message names the

@@ -205,6 +205,8 @@ func VerifyWalk(ctx context.Context, path string, opts VerifyOptions, fn WalkFun
 	defer f.Close()
 	sink := &walkSink{fn: fn}
 	s := newScanner(opts.Limits, sink)
+	s.expectManifest(opts.Manifest)
+	s.checkDump = opts.CheckDump
 	rep, err := runScan(ctx, f, path, want, s)
 	sink.abort(err)
 	if sink.fnErr != nil {

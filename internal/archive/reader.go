@@ -18,6 +18,8 @@ import (
 
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
+
+	"flightctl.dr/internal/pgdump"
 )
 
 // maxMetadataSize bounds metadata.json, which is read into memory (a manifest
@@ -38,6 +40,17 @@ func (o VerifyOptions) withDefaults(archivePath string) VerifyOptions {
 	if o.Limits.MaxTotalSize <= 0 {
 		o.Limits.MaxTotalSize = d.MaxTotalSize
 	}
+	if o.Limits.MaxExpansion <= 0 {
+		o.Limits.MaxExpansion = d.MaxExpansion
+	}
+	for _, p := range []struct{ v, d *int64 }{
+		{&o.Limits.MaxPKISize, &d.MaxPKISize}, {&o.Limits.MaxEncryptionSize, &d.MaxEncryptionSize},
+		{&o.Limits.MaxConfigSize, &d.MaxConfigSize}, {&o.Limits.MaxVolumeSize, &d.MaxVolumeSize},
+	} {
+		if *p.v <= 0 {
+			*p.v = *p.d
+		}
+	}
 	return o
 }
 
@@ -52,18 +65,69 @@ type entrySink interface {
 
 // scanner checks entries as they stream past.
 type scanner struct {
-	limits   Limits
-	sink     entrySink
-	entries  []Entry
-	types    map[string]string
-	parents  map[string]bool
-	total    int64
-	metadata []byte
-	buf      []byte
+	limits Limits
+	expect map[string]ManifestEntry // from VerifyOptions.Manifest; nil: none
+	// checkDump runs db/dump.sql through the dump checker (not when the caller loads
+	// the dump through it itself); dumpRows are the rows it counted.
+	checkDump bool
+	dumpRows  map[string]int64
+	comps     map[string]int64
+	sink      entrySink
+	entries   []Entry
+	types     map[string]string
+	parents   map[string]bool
+	total     int64
+	metadata  []byte
+	buf       []byte
 }
 
 func newScanner(limits Limits, sink entrySink) *scanner {
-	return &scanner{limits: limits, sink: sink, types: map[string]string{}, parents: map[string]bool{}, buf: make([]byte, 256<<10)}
+	return &scanner{limits: limits, sink: sink, types: map[string]string{}, parents: map[string]bool{}, comps: map[string]int64{}, buf: make([]byte, 256<<10)}
+}
+
+// expectManifest makes the scanner hold every entry to the manifest as its header shows.
+func (s *scanner) expectManifest(m []ManifestEntry) {
+	if len(m) == 0 {
+		return
+	}
+	s.expect = make(map[string]ManifestEntry, len(m))
+	for _, e := range m {
+		s.expect[e.Path] = e
+	}
+}
+
+// countingReader counts the compressed bytes the decompressor takes.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// expansionReader refuses a stream that inflates past the limit, as soon as it does.
+type expansionReader struct {
+	r      io.Reader
+	in     *countingReader
+	out    int64
+	limit  float64
+	failed error
+}
+
+func (e *expansionReader) Read(p []byte) (int, error) {
+	if e.failed != nil {
+		return 0, e.failed
+	}
+	n, err := e.r.Read(p)
+	e.out += int64(n)
+	if e.out > ExpansionFloor && float64(e.out) > e.limit*float64(max(e.in.n, 1)) {
+		e.failed = &IntegrityError{Kind: KindLimit, Detail: fmt.Sprintf("the archive inflates to more than %.0f times its compressed size (%d bytes of tar from %d compressed): SQL and PEM files never compress that well, the archive is a decompression bomb or was tampered with: do not restore from it (the limit is the max_expansion option)", e.limit, e.out, e.in.n)}
+		return n, e.failed
+	}
+	return n, err
 }
 
 func classifyReadError(entry string, err error) error {
@@ -108,14 +172,16 @@ func typeName(flag byte) string {
 
 // scan reads the whole gzip+tar stream from compressed.
 func (s *scanner) scan(ctx context.Context, compressed io.Reader) error {
-	gz, err := newDecompressor(compressed)
+	in := &countingReader{r: compressed}
+	gzr, err := newDecompressor(in)
 	if err == io.EOF {
 		return &IntegrityError{Kind: KindStructure, Detail: "the archive is empty: an interrupted copy or backup? do not restore from it"}
 	}
 	if err != nil {
 		return classifyReadError("", err)
 	}
-	defer gz.Close()
+	defer gzr.Close()
+	gz := &expansionReader{r: gzr, in: in, limit: s.limits.MaxExpansion}
 	tr := tar.NewReader(gz)
 	last := ""
 	for {
@@ -214,11 +280,26 @@ func (s *scanner) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header) er
 		return nil
 	}
 
+	if s.expect != nil && name != MetadataName {
+		m, ok := s.expect[name]
+		switch {
+		case !ok:
+			return entryError(KindManifest, name, "archive entry %q is not listed in the manifest: the archive was altered, do not restore from it", name)
+		case m.Type == TypeFile && m.Size != hdr.Size:
+			return entryError(KindManifest, name, "archive entry %q is %d bytes but the manifest says %d: the archive was altered, do not restore from it", name, hdr.Size, m.Size)
+		}
+	}
 	if hdr.Size < 0 || hdr.Size > s.limits.MaxEntrySize {
 		return entryError(KindLimit, raw, "archive entry %q is %d bytes, past the limit of %d per entry: the archive may be a decompression bomb, do not restore from it", raw, hdr.Size, s.limits.MaxEntrySize)
 	}
 	if s.total+hdr.Size > s.limits.MaxTotalSize {
 		return entryError(KindLimit, raw, "archive entry %q brings the archive past the limit of %d bytes in total: the archive may be a decompression bomb, do not restore from it", raw, s.limits.MaxTotalSize)
+	}
+	if what, limit := s.limits.componentLimit(name); limit > 0 {
+		if hdr.Size > limit-s.comps[what] {
+			return entryError(KindLimit, raw, "archive entry %q brings %s to more than %d bytes, past its limit: a Flight Control server's is far smaller, the archive is a decompression bomb or was tampered with: do not restore from it", raw, what, limit)
+		}
+		s.comps[what] += hdr.Size
 	}
 	s.total += hdr.Size
 	if name == MetadataName && hdr.Size > maxMetadataSize {
@@ -239,7 +320,20 @@ func (s *scanner) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header) er
 	if out != nil {
 		dst = io.MultiWriter(dst, out)
 	}
+	var dump *dumpWatch
+	if name == DatabaseDump && s.checkDump {
+		// The dump is checked as a restore checks it, and refused as soon as it shows.
+		dump = &dumpWatch{w: pgdump.Watch()}
+		dst = io.MultiWriter(dst, dump)
+	}
 	n, err := copyCtx(ctx, dst, tr, s.buf)
+	if dump != nil {
+		st := dump.w.Close()
+		if st.Err != nil {
+			return DumpRefused(st.Err)
+		}
+		s.dumpRows = st.Rows
+	}
 	if err != nil {
 		return classifyReadError(raw, err)
 	}
@@ -327,13 +421,20 @@ func (s *scanner) checkMetadata(rep *Report, opts VerifyOptions) error {
 	for i := range s.entries {
 		byPath[s.entries[i].Path] = &s.entries[i]
 	}
-	if meta.DatabaseIncluded && !(byPath[DatabaseDump] != nil && byPath[DatabaseDump].Type == TypeFile) {
-		return &IntegrityError{Kind: KindMetadata, Entry: DatabaseDump, Detail: fmt.Sprintf("metadata.json says the database is included but the archive has no %s: the archive is incomplete, do not restore from it", DatabaseDump)}
+	if err := checkDatabaseIncluded(meta.DatabaseIncluded, byPath[DatabaseDump] != nil && byPath[DatabaseDump].Type == TypeFile); err != nil {
+		return err
 	}
 	if rep.HasManifest {
 		if err := checkManifest(meta.Manifest, byPath); err != nil {
 			return err
 		}
+	}
+	if s.dumpRows != nil {
+		warnings, err := CheckDumpRows(s.dumpRows, meta)
+		if err != nil {
+			return err
+		}
+		rep.Warnings = append(rep.Warnings, warnings...)
 	}
 	if opts.ExpectedDeploymentType != "" && meta.DeploymentType != opts.ExpectedDeploymentType {
 		return &IntegrityError{Kind: KindDeploymentType, Entry: MetadataName, Detail: fmt.Sprintf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported", meta.DeploymentType, opts.ExpectedDeploymentType)}
@@ -399,6 +500,9 @@ func components(entries []Entry) Components {
 // openArchive opens path and checks it is a regular file.
 func openArchive(path string) (*os.File, int64, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("archive %q does not exist: %w", path, fs.ErrNotExist)
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("open archive: %w", err)
 	}
@@ -419,13 +523,16 @@ func openArchive(path string) (*os.File, int64, error) {
 // openWithChecksum reads the expected checksum (opts already has its defaults), then opens
 // the archive: the first steps of Verify and Extract.
 func openWithChecksum(path string, opts VerifyOptions) (f *os.File, want string, err error) {
-	want, err = expectedChecksum(opts)
-	if err != nil {
-		return nil, "", fmt.Errorf("archive integrity check failed: %w", err)
-	}
+	// The archive first: a missing archive is reported as such, not as its missing .sha256.
 	f, _, err = openArchive(path)
 	if err != nil {
 		return nil, "", err
+	}
+	if opts.ExpectedSHA256 != "" {
+		want = strings.ToLower(opts.ExpectedSHA256)
+	} else if want, err = expectedChecksum(opts); err != nil {
+		f.Close()
+		return nil, "", fmt.Errorf("archive integrity check failed: %w", err)
 	}
 	return f, want, nil
 }
@@ -451,17 +558,27 @@ func checksumMismatch(path, want, got string, cause error) error {
 // the file once. The error is an *IntegrityError when the archive is bad.
 func Verify(ctx context.Context, path string, opts VerifyOptions) (*Report, error) {
 	opts = opts.withDefaults(path)
+	// Who wrote it comes before anything else is read.
+	sig, warnings, err := CheckSignature(path, opts.Signature)
+	if err != nil {
+		return nil, err
+	}
 	f, want, err := openWithChecksum(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
 	s := newScanner(opts.Limits, verifySink{})
+	s.checkDump = opts.CheckDump
 	rep, err := runScan(ctx, f, path, want, s)
 	if err != nil {
 		return nil, err
 	}
 	rep.ChecksumFile = opts.ChecksumFile
+	if sig.Checked {
+		rep.Signature = sig
+	}
+	rep.Warnings = append(rep.Warnings, warnings...)
 	if err := s.checkMetadata(rep, opts); err != nil {
 		return nil, fmt.Errorf("archive integrity check failed: %w", err)
 	}
@@ -507,4 +624,55 @@ type verifySink struct{}
 func (verifySink) dir(string, *tar.Header) error { return nil }
 func (verifySink) file(string, *tar.Header) (io.Writer, func() error, error) {
 	return nil, nil, nil
+}
+
+// checkDatabaseIncluded is the rule that metadata.json and the archive agree on the dump.
+func checkDatabaseIncluded(included, present bool) error {
+	switch {
+	case included && !present:
+		return &IntegrityError{Kind: KindMetadata, Entry: DatabaseDump, Detail: fmt.Sprintf("metadata.json says the database is included but the archive has no %s: the archive is incomplete, do not restore from it", DatabaseDump)}
+	case !included && present:
+		return &IntegrityError{Kind: KindMetadata, Entry: DatabaseDump, Detail: fmt.Sprintf("metadata.json says the database is not included (an external database) but the archive holds %s: the archive was altered, do not restore from it", DatabaseDump)}
+	}
+	return nil
+}
+
+// CheckMetadata applies to metadata read on its own (ReadMetadata, before the archive is
+// walked) the rules a full verification applies to it: the manifest's names, its
+// component sizes against the limits, and databaseIncluded against the dump's presence.
+// Its refusals are worded as Verify's.
+func CheckMetadata(md *Metadata, limits Limits) error {
+	limits = VerifyOptions{Limits: limits}.withDefaults("").Limits
+	comps := map[string]int64{}
+	present := false
+	for _, m := range md.Manifest {
+		name, err := cleanEntryName(m.Path)
+		if err != nil {
+			return fmt.Errorf("archive integrity check failed: %w", err)
+		}
+		if name != m.Path {
+			return fmt.Errorf("archive integrity check failed: %w", entryError(KindManifest, m.Path, "the manifest lists %q, which is not a canonical name: the metadata is corrupt, do not restore from this archive", m.Path))
+		}
+		if m.Path == DatabaseDump && m.Type == TypeFile {
+			present = true
+		}
+		if m.Type != TypeFile {
+			continue
+		}
+		if m.Size < 0 || m.Size > limits.MaxEntrySize {
+			return fmt.Errorf("archive integrity check failed: %w", entryError(KindLimit, m.Path, "archive entry %q is %d bytes, past the limit of %d per entry: the archive may be a decompression bomb, do not restore from it", m.Path, m.Size, limits.MaxEntrySize))
+		}
+		if what, limit := limits.componentLimit(m.Path); limit > 0 {
+			if m.Size > limit-comps[what] {
+				return fmt.Errorf("archive integrity check failed: %w", entryError(KindLimit, m.Path, "archive entry %q brings %s to more than %d bytes, past its limit: a Flight Control server's is far smaller, the archive is a decompression bomb or was tampered with: do not restore from it", m.Path, what, limit))
+			}
+			comps[what] += m.Size
+		}
+	}
+	if len(md.Manifest) > 0 {
+		if err := checkDatabaseIncluded(md.DatabaseIncluded, present); err != nil {
+			return fmt.Errorf("archive integrity check failed: %w", err)
+		}
+	}
+	return nil
 }

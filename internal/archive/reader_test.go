@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -141,6 +143,18 @@ func evilCases(t testing.TB) []struct {
 	big := file("pki/big", 0o600, "")
 	big.hdr.Size = 70 << 30
 	big.hdr.Format = tar.FormatGNU
+	hugeCert := file("pki/huge.crt", 0o600, "")
+	hugeCert.hdr.Size = 1 << 30
+	longName := file("pki/"+strings.Repeat("d/", 600)+"x.crt", 0o600, "x")
+	longName.hdr.Format = tar.FormatPAX
+	longPart := file("pki/"+strings.Repeat("n", 300), 0o600, "x")
+	longPart.hdr.Format = tar.FormatPAX
+	utf := file("pki/bad\xff.crt", 0o600, "x")
+	utf.hdr.Format = tar.FormatPAX
+	newline := file("pki/a\nb.crt", 0o600, "x")
+	bigKey := file("encryption/key", 0o600, strings.Repeat("k", 2<<20))
+	bigConfig := file("config/service-config.yaml", 0o600, "")
+	bigConfig.hdr.Size = 17 << 20
 	return []struct {
 		name    string
 		entries []tarEntry
@@ -167,6 +181,15 @@ func evilCases(t testing.TB) []struct {
 		{"metadata bad time", []tarEntry{file("metadata.json", 0o600, `{"timestamp":"yesterday","version":"v1","deploymentType":"podman","databaseIncluded":false}`)}, KindMetadata, "metadata.json is malformed"},
 		{"metadata db without dump", []tarEntry{file("metadata.json", 0o600, upstreamMetadata(t, "podman", true))}, KindMetadata, "says the database is included but the archive has no db/dump.sql"},
 		{"future format", []tarEntry{file("metadata.json", 0o600, `{"timestamp":"2026-01-01T00:00:00Z","version":"v1","deploymentType":"podman","databaseIncluded":false,"formatVersion":99}`)}, KindMetadata, "archive format version 99 is newer"},
+		{"dot slash name", []tarEntry{meta, file("./pki/x", 0o600, "x")}, KindUnsafePath, `archive entry "./pki/x" starts with "./": flightctl-backup and upstream's flightctl-backup write names without it ("pki/x")`},
+		{"overlong PAX name", []tarEntry{meta, longName}, KindUnsafePath, `has a name of 1209 bytes, past the limit of 1024`},
+		{"overlong name component", []tarEntry{meta, longPart}, KindUnsafePath, `has a path component of 300 bytes, past the 255 a file name can have`},
+		{"invalid UTF-8 name", []tarEntry{meta, utf}, KindUnsafePath, `archive entry "pki/bad\xff.crt" is not valid UTF-8`},
+		{"newline in name", []tarEntry{meta, newline}, KindUnsafePath, `archive entry "pki/a\nb.crt" holds a control character (U+000A)`},
+		{"1 GiB certificate", []tarEntry{meta, hugeCert}, KindLimit, `archive entry "pki/huge.crt" brings the PKI to more than 67108864 bytes, past its limit`},
+		{"big encryption key", []tarEntry{meta, bigKey}, KindLimit, `archive entry "encryption/key" brings the encryption keys to more than 1048576 bytes`},
+		{"big config", []tarEntry{meta, bigConfig}, KindLimit, `archive entry "config/service-config.yaml" brings the service configuration to more than 16777216 bytes`},
+		{"dump without databaseIncluded", []tarEntry{file("db/dump.sql", 0o600, "x"), meta}, KindMetadata, "metadata.json says the database is not included (an external database) but the archive holds db/dump.sql"},
 		{"manifest missing entry", []tarEntry{file("metadata.json", 0o600, `{"timestamp":"2026-01-01T00:00:00Z","version":"v1","deploymentType":"podman","databaseIncluded":false,"formatVersion":1,"manifest":[{"path":"pki/a","type":"file","size":1,"mode":"0600","sha256":"00"}]}`)}, KindManifest, `archive entry "pki/a" is listed in the manifest but missing`},
 		{"manifest unlisted entry", []tarEntry{file("pki/b", 0o600, "x"), file("metadata.json", 0o600, `{"timestamp":"2026-01-01T00:00:00Z","version":"v1","deploymentType":"podman","databaseIncluded":false,"formatVersion":1,"manifest":[]}`)}, KindManifest, `archive entry "pki/b" is not listed in the manifest`},
 		{"manifest wrong hash", []tarEntry{file("pki/a", 0o600, "x"), file("metadata.json", 0o600, `{"timestamp":"2026-01-01T00:00:00Z","version":"v1","deploymentType":"podman","databaseIncluded":false,"formatVersion":1,"manifest":[{"path":"pki/a","type":"file","size":1,"mode":"0600","sha256":"0000000000000000000000000000000000000000000000000000000000000000"}]}`)}, KindManifest, `archive entry "pki/a" has sha256 2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881 but the manifest says 0000`},
@@ -331,4 +354,38 @@ func TestMixedGzipMembers(t *testing.T) {
 	ie, ok := IsIntegrityError(err)
 	require.True(t, ok, "%v", err)
 	assert.Equal(t, KindStructure, ie.Kind)
+}
+
+// An archive that inflates a thousand times is refused by its expansion as soon as it
+// passes the floor, by verify too, although every entry is within the size limits.
+func TestExpansionLimit(t *testing.T) {
+	var buf bytes.Buffer
+	gz, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+	tw := tar.NewWriter(gz)
+	const size = 256 << 20
+	require.NoError(t, tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "db/dump.sql", Size: size, Mode: 0o600}))
+	zeros := make([]byte, 1<<20)
+	for range size >> 20 {
+		_, err := tw.Write(zeros)
+		require.NoError(t, err)
+	}
+	require.NoError(t, tw.Close())
+	require.NoError(t, gz.Close())
+	p := writeArchive(t, t.TempDir(), buf.Bytes())
+	read := 0
+	_, err := VerifyWalk(context.Background(), p, VerifyOptions{}, func(hdr *tar.Header, name string, r io.Reader) error {
+		n, err := io.Copy(io.Discard, r)
+		read += int(n)
+		return err
+	})
+	require.ErrorContains(t, err, "the archive inflates to more than 200 times its compressed size")
+	require.ErrorContains(t, err, "decompression bomb")
+	ie, ok := IsIntegrityError(err)
+	require.True(t, ok)
+	require.Equal(t, KindLimit, ie.Kind)
+	require.Less(t, read, size/2, "refused as soon as it shows, not at the end")
+
+	// The limit is an option: an operator who knows the data can raise it.
+	_, err = Verify(context.Background(), p, VerifyOptions{Limits: Limits{MaxExpansion: 1e6}})
+	require.NotContains(t, fmt.Sprint(err), "inflates")
 }

@@ -314,7 +314,10 @@ func TestBackupBadInput(t *testing.T) {
 		{"wrong password", func(o *Options) { o.Podman.DBPassword = "wrong" }, []string{"password authentication failed", "db_password"}},
 		{"unknown database", func(o *Options) { o.Podman.DBName = "nosuchdb" }, []string{"nosuchdb"}},
 		{"output is a file", func(o *Options) { o.OutputDir = aFile }, []string{"is not a directory"}},
-		{"kubernetes", func(o *Options) { o.DeploymentType = "kubernetes" }, []string{"not supported yet by this module"}},
+		{"kubernetes without a kubeconfig", func(o *Options) {
+			o.DeploymentType = "kubernetes"
+			o.Kubernetes.Connection.Kubeconfig = filepath.Join(f.root, "nope.kubeconfig")
+		}, []string{"nope.kubeconfig", "check kubeconfig"}},
 		{"no version", func(o *Options) { o.ServerVersion = "" }, []string{"server_version"}},
 	}
 	for _, tc := range tests {

@@ -11,11 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -44,7 +42,12 @@ type Personality struct {
 	Name        string // e.g. "flightctl-backup"
 	Use         string
 	VersionLine string // printf format with one %s, e.g. "Flight Control Backup Version: %s"
+	Long        string
 	Args        cobra.PositionalArgs
+	// Words maps module options to how they are given under this name ("output_dir":
+	// "--output", "path": "the archive argument"); see UpstreamWords. Options without
+	// words are offered as their own flags.
+	Words map[string]string
 	// Flags registers upstream's flags on fs and returns the function that turns the parsed
 	// flags and positional arguments into the module's options.
 	Flags func(fs *pflag.FlagSet) func(args []string) (map[string]any, error)
@@ -57,7 +60,11 @@ func Main[T any](app App[T]) {
 
 // Execute runs the binary and returns its exit code.
 func Execute[T any](app App[T], argv0 string, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 1 && isArgsFile(args[0]) {
+	app.Module = withHostChecks(app.Module)
+	if moduleMode(argv0, args) {
+		if len(args) != 1 {
+			return ansiblemod.Print(ansiblemod.Output{"failed": true, "changed": false, "msg": badModuleInvocation(args)}, stdout)
+		}
 		return ansiblemod.Main(app.Module, args[0], stdout, stderr)
 	}
 	invoked := filepath.Base(argv0)
@@ -84,23 +91,6 @@ func Execute[T any](app App[T], argv0 string, args []string, stdout, stderr io.W
 		return 1
 	}
 	return code
-}
-
-// isArgsFile tells an Ansible arguments file (a JSON object) from anything an operator
-// would pass, such as an archive (gzip) or a directory.
-func isArgsFile(path string) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		return false
-	}
-	buf := make([]byte, 64)
-	n, _ := f.Read(buf)
-	return strings.HasPrefix(strings.TrimSpace(string(buf[:n])), "{")
 }
 
 type commonFlags struct {
@@ -149,7 +139,7 @@ func nativeCommand[T any](app App[T], stdout, stderr io.Writer, code *int) (*cob
 					raw[s.Name] = v
 				}
 			}
-			*code = run(cmd.Context(), app, raw, common, stdout, stderr)
+			*code = run(cmd.Context(), app, raw, common, stdout, stderr, nil)
 			return nil
 		},
 	}
@@ -157,50 +147,40 @@ func nativeCommand[T any](app App[T], stdout, stderr io.Writer, code *int) (*cob
 		values[s.Name] = registerOption(cmd.Flags(), s)
 	}
 	common.register(cmd.Flags())
-	cmd.AddCommand(versionCommand(app.Module.Name+" version %s", stdout))
+	line := app.Module.Name + " version " + version.String()
+	cmd.Version = version.String()
+	// cobra's default version output is the same line; a version template would link
+	// text/template, whose dynamic method calls keep every method of every type alive in the
+	// binary (about a third of its size).
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[cobra.CommandDisplayNameAnnotation] = app.Module.Name
+	cmd.AddCommand(versionCommand(line, stdout))
 	return cmd, nil
 }
 
-func personalityCommand[T any](app App[T], p Personality, stdout, stderr io.Writer, code *int) *cobra.Command {
-	var common commonFlags
-	cmd := &cobra.Command{
-		Use:           p.Use,
-		Short:         app.Short,
-		Args:          p.Args,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	build := p.Flags(cmd.Flags())
-	common.register(cmd.Flags())
-	cmd.RunE = func(cmd *cobra.Command, args []string) error {
-		raw, err := build(args)
-		if err != nil {
-			return err
-		}
-		*code = run(cmd.Context(), app, raw, common, stdout, stderr)
-		return nil
-	}
-	cmd.AddCommand(versionCommand(p.VersionLine, stdout))
-	return cmd
-}
-
-func versionCommand(format string, stdout io.Writer) *cobra.Command {
+// versionCommand prints line, the collection release and the build it was made from.
+func versionCommand(line string, stdout io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
 		Short: "print the version",
 		Args:  cobra.NoArgs,
 		Run: func(*cobra.Command, []string) {
-			fmt.Fprintf(stdout, format+"\n", version.Version)
+			fmt.Fprintln(stdout, line)
 		},
 	}
 }
 
-func run[T any](parent context.Context, app App[T], options map[string]any, common commonFlags, stdout, stderr io.Writer) int {
+// run runs the module with options; translate, when set, rewrites what people read
+// (msg, warnings) into the words of the command line used.
+func run[T any](parent context.Context, app App[T], options map[string]any, common commonFlags, stdout, stderr io.Writer, translate func(string) string) int {
 	if parent == nil {
 		parent = context.Background()
 	}
-	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := ansiblemod.SignalContext(parent)
 	defer stop()
+	absolutePaths[T](options)
 	raw := map[string]json.RawMessage{}
 	for k, v := range options {
 		b, err := json.Marshal(v)
@@ -220,6 +200,17 @@ func run[T any](parent context.Context, app App[T], options map[string]any, comm
 	out := ansiblemod.Invoke(ctx, app.Module, raw, env, stderr)
 	if common.json {
 		return ansiblemod.Print(out, stdout)
+	}
+	if translate != nil {
+		if msg, ok := out["msg"].(string); ok {
+			out["msg"] = translate(msg)
+		}
+		if ws := asStrings(out["warnings"]); ws != nil {
+			for i := range ws {
+				ws[i] = translate(ws[i])
+			}
+			out["warnings"] = ws
+		}
 	}
 	if failed, _ := out["failed"].(bool); failed {
 		fmt.Fprintf(stderr, "Error: %v\n", out["msg"])
@@ -259,10 +250,7 @@ func PrintHuman(w io.Writer, out ansiblemod.Output) {
 			fmt.Fprintf(w, "%s: %v\n", k, v)
 		}
 	}
-	if d, ok := out["diff"].(map[string]any); ok {
-		b, _ := json.MarshalIndent(d, "", "  ")
-		fmt.Fprintf(w, "diff:\n%s\n", b)
-	}
+	PrintDiff(w, out)
 }
 
 func asStrings(v any) []string {

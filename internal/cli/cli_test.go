@@ -119,5 +119,5 @@ func TestPersonalityByInvokedName(t *testing.T) {
 	require.Contains(t, stderr, "accepts 1 arg(s), received 0")
 
 	_, stdout, _ = execute(t, "demo-upstream", "version")
-	require.Equal(t, "Demo Version: 0.0.0-dev\n", stdout)
+	require.Equal(t, "Demo Version: v1.4.0 (flightctl.dr 0.1.0 (build 0.0.0-dev))\n", stdout, "the server release first, ours beside it")
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -13,6 +14,7 @@ import (
 // flagValue reads one option back from the flag set.
 type flagValue struct {
 	str   *string
+	i     *int64
 	b     *bool
 	list  *[]string
 	file  *string // secrets: a file holding the value
@@ -32,7 +34,7 @@ func registerOption(fs *pflag.FlagSet, s ansiblemod.OptionSpec) flagValue {
 	if help == "" {
 		help = s.Name
 	}
-	if s.HasDef && s.Type != "bool" {
+	if s.HasDef && s.Type != "bool" && s.Type != "int" {
 		help += fmt.Sprintf(" (default %q)", s.Default)
 	}
 	if len(s.Choices) > 0 {
@@ -58,6 +60,11 @@ func registerOption(fs *pflag.FlagSet, s ansiblemod.OptionSpec) flagValue {
 		v.b = fs.Bool(name, def, help)
 	case s.Type == "list":
 		v.list = fs.StringSlice(name, nil, help+" (comma-separated or repeated)")
+	case s.Type == "int":
+		// An int flag, so that help shows "int" and pflag refuses "abc" itself; the
+		// default is shown by pflag (when not 0).
+		def, _ := strconv.ParseInt(s.Default, 10, 64)
+		v.i = fs.Int64(name, def, help)
 	default:
 		v.str = fs.String(name, "", help)
 	}
@@ -91,6 +98,8 @@ func (v flagValue) get(fs *pflag.FlagSet, s ansiblemod.OptionSpec) (any, error) 
 		return *v.b, nil
 	case v.list != nil:
 		return *v.list, nil
+	case v.i != nil:
+		return *v.i, nil
 	default:
 		return *v.str, nil
 	}

@@ -81,6 +81,12 @@ type PodmanConfig struct {
 	// DBPasswordSecret names the Podman secret read when DBPassword is empty; "" is
 	// SecretDBUserPassword.
 	DBPasswordSecret string
+	// KVPasswordSecret names the Podman secret read when KVPassword is empty; "" is
+	// SecretKVPassword.
+	KVPasswordSecret string
+	// DBAdminPasswordSecret names the Podman secret holding the admin user's password,
+	// set on that user after a database swap; "" is SecretDBMasterPassword.
+	DBAdminPasswordSecret string
 	// APIContainer is the container whose image tag gives the server version; "" is
 	// flightctl-api.
 	APIContainer string

@@ -3,6 +3,7 @@ package estate
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/pgdump"
 	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/serviceconfig"
@@ -74,6 +77,11 @@ type BackupPlan struct {
 	// before compression.
 	EstimatedSize int64    `json:"estimated_size"`
 	Warnings      []string `json:"warnings"`
+	// Kubernetes only: the Helm release captured, the server version its chart gives
+	// (appVersion), and the API permissions found missing by the preflight.
+	Release            *KubeReleasePlan `json:"helm_release,omitempty"`
+	ServerVersion      string           `json:"server_version,omitempty"`
+	MissingPermissions []string         `json:"missing_permissions,omitempty"`
 }
 
 // DatabasePlan describes the database dump of a backup.
@@ -90,6 +98,11 @@ type DatabasePlan struct {
 	ServerVersion string           `json:"server_version"`
 	PgDumpVersion string           `json:"pg_dump_version"`
 	Counts        map[string]int64 `json:"counts,omitempty"`
+	// Owner and ACL are the database's owner and database-level grants (aclitem text;
+	// ACL nil: the defaults), recorded so that a restore onto a host that lost the
+	// database creates it with them.
+	Owner string   `json:"owner,omitempty"`
+	ACL   []string `json:"acl,omitempty"`
 }
 
 // PlannedSource is one file tree, file or volume a backup would capture.
@@ -394,6 +407,19 @@ func (b *PodmanBackup) planDatabase(ctx context.Context, svc *serviceconfig.Conf
 	} else {
 		b.log().Debug("row counts unavailable", "err", firstLine(err.Error()))
 	}
+	// Owner and database-level grants: pg_dump without --create does not carry them.
+	out, err = cl.query(ctx, "select json_build_object('owner', pg_get_userbyid(datdba), 'acl', datacl::text[]) from pg_database where datname = current_database()")
+	if err == nil {
+		var g struct {
+			Owner string   `json:"owner"`
+			ACL   []string `json:"acl"`
+		}
+		if json.Unmarshal([]byte(strings.TrimSpace(out)), &g) == nil {
+			db.Owner, db.ACL = g.Owner, g.ACL
+		}
+	} else {
+		b.log().Debug("database owner and grants unavailable", "err", firstLine(err.Error()))
+	}
 	return db, nil
 }
 
@@ -409,10 +435,11 @@ func (b *PodmanBackup) WriteBackup(ctx context.Context, sink BackupSink, plan *B
 	now := time.Now()
 
 	if plan.DatabaseIncluded {
-		n, err := b.writeDump(ctx, sink, plan.Database, now)
+		n, st, err := b.writeDump(ctx, sink, plan.Database, now)
 		if err != nil {
 			return nil, err
 		}
+		recordDump(out, plan.Database, st)
 		out.DatabaseIncluded = true
 		out.Components = append(out.Components, CapturedComponent{Component: ComponentDatabase, ArchivePath: EntryDBDump, Source: plan.Database.describe(), Files: 1, Bytes: n})
 		out.Extra["pg_dump_version"] = plan.Database.PgDumpVersion
@@ -497,34 +524,62 @@ func sourceSize(plan *BackupPlan, component string) int64 {
 // writeDump streams pg_dump's stdout into db/dump.sql. pg_dump's exit status is known
 // only when its output ends: a failing dump makes the stream fail, and the caller aborts
 // the whole archive.
-func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *DatabasePlan, now time.Time) (int64, error) {
+func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *DatabasePlan, now time.Time) (int64, *pgdump.Stats, error) {
 	password, _, err := b.dbPassword(ctx)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	cl := b.dbClient(db.Name, password)
 	if err := sink.AddDir(EntryDBDir, 0o755, now); err != nil {
-		return 0, fmt.Errorf("back up database: %w", err)
+		return 0, nil, fmt.Errorf("back up database: %w", err)
 	}
 	b.log().Info("Dumping database " + cl.where())
 	stream := startStream(ctx, cl.dump)
-	n, err := sink.AddStream(EntryDBDump, 0o600, now, stream)
+	// The dump is read as a restore reads it, beside the archive writer: its rows per
+	// table go into the metadata, and a dump that a restore would refuse is reported now.
+	watch := pgdump.Watch()
+	n, err := sink.AddStream(EntryDBDump, 0o600, now, io.TeeReader(stream, watch))
+	st := watch.Close()
 	// Read before Close: an error here is pg_dump's own, not the stop Close causes.
 	cmdErr := stream.CommandErr()
 	closeErr := stream.Close()
 	if err != nil {
 		if cmdErr != nil {
-			return n, fmt.Errorf("back up database: pg_dump failed %s after %d bytes: %w; check that the database runs and that the credentials are right", cl.where(), n, cmdErr)
+			return n, nil, fmt.Errorf("back up database: pg_dump failed %s after %d bytes: %w; check that the database runs and that the credentials are right", cl.where(), n, cmdErr)
 		}
-		return n, fmt.Errorf("back up database: %w", err)
+		return n, nil, fmt.Errorf("back up database: %w", err)
 	}
 	if closeErr != nil {
-		return n, fmt.Errorf("back up database: pg_dump failed %s: %w", cl.where(), closeErr)
+		return n, nil, fmt.Errorf("back up database: pg_dump failed %s: %w", cl.where(), closeErr)
 	}
 	if n == 0 {
-		return n, fmt.Errorf("back up database: pg_dump wrote nothing %s", cl.where())
+		return n, nil, fmt.Errorf("back up database: pg_dump wrote nothing %s", cl.where())
 	}
-	return n, nil
+	return n, st, nil
+}
+
+// recordDump puts what the dump holds into the metadata: rows per table as the dump
+// carries them (a restore compares them with what it loaded), the database's owner and
+// grants, and a warning when a restore would refuse the dump.
+func recordDump(out *BackupOutcome, db *DatabasePlan, st *pgdump.Stats) {
+	if st == nil {
+		return
+	}
+	if st.Err != nil {
+		out.Warnings = append(out.Warnings, fmt.Sprintf("a restore will refuse this database dump: %v; the database holds objects a Flight Control server does not make: remove them, or restore this archive with your database tools", st.Err))
+	} else {
+		for table, n := range st.Rows {
+			out.Extra[archive.ExtraDumpRowsPrefix+strings.TrimPrefix(table, "public.")] = strconv.FormatInt(n, 10)
+		}
+	}
+	if db.Owner != "" {
+		out.Extra[archive.ExtraDBOwner] = db.Owner
+		if db.ACL != nil {
+			if b, err := json.Marshal(db.ACL); err == nil {
+				out.Extra[archive.ExtraDBACL] = string(b)
+			}
+		}
+	}
 }
 
 func (b *PodmanBackup) writeConfig(sink BackupSink) (int64, error) {

@@ -308,17 +308,19 @@ func (p *PodmanRestore) secrets(ctx context.Context) (string, string, error) {
 	p.secretsOnce.Do(func() {
 		p.dbPassword, p.kvPassword = p.Config.DBPassword, p.Config.KVPassword
 		if p.dbPassword == "" {
-			pw, err := p.podman().ReadSecret(ctx, SecretDBUserPassword)
+			name := orDefault(p.Config.DBPasswordSecret, SecretDBUserPassword)
+			pw, err := p.podman().ReadSecret(ctx, name)
 			if err != nil {
-				p.secretsErr = fmt.Errorf("database password: %w; set db_password, or create the podman secret %s", err, SecretDBUserPassword)
+				p.secretsErr = fmt.Errorf("database password: %w; set db_password, or db_password_secret to the podman secret that holds it (now %s)", err, name)
 				return
 			}
 			p.dbPassword = pw
 		}
 		if p.kvPassword == "" {
-			pw, err := p.podman().ReadSecret(ctx, SecretKVPassword)
+			name := orDefault(p.Config.KVPasswordSecret, SecretKVPassword)
+			pw, err := p.podman().ReadSecret(ctx, name)
 			if err != nil {
-				p.secretsErr = fmt.Errorf("KV password: %w; set kv_password, or create the podman secret %s", err, SecretKVPassword)
+				p.secretsErr = fmt.Errorf("KV password: %w; set kv_password, or kv_password_secret to the podman secret that holds it (now %s)", err, name)
 				return
 			}
 			p.kvPassword = pw

@@ -51,8 +51,15 @@ func Build(t testing.TB, pkg string) string {
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "go build %s: %s", pkg, out)
+	// Ansible runs its copy of the binary as <tmp>/AnsiballZ_<module>: Run does the same.
+	require.NoError(t, os.Symlink(filepath.Base(bin), ansiballz(bin)))
 	built[pkg] = bin
 	return bin
+}
+
+// ansiballz is the name Ansible gives its copy of the module binary bin.
+func ansiballz(bin string) string {
+	return filepath.Join(filepath.Dir(bin), "AnsiballZ_"+filepath.Base(bin))
 }
 
 // Result is one run of a module binary.
@@ -69,13 +76,23 @@ func Run(t testing.TB, bin string, args map[string]any, env ...string) Result {
 	t.Helper()
 	b, err := json.Marshal(args)
 	require.NoError(t, err)
+	return RunFile(t, bin, b, env...)
+}
+
+// RunFile is Run with the arguments file's exact bytes, which need not be JSON: it checks
+// how a module answers a file Ansible could not have written.
+func RunFile(t testing.TB, bin string, content []byte, env ...string) Result {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "args")
-	require.NoError(t, os.WriteFile(path, b, 0o600))
+	require.NoError(t, os.WriteFile(path, content, 0o600))
+	if _, err := os.Lstat(ansiballz(bin)); err == nil {
+		bin = ansiballz(bin)
+	}
 	cmd := exec.Command(bin, path)
 	cmd.Env = append(os.Environ(), env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err = cmd.Run()
+	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

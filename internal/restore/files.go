@@ -52,6 +52,9 @@ type stager struct {
 	dirs    []stagedDir
 	owners  bool // chown new entries like the live ones (only root can)
 	counts  []int
+	// newRoots maps a target with no live root to its root's index in dirs: that root
+	// takes the archive's mode.
+	newRoots map[int]int
 }
 
 type stagedDir struct {
@@ -60,7 +63,7 @@ type stagedDir struct {
 }
 
 func newStager(targets []FileTarget, sets []JournalFileSet) *stager {
-	s := &stager{targets: targets, owners: os.Geteuid() == 0, counts: make([]int, len(targets))}
+	s := &stager{targets: targets, owners: os.Geteuid() == 0, counts: make([]int, len(targets)), newRoots: map[int]int{}}
 	for _, fs := range sets {
 		s.staged = append(s.staged, fs.Staged)
 	}
@@ -85,6 +88,9 @@ func (s *stager) prepare() error {
 				// The live root keeps its mode and owner: services depend on them.
 				mode = fi.Mode().Perm()
 				s.chownLike(s.staged[i], t.Path, t.Path)
+			} else {
+				// No live root (deleted in a disaster): the archive's mode, when it has one.
+				s.newRoots[i] = len(s.dirs)
 			}
 			s.dirs = append(s.dirs, stagedDir{path: s.staged[i], mode: mode})
 		} else if err := os.MkdirAll(filepath.Dir(t.Path), 0o755); err != nil {
@@ -113,7 +119,10 @@ func (s *stager) entry(hdr *tar.Header, name string, r io.Reader) error {
 			return fmt.Errorf("archive entry %s: expected a file, found a directory", name)
 		}
 		if rel == "" {
-			return nil // the root keeps the live mode (prepare)
+			if d, ok := s.newRoots[i]; ok {
+				s.dirs[d].mode = mode
+			}
+			return nil // an existing live root keeps its mode (prepare)
 		}
 		if err := os.MkdirAll(dst, 0o700); err != nil {
 			return fmt.Errorf("stage %s: %w", name, err)

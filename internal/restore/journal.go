@@ -58,6 +58,13 @@ type Journal struct {
 	Done     []string `json:"done"`
 	Warnings []string `json:"warnings,omitempty"`
 	Error    string   `json:"error,omitempty"`
+
+	// KVMayBeFlushed is set before device preparation clears the KV store: a rollback
+	// from then on must prepare the KV store again for the database it puts back.
+	KVMayBeFlushed bool `json:"kv_may_be_flushed,omitempty"`
+
+	// Produced is what the finished restore left on the server (see LiveState).
+	Produced *LiveState `json:"produced,omitempty"`
 }
 
 // JournalDatabase records the names used by the database swap and the live database's

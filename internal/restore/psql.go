@@ -329,3 +329,33 @@ func (w *debugWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// RestrictsMetaCommands says whether the psql that loads dumps knows \restrict, so that
+// the load can put it in restricted mode even for a dump without a \restrict line: psql
+// 13.22, 14.19, 15.14, 16.10, 17.6 and every later release.
+func (d *PsqlDatabase) RestrictsMetaCommands(ctx context.Context) bool {
+	out, err := runner.Output(ctx, d.Runner, d.Command([]string{"--version"}, nil))
+	if err != nil {
+		return false
+	}
+	return psqlKnowsRestrict(string(out))
+}
+
+var psqlVersionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)(?:\.(\d+))?`)
+
+func psqlKnowsRestrict(version string) bool {
+	m := psqlVersionRE.FindStringSubmatch(version)
+	if m == nil {
+		return false
+	}
+	major, _ := strconv.Atoi(m[1])
+	minor, _ := strconv.Atoi(m[2])
+	first := map[int]int{13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+	switch {
+	case major >= 18:
+		return true
+	case first[major] > 0:
+		return minor >= first[major]
+	}
+	return false
+}

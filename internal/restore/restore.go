@@ -19,10 +19,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/wrap"
 )
 
 // DefaultStateDir holds the journal and the saved PAM volume while a restore runs.
@@ -56,12 +58,28 @@ type Options struct {
 	// Rollback undoes an unfinished restore recorded in the journal and starts its units.
 	Rollback bool
 	// Force restores again from an archive the journal says was already restored.
-	Force  bool
-	Limits archive.Limits
-	Logger *slog.Logger
+	Force bool
+	// AllowRunningUnits lets device preparation without an archive run while application
+	// units are active; by default it refuses (see devicesOnlyGuard).
+	AllowRunningUnits bool
+	// EstateName is this server's estate; an archive of another estate is refused unless
+	// SourceEstate names it. Empty: no estate check.
+	EstateName string
+	// SourceEstate is the estate the operator says the archive comes from (a replacement
+	// host restoring the estate it replaces).
+	SourceEstate string
+	// SourceEstateHint tells the operator how to name the source estate in the words of
+	// their interface ("{estate}" is replaced); empty: the module option.
+	SourceEstateHint string
+	Limits           archive.Limits
+	Logger           *slog.Logger
 	// Checkpoint, when set, is called at every named point between changes; an error it
 	// returns fails the restore there. Tests use it to interrupt a restore exactly there.
 	Checkpoint func(name string) error
+
+	// Signature: with trusted keys, the archive's signature is checked before anything
+	// else and an unsigned archive is refused unless AllowUnsigned.
+	Signature archive.SignatureOptions
 }
 
 // Validate checks the options.
@@ -98,6 +116,10 @@ type ArchiveSummary struct {
 	DeploymentType   string    `json:"deployment_type"`
 	Timestamp        time.Time `json:"timestamp"`
 	DatabaseIncluded bool      `json:"database_included"`
+	// Estate is the estate the archive was made on (nil: not recorded).
+	Estate *archive.Estate `json:"estate,omitempty"`
+	// Signature says whether the archive's signature was checked, and whose it is.
+	Signature *archive.SignatureReport `json:"signature,omitempty"`
 }
 
 // DatabasePlan says what happens to the database.
@@ -136,16 +158,24 @@ type Result struct {
 	RestoreID string `json:"restore_id,omitempty"`
 	// AlreadyRestoredAt is set when nothing was done because the journal says this
 	// archive was restored then.
-	AlreadyRestoredAt time.Time       `json:"already_restored_at,omitzero"`
-	Archive           *ArchiveSummary `json:"archive,omitempty"`
-	Plan              *Plan           `json:"plan,omitempty"`
-	Steps             []string        `json:"steps"`
-	DevicePrep        any             `json:"device_preparation,omitempty"`
-	OldDatabase       string          `json:"old_database,omitempty"`
-	RolledBack        bool            `json:"rolled_back,omitempty"`
-	Warnings          []string        `json:"warnings"`
-	Duration          time.Duration   `json:"-"`
-	Diff              *Diff           `json:"diff,omitempty"`
+	AlreadyRestoredAt time.Time `json:"already_restored_at,omitzero"`
+	// Drift lists how the server no longer matches an earlier restore from this archive
+	// (the reason it is restored again).
+	Drift       []string        `json:"drift,omitempty"`
+	Archive     *ArchiveSummary `json:"archive,omitempty"`
+	Plan        *Plan           `json:"plan,omitempty"`
+	Steps       []string        `json:"steps"`
+	DevicePrep  any             `json:"device_preparation,omitempty"`
+	OldDatabase string          `json:"old_database,omitempty"`
+	RolledBack  bool            `json:"rolled_back,omitempty"`
+	// PasswordSync says, per database user, whether its password was set to the
+	// deployment's secret after the swap.
+	PasswordSync map[string]string `json:"password_sync,omitempty"`
+	// Relabeled are the paths given their SELinux labels (SELinux enabled only).
+	Relabeled []string      `json:"selinux_relabeled,omitempty"`
+	Warnings  []string      `json:"warnings"`
+	Duration  time.Duration `json:"-"`
+	Diff      *Diff         `json:"diff,omitempty"`
 }
 
 func (r *Result) warn(logger *slog.Logger, format string, args ...any) {
@@ -250,15 +280,21 @@ func (r *run) devicesOnly(ctx context.Context) error {
 		return errors.New("device preparation: this target has no database and KV connection configured")
 	}
 	if err := dev.Check(ctx); err != nil {
-		return fmt.Errorf("device preparation: %w", err)
+		return wrap.Prefix("device preparation", err)
+	}
+	if err := r.devicesOnlyGuard(ctx, dev); err != nil {
+		return err
 	}
 	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode})
 	if err != nil {
-		return fmt.Errorf("device preparation: %w", err)
+		return wrap.Prefix("device preparation", err)
 	}
 	r.res.DevicePrep = counts
 	r.res.Steps = append(r.res.Steps, StepDevicePrep)
 	r.res.Changed = changed
+	if !r.opts.CheckMode {
+		r.res.Message = devicesOnlyDone(counts)
+	}
 	return nil
 }
 
@@ -269,6 +305,10 @@ func (r *run) restore(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	sig, err := r.checkSignature()
+	if err != nil {
+		return err
+	}
 	// A fresh restore of one of our archives checks the checksum and reads metadata.json
 	// from the archive's tail now, and the rest (structure, manifest) during the load into
 	// the temporary database, before anything is stopped. Anything else is verified in
@@ -286,16 +326,16 @@ func (r *run) restore(ctx context.Context) error {
 	if !quick {
 		r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
 		report, err = archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true})
 		if err != nil {
-			return fmt.Errorf("archive integrity check failed: %w", err)
+			return wrap.Prefix("archive integrity check failed", err)
 		}
 	}
 	r.report = report
 	r.verified = !quick
 	md := report.Metadata
 	r.res.Archive = &ArchiveSummary{Path: r.opts.ArchivePath, SHA256: report.SHA256, Size: report.Size,
-		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded}
+		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded, Estate: md.Estate, Signature: sig}
 	msg := "archive verified"
 	if quick {
 		msg = "archive checksum verified, metadata read"
@@ -311,12 +351,33 @@ func (r *run) restore(ctx context.Context) error {
 		}
 		resume = true
 	}
+	if !resume {
+		if err := r.checkEstate(); err != nil {
+			return err
+		}
+	}
 	if j != nil && j.State == StateDone && j.ArchiveSHA256 == report.SHA256 && !r.opts.Force {
-		r.res.RestoreID = j.ID
-		r.res.AlreadyRestoredAt = j.Updated
-		r.res.Message = fmt.Sprintf("Nothing done: this server was already restored from this archive at %s (restore %s). Set force: true (--force on the command line) to restore it again.",
-			humanTime(j.Updated), j.ID)
-		return nil
+		// Whether to restore again follows the live state, not the journal's history: a
+		// server that still holds what this restore produced is left alone; one that lost
+		// its database, files or KV keys since is restored again.
+		drift, err := r.liveDrift(ctx, j)
+		if err != nil {
+			return err
+		}
+		if len(drift) == 0 {
+			r.res.RestoreID = j.ID
+			r.res.AlreadyRestoredAt = j.Updated
+			still := "its database, files and KV keys are still the ones that restore put in place"
+			if j.Produced == nil {
+				still = "by a version that did not record what it put in place"
+			}
+			r.res.Message = fmt.Sprintf("Nothing done: this server was already restored from this archive at %s (restore %s), and %s. Set force: true (--force on the command line) to restore it again.",
+				humanTime(j.Updated), j.ID, still)
+			return nil
+		}
+		r.res.Drift = drift
+		r.res.warn(r.logger, "this server no longer holds what the restore from this archive at %s (restore %s) put in place: %s; it is restored again",
+			humanTime(j.Updated), j.ID, strings.Join(drift, "; "))
 	}
 
 	r.journal0 = j
@@ -336,7 +397,7 @@ func (r *run) restore(ctx context.Context) error {
 				j.ID, humanTime(j.Started), stepList(j.Done))
 			return nil
 		}
-		return r.apply(ctx)
+		return r.applyAndRecord(ctx)
 	}
 
 	plan, err := r.preflight(ctx)
@@ -355,7 +416,7 @@ func (r *run) restore(ctx context.Context) error {
 	if err := r.newJournal(ctx, plan); err != nil {
 		return err
 	}
-	return r.apply(ctx)
+	return r.applyAndRecord(ctx)
 }
 
 // quickCheck checks the archive's checksum and reads metadata.json from its tail. The
@@ -366,17 +427,21 @@ func (r *run) quickCheck(ctx context.Context) (*archive.Report, error) {
 	sum, size, err := archive.ChecksumOK(ctx, r.opts.ArchivePath, archive.VerifyOptions{
 		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
 	if err != nil {
-		return nil, fmt.Errorf("archive integrity check failed: %w", err)
+		return nil, wrap.Prefix("archive integrity check failed", err)
 	}
 	md, err := archive.ReadMetadata(ctx, r.opts.ArchivePath)
 	if errors.Is(err, archive.ErrNoQuickMetadata) {
 		return nil, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("archive integrity check failed: %w", err)
+		return nil, wrap.Prefix("archive integrity check failed", err)
 	}
 	if md.FormatVersion < 1 || len(md.Manifest) == 0 {
 		return nil, archive.ErrNoQuickMetadata
+	}
+	// The rules verify applies to the metadata apply now, before the plan is made from it.
+	if err := archive.CheckMetadata(md, r.opts.Limits); err != nil {
+		return nil, err
 	}
 	entries := make([]archive.Entry, 0, len(md.Manifest))
 	for _, m := range md.Manifest {
@@ -477,7 +542,10 @@ func (r *run) preflight(ctx context.Context) (*Plan, error) {
 		}
 	}
 	if len(plan.UnitsMissing) == len(r.target.UnitNames()) && len(plan.UnitsMissing) > 0 {
-		r.res.warn(r.logger, "none of the application units exists on this host (%v): is this the Flight Control server?", plan.UnitsMissing)
+		// A typo in units, or the wrong host: restoring would replace the database and
+		// files under a server whose units were never stopped.
+		return nil, fmt.Errorf("none of the units to stop exists on this host (%s): nothing was touched; check the unit names in units (role variable flightctl_dr_app_units) for a typo (systemctl list-units 'flightctl-*' shows the real ones), or that this is the Flight Control server",
+			strings.Join(plan.UnitsMissing, ", "))
 	}
 
 	db := r.target.Database()
@@ -566,10 +634,9 @@ func (r *run) scanArchive(ctx context.Context, plan *Plan) error {
 	for i := range after {
 		after[i] = map[string]FileState{}
 	}
-	err := streamArchive(ctx, r.opts.ArchivePath, r.report.SHA256, func(hdr *tar.Header, name string, rd io.Reader) error {
+	err := streamArchive(ctx, r.opts.ArchivePath, r.report.SHA256, r.opts.Limits, func(hdr *tar.Header, name string, rd io.Reader) error {
 		if name == archive.DatabaseDump && r.hasDump {
-			_, err := io.Copy(counter, rd)
-			return err
+			return planDump(rd, counter.Counts, r.report.Metadata, r.res, r.logger)
 		}
 		i, rel, ok := entryOf(r.files, name)
 		if !ok || (rel == "" && r.files[i].Kind == KindDir) {
@@ -624,6 +691,10 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 				return err
 			}
 			jd.Info = info
+		} else {
+			// This host lost the database: it is created with the owner and grants the
+			// backup recorded.
+			jd.Info = recordedInfo(r.report.Metadata)
 		}
 		j.Database = jd
 	}

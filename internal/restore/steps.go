@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/wrap"
 )
 
 // cleanupTimeout bounds rollback and unit start after a failure or a signal: they run on
@@ -33,8 +34,10 @@ func (r *run) apply(ctx context.Context) error {
 		{StepLoadDatabase, r.loadAndStage},
 		{StepStopUnits, r.stopUnits},
 		{StepSwapDatabase, r.swapDatabase},
+		{StepSyncPasswords, r.syncPasswords},
 		{StepSwapFiles, r.swapFiles},
 		{StepVolume, r.replaceVolume},
+		{StepRelabel, r.relabelFiles},
 		{StepDevicePrep, r.prepareDevices},
 	}
 	for _, s := range steps {
@@ -109,7 +112,7 @@ func (r *run) stopUnits(ctx context.Context) error {
 	if len(j.ActiveUnits) > 0 {
 		r.logger.Info("stopping units", "units", j.ActiveUnits)
 		if err := r.target.Units().StopUnits(ctx, j.ActiveUnits); err != nil {
-			return fmt.Errorf("stop units: %w", err)
+			return wrap.Prefix("stop units", err)
 		}
 	}
 	return r.done(StepStopUnits)
@@ -164,7 +167,7 @@ func (r *run) loadAndStage(ctx context.Context) error {
 		case name == archive.DatabaseDump && needLoad:
 			r.logger.Info("loading the dump into the temporary database", "database", j.Database.Temp)
 			loaded = true
-			return db.Load(ctx, j.Database.Temp, io.TeeReader(rd, counter))
+			return r.loadDump(ctx, db, j.Database.Temp, rd, counter.Counts)
 		case name == volumeEntry && needVolume:
 			if _, err := io.Copy(volFile, rd); err != nil {
 				return fmt.Errorf("stage the PAM volume: %w", err)
@@ -177,17 +180,16 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	}
 	var err error
 	if r.verified {
-		err = streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, load)
+		err = streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, r.opts.Limits, load)
 	} else {
 		// This pass is also the archive's verification: any failure drops what it loaded
 		// and staged (rollback), and nothing has been stopped yet.
 		r.logger.Info("verifying the archive while loading it", "archive", r.opts.ArchivePath)
 		var rep *archive.Report
 		rep, err = archive.VerifyWalk(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits}, load)
-		if _, bad := archive.IsIntegrityError(err); bad {
-			err = fmt.Errorf("archive integrity check failed: %w", err)
-		} else if err == nil {
+			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits,
+			Manifest: r.report.Metadata.Manifest, CheckDump: !needLoad}, load)
+		if err == nil {
 			err = r.acceptReport(rep)
 		}
 	}
@@ -225,9 +227,9 @@ func (r *run) verifyNow(ctx context.Context) error {
 	}
 	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
 	rep, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true})
 	if err != nil {
-		return fmt.Errorf("archive integrity check failed: %w", err)
+		return wrap.Prefix("archive integrity check failed", err)
 	}
 	return r.acceptReport(rep)
 }
@@ -383,9 +385,15 @@ func (r *run) prepareDevices(ctx context.Context) error {
 		r.res.warn(r.logger, "device preparation skipped: no database and KV connection configured")
 		return r.done(StepDevicePrep)
 	}
+	if r.opts.FlushKV && !r.journal.KVMayBeFlushed {
+		r.journal.KVMayBeFlushed = true
+		if err := r.store.save(r.journal); err != nil {
+			return err
+		}
+	}
 	counts, _, err := dev.Prepare(ctx, DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV})
 	if err != nil {
-		return fmt.Errorf("device preparation: %w", err)
+		return wrap.Prefix("device preparation", err)
 	}
 	r.res.DevicePrep = counts
 	return r.done(StepDevicePrep)
@@ -472,6 +480,9 @@ func (r *run) rollback(ctx context.Context) error {
 	for _, p := range []string{r.volumeStagePath()} {
 		_ = os.Remove(p)
 	}
+	if len(errs) == 0 {
+		r.rollbackKV(ctx)
+	}
 	if j.UnitsRecorded && len(j.ActiveUnits) > 0 {
 		if err := r.target.Units().StartUnits(ctx, j.ActiveUnits); err != nil {
 			errs = append(errs, fmt.Errorf("start units %v: %w", j.ActiveUnits, err))
@@ -485,6 +496,29 @@ func (r *run) rollback(ctx context.Context) error {
 	}
 	j.State = StateRolledBack
 	return r.store.save(j)
+}
+
+// rollbackKV prepares the KV store for the database the rollback put back, when device
+// preparation may already have cleared it: without its awaiting-reconnect keys a device of
+// that database would stay AwaitingReconnect for ever. A failure is a warning that says
+// what to run: the database and files are back either way.
+func (r *run) rollbackKV(ctx context.Context) {
+	j := r.journal
+	if !j.KVMayBeFlushed {
+		return
+	}
+	dev := r.target.Devices()
+	if dev == nil {
+		r.res.warn(r.logger, "the restore had cleared the KV store and this run cannot reach it: run device preparation (flightctl_restore without path, or flightctl_devprep) before the server serves devices again")
+		return
+	}
+	r.logger.Info("the KV store was cleared by the restore: preparing it for the database that was put back")
+	if _, _, err := dev.Prepare(ctx, DevicePrepRequest{RestoreID: j.ID + "-rollback", FlushKV: true}); err != nil {
+		r.res.warn(r.logger, "the restore had cleared the KV store and preparing it for the database that was put back failed (%v): run device preparation (flightctl_restore without path, or flightctl_devprep) before the server serves devices again", err)
+		return
+	}
+	r.res.warn(r.logger, "the restore had cleared the KV store: device preparation ran again for the database that was put back, so its devices reconnect and report their state")
+	j.KVMayBeFlushed = false
 }
 
 func (r *run) rollbackVolume(ctx context.Context, jv *JournalVolume) error {

@@ -3,17 +3,18 @@ package restore
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"os"
-	"path"
+	"log/slog"
 	"strings"
+
+	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/pgdump"
 )
 
 // errArchiveChanged says the archive on disk is no longer the one that was verified.
@@ -22,65 +23,18 @@ var errArchiveChanged = errors.New("the archive changed on disk after it was ver
 // entryFunc handles one archive entry; r reads a regular file's content.
 type entryFunc func(hdr *tar.Header, name string, r io.Reader) error
 
-// streamArchive reads the archive once, calling fn for every entry, and checks at the end
-// that the bytes read hash to wantSHA256 (the digest verification accepted), so that what
-// is loaded is exactly what was verified. The archive has been verified before: entries
-// are still refused here if they are not plain relative directories or files.
-func streamArchive(ctx context.Context, archivePath, wantSHA256 string, fn entryFunc) error {
-	f, err := os.Open(archivePath)
-	if err != nil {
-		return fmt.Errorf("open archive: %w", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	src := &ctxReader{ctx: ctx, r: io.TeeReader(f, h)}
-	gz, err := gzip.NewReader(src)
-	if err != nil {
-		return fmt.Errorf("read archive %s: %w", archivePath, err)
-	}
-	tr := tar.NewReader(gz)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read archive %s: %w", archivePath, err)
-		}
-		name, err := cleanEntryName(hdr.Name)
-		if err != nil {
-			return err
-		}
-		switch hdr.Typeflag {
-		case tar.TypeDir, tar.TypeReg:
-		default:
-			return fmt.Errorf("archive entry %q is not a directory or regular file: %w", hdr.Name, errArchiveChanged)
-		}
-		if err := fn(hdr, name, tr); err != nil {
-			return err
-		}
-	}
-	// Read the rest (gzip trailer, padding) so the digest covers the whole file.
-	if _, err := io.Copy(io.Discard, gz); err != nil {
-		return fmt.Errorf("read archive %s: %w", archivePath, err)
-	}
-	if _, err := io.Copy(io.Discard, src); err != nil {
-		return fmt.Errorf("read archive %s: %w", archivePath, err)
-	}
-	if wantSHA256 != "" && !strings.EqualFold(hex.EncodeToString(h.Sum(nil)), wantSHA256) {
+// streamArchive reads the archive once through the archive package's verifying walk, so
+// that every entry meets the rule verify applies (names, types, limits, expansion, the
+// manifest), calling fn for every entry (the dump is checked by whoever reads it: load or
+// plan), and checks that the bytes read hash to
+// wantSHA256 (the digest verification accepted), so that what is loaded is exactly what
+// was verified.
+func streamArchive(ctx context.Context, archivePath, wantSHA256 string, limits archive.Limits, fn entryFunc) error {
+	_, err := archive.VerifyWalk(ctx, archivePath, archive.VerifyOptions{ExpectedSHA256: wantSHA256, Limits: limits}, archive.WalkFunc(fn))
+	if ie, ok := archive.IsIntegrityError(err); ok && ie.Kind == archive.KindChecksum {
 		return errArchiveChanged
 	}
-	return nil
-}
-
-// cleanEntryName returns the entry name without a trailing slash, refusing anything that
-// is not a clean relative path.
-func cleanEntryName(name string) (string, error) {
-	n := strings.TrimSuffix(name, "/")
-	if n == "" || strings.HasPrefix(n, "/") || path.Clean(n) != n || n == ".." || strings.HasPrefix(n, "../") {
-		return "", fmt.Errorf("archive entry %q is not a clean relative path: %w", name, errArchiveChanged)
-	}
-	return n, nil
+	return err
 }
 
 type ctxReader struct {
@@ -176,4 +130,103 @@ func copyTable(line []byte) string {
 		name = name[i+1:]
 	}
 	return strings.Trim(name, `"`)
+}
+
+// loadDump loads the archive's dump into the temporary database through the dump
+// checker: psql gets only what passed, in restricted mode, and the load is cancelled at
+// the first refusal. It fills counts (CountedTables) and compares the rows loaded with
+// those the metadata records.
+func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Reader, counts map[string]int64) error {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	force := false
+	if rp, ok := db.(interface{ RestrictsMetaCommands(context.Context) bool }); ok {
+		force = rp.RestrictsMetaCommands(ctx)
+	}
+	f := pgdump.NewFilter(rd, pgdump.FilterOptions{ForceRestrict: force, OnRefusal: func(error) { cancel() }})
+	err := db.Load(lctx, temp, f)
+	if ferr := f.Err(); ferr != nil {
+		var ref *pgdump.Refusal
+		if errors.As(ferr, &ref) {
+			return archive.DumpRefused(ferr)
+		}
+		return fmt.Errorf("read the database dump: %w", ferr)
+	}
+	if err != nil {
+		return err
+	}
+	if !f.Complete() {
+		return fmt.Errorf("load the dump into %s: psql stopped before the end of the dump: %w", temp, errArchiveChanged)
+	}
+	if !f.Restricted {
+		r.logger.Info("this psql has no restricted mode (before 15.14): the dump was loaded with every statement checked, without it")
+	}
+	rows, _ := f.Rows()
+	fillCounts(counts, rows)
+	return compareRows(rows, r.report.Metadata, r.res, r.logger)
+}
+
+// planDump runs the dump through the checker only (check mode): the plan then says
+// whether a restore would refuse it.
+func planDump(rd io.Reader, counts map[string]int64, md archive.Metadata, res *Result, logger *slog.Logger) error {
+	f := pgdump.NewFilter(rd, pgdump.FilterOptions{})
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		var ref *pgdump.Refusal
+		if errors.As(err, &ref) {
+			return archive.DumpRefused(err)
+		}
+		return err
+	}
+	rows, _ := f.Rows()
+	fillCounts(counts, rows)
+	return compareRows(rows, md, res, logger)
+}
+
+func fillCounts(counts map[string]int64, rows map[string]int64) {
+	for t := range counts {
+		counts[t] = rows["public."+t]
+	}
+}
+
+// compareRows compares the rows the dump held with those the backup recorded
+// (archive.CheckDumpRows, the rule verify applies).
+func compareRows(rows map[string]int64, md archive.Metadata, res *Result, logger *slog.Logger) error {
+	warnings, err := archive.CheckDumpRows(rows, md)
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		res.warn(logger, "%s", w)
+	}
+	return nil
+}
+
+// recordedInfo is the database owner and grants the backup recorded, for a restore
+// that has to create the database because this host lost it.
+func recordedInfo(md archive.Metadata) DatabaseInfo {
+	info := DatabaseInfo{Owner: md.Extra[archive.ExtraDBOwner]}
+	if raw, ok := md.Extra[archive.ExtraDBACL]; ok && info.Owner != "" {
+		var acl []string
+		if json.Unmarshal([]byte(raw), &acl) == nil {
+			info.ACL, info.ACLSet = acl, true
+		}
+	}
+	return info
+}
+
+// checkSignature checks who wrote the archive, before anything else is read: with
+// trusted keys configured an unsigned or wrongly signed archive is refused (an unsigned
+// one is accepted with allow_unsigned, and the result says so).
+func (r *run) checkSignature() (*archive.SignatureReport, error) {
+	sig, warnings, err := archive.CheckSignature(r.opts.ArchivePath, r.opts.Signature)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		r.res.warn(r.logger, "%s", w)
+	}
+	if sig.Signed {
+		r.logger.Info("archive signature verified", "key", sig.Signer.Fingerprint, "principal", sig.Signer.Principal)
+	}
+	return sig, nil
 }

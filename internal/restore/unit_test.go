@@ -168,3 +168,17 @@ func TestPlanSummary(t *testing.T) {
 		"replace pki (1 added), rewrite encryption and config (identical to the archive), re-import volume flightctl-pam-issuer-etc, "+
 		"then prepare the devices and start the units again", p.Summary())
 }
+
+func TestPsqlKnowsRestrict(t *testing.T) {
+	for v, want := range map[string]bool{
+		"psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": true,
+		"psql (PostgreSQL) 15.13":                          false,
+		"psql (PostgreSQL) 16.10":                          true,
+		"psql (PostgreSQL) 17.5":                           false,
+		"psql (PostgreSQL) 18.1":                           true,
+		"psql (PostgreSQL) 12.22":                          false,
+		"garbage":                                          false,
+	} {
+		require.Equal(t, want, psqlKnowsRestrict(v), v)
+	}
+}

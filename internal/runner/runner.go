@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"syscall"
 )
@@ -41,6 +42,49 @@ func (c Cmd) String() string {
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// Brief is String for error messages: a shell script handed to sh -c (the form that reads
+// a password from stdin, `sh -c 'PGPASSWORD=$(cat -) pg_dump ...'`, or any long one) is
+// shown as the program it runs, so that an error reads "podman exec -i flightctl-db sh -c
+// 'pg_dump …': exit status 1: pg_dump: password authentication failed" rather than quoting
+// the whole escaped script.
+func (c Cmd) Brief() string {
+	args := append([]string(nil), c.Args...)
+	prog := c.Name
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] != "-c" {
+			continue
+		}
+		shell := prog
+		if i > 0 {
+			shell = args[i-1]
+		}
+		if base := shell[strings.LastIndexByte(shell, '/')+1:]; base != "sh" && base != "bash" {
+			continue
+		}
+		if p, ok := scriptProgram(args[i+1]); ok {
+			args[i+1] = p + " …"
+		}
+		break
+	}
+	return Cmd{Name: c.Name, Args: args}.String()
+}
+
+// leadingAssignments matches the VAR=value words before a script's command.
+var leadingAssignments = regexp.MustCompile(`^\s*(?:[A-Za-z_][A-Za-z0-9_]*=(?:\$\([^)]*\)|'[^']*'|"[^"]*"|\S*)\s+)+`)
+
+// scriptProgram is the program a script runs, when the script is worth abbreviating.
+func scriptProgram(script string) (string, bool) {
+	rest := leadingAssignments.ReplaceAllString(script, "")
+	if rest == script && len(script) <= 80 {
+		return "", false
+	}
+	fields := strings.Fields(rest)
+	if len(fields) == 0 {
+		return "", false
+	}
+	return fields[0], true
 }
 
 // Runner runs commands.
@@ -107,13 +151,13 @@ func (r Exec) Run(ctx context.Context, c Cmd) error {
 		return nil
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {
-		return fmt.Errorf("%s: %w", c.String(), ctxErr)
+		return fmt.Errorf("%s: %w", c.Brief(), ctxErr)
 	}
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
-		return &ExitError{Cmd: c.String(), ExitCode: exitErr.ExitCode(), Stderr: strings.TrimSpace(tail.String())}
+		return &ExitError{Cmd: c.Brief(), ExitCode: exitErr.ExitCode(), Stderr: strings.TrimSpace(tail.String())}
 	}
-	return fmt.Errorf("%s: %w", c.String(), err)
+	return fmt.Errorf("%s: %w", c.Brief(), err)
 }
 
 // Output runs c and returns its stdout.

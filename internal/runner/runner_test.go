@@ -51,3 +51,25 @@ func TestFakeRecordsStdin(t *testing.T) {
 	require.Len(t, f.Calls, 1)
 	require.Equal(t, []byte("pw"), f.Calls[0].Stdin)
 }
+
+// A wrong password used to be reported with the whole escaped `podman exec ... sh -c '...'`
+// line; the error names the program the script runs and keeps what it said.
+func TestExecErrorShowsTheScriptsProgramNotTheScript(t *testing.T) {
+	script := `PGPASSWORD=$(cat -) sh -c 'echo "psql: error: password authentication failed for user \"flightctl_app\"" >&2; exit 2' -h 127.0.0.1 -p 5432 -U 'flightctl_app' -d 'flightctl'`
+	err := Exec{}.Run(context.Background(), Cmd{Name: "sh", Args: []string{"-c", script}, Stdin: strings.NewReader("wrong")})
+	var exitErr *ExitError
+	require.ErrorAs(t, err, &exitErr)
+	require.Equal(t, `sh -c 'sh …': exit status 2: psql: error: password authentication failed for user "flightctl_app"`, err.Error())
+	require.NotContains(t, err.Error(), "PGPASSWORD")
+	require.NotContains(t, err.Error(), `'\''`)
+}
+
+func TestBriefAbbreviatesShellScriptsOnly(t *testing.T) {
+	podman := Cmd{Name: "podman", Args: []string{"exec", "-i", "flightctl-db", "sh", "-c", "PGPASSWORD=$(cat -) pg_dump --clean --if-exists -h 127.0.0.1 -p 5432 -U 'flightctl_app' -d 'flightctl'"}}
+	require.Equal(t, "podman exec -i flightctl-db sh -c 'pg_dump …'", podman.Brief())
+	require.Contains(t, podman.String(), "PGPASSWORD", "String stays complete, for logs")
+	short := Cmd{Name: "sh", Args: []string{"-c", "echo boom >&2; exit 3"}}
+	require.Equal(t, short.String(), short.Brief(), "a short script without assignments is shown as it is")
+	psql := Cmd{Name: "psql", Args: []string{"-X", "-c", "SELECT 1"}}
+	require.Equal(t, psql.String(), psql.Brief(), "-c of another program is not a script")
+}

@@ -60,6 +60,10 @@ func (s *State) Vars() map[string]any {
 	} else {
 		v["flightctl_dr_pam_volume"] = ""
 	}
+	if s.Kubernetes != nil {
+		s.kubeVars(v)
+	}
+	s.s3Vars(v)
 	return v
 }
 

@@ -58,7 +58,9 @@ type Options struct {
 	// NoPodman runs PostgreSQL and Redis as plain processes under their units, with no
 	// containers, secrets or volumes (for machines without podman).
 	NoPodman bool
-	Logger   *slog.Logger
+	// S3 also starts an S3 server (MinIO on loopback) with a bucket for off-host copies.
+	S3     bool
+	Logger *slog.Logger
 }
 
 // Validate checks the options and fills in defaults.
@@ -119,6 +121,12 @@ type State struct {
 	PAMVolume      string   `json:"pam_volume,omitempty"`
 
 	Seed SeedCounts `json:"seed"`
+
+	// Kubernetes is set for the Kubernetes form (UpKubernetes).
+	Kubernetes *KubeState `json:"kubernetes,omitempty"`
+
+	// S3 is set when the sandbox has an S3 server (Options.S3).
+	S3 *S3State `json:"s3,omitempty"`
 }
 
 // DBState locates the database.
@@ -172,6 +180,9 @@ func (s *State) hostCommand(args ...string) string {
 
 // Env is the environment a client needs to reach the sandbox's systemd manager.
 func (s *State) Env() []string {
+	if s.Kubernetes != nil {
+		return []string{"K8S_AUTH_KUBECONFIG=" + s.Kubernetes.Kubeconfig}
+	}
 	env := []string{"XDG_RUNTIME_DIR=" + s.Systemd.RuntimeDir, "DBUS_SESSION_BUS_ADDRESS=" + s.Systemd.BusAddress}
 	if s.ContainersConf != "" {
 		env = append(env, "CONTAINERS_CONF="+s.ContainersConf)
@@ -352,6 +363,11 @@ func Up(ctx context.Context, opts Options) (st *State, err error) {
 	if pm != nil {
 		pm.ForgetCleanup() // Down removes them by name from sandbox.json.
 	}
+	if opts.S3 {
+		if err := startS3(ctx, st); err != nil {
+			return st, err
+		}
+	}
 	if err := st.save(); err != nil {
 		return st, err
 	}
@@ -399,6 +415,9 @@ func upPodman(ctx context.Context, st *State, opts Options) (*testbed.Podman, *t
 	}
 	st.DB.SocketDir = filepath.Join(opts.Dir, "pg", "sock")
 	st.DB.DataDir = filepath.Join(opts.Dir, "pg", "data")
+	if err := trustLoopback(filepath.Join(st.DB.DataDir, "pg_hba.conf")); err != nil {
+		return pm, nil, fmt.Errorf("sandbox: %w", err)
+	}
 
 	kvDir := filepath.Join(opts.Dir, "kv")
 	if err := os.MkdirAll(kvDir, 0o700); err != nil {
@@ -557,9 +576,13 @@ func unitFiles(st *State) map[string]string {
 	}
 	units := map[string]string{}
 	if st.Podman {
+		// ExecStartPost makes the unit active only once its container runs, as quadlet's
+		// units are (Type=notify, --sdnotify=conmon): a start job that returns means a
+		// running container, not a podman process that will start one soon.
 		container := func(desc, name, deps string) string {
 			return "[Unit]\nDescription=" + desc + " (sandbox)\n" + deps + "\n[Service]\n" +
 				"ExecStart=" + st.hostCommand("/usr/bin/podman", "start", "-a", name) + "\n" +
+				"ExecStartPost=" + st.hostCommand("/usr/bin/podman", "wait", "--condition=running", name) + "\n" +
 				"ExecStop=" + st.hostCommand("/usr/bin/podman", "stop", "-t", "10", name) + "\n" +
 				"SuccessExitStatus=137 143\n" + logOut(name)
 		}
@@ -635,6 +658,8 @@ func Down(ctx context.Context, dir string, logger *slog.Logger) error {
 			}
 		}
 	}
+	downKubernetes(st)
+	stopS3(st)
 	// Servers that a failed Up may have left outside systemd (by their pid files).
 	if st.DB.DataDir != "" {
 		testbed.KillByPIDFile(filepath.Join(st.DB.DataDir, "postmaster.pid"), filepath.Join(st.Dir, "pg"))

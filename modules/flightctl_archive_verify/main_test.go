@@ -28,7 +28,7 @@ func writeArchive(t *testing.T, version string) *archive.Result {
 	pki := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(pki, "ca.crt"), []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), 0o644))
 	return archivetest.Write(t, t.TempDir(), archivetest.Content{
-		Dump: []byte("SELECT 1;\n"), PKIDir: pki,
+		Dump: []byte(archivetest.Dump), PKIDir: pki,
 		Metadata: archive.Metadata{Version: version, DeploymentType: "podman", DatabaseIncluded: true},
 	})
 }
@@ -98,11 +98,11 @@ func TestVerifyParameterErrors(t *testing.T) {
 	require.Contains(t, r.Out["msg"], "Unsupported parameters: checksum")
 	require.Contains(t, r.Out["msg"], "checksum_file")
 
-	r = moduletest.Run(t, bin, map[string]any{"path": "x", "require_checksum": "perhaps"})
+	r = moduletest.Run(t, bin, map[string]any{"path": "/x", "require_checksum": "perhaps"})
 	require.Equal(t, true, r.Out["failed"])
 	require.Contains(t, r.Out["msg"], "require_checksum")
 
-	r = moduletest.Run(t, bin, map[string]any{"path": "x", "expected_deployment_type": "docker"})
+	r = moduletest.Run(t, bin, map[string]any{"path": "/x", "expected_deployment_type": "docker"})
 	require.Equal(t, true, r.Out["failed"])
 	require.Contains(t, r.Out["msg"], "value of expected_deployment_type must be one of: podman, kubernetes")
 }
@@ -117,4 +117,46 @@ func TestCLIHumanOutput(t *testing.T) {
 	out, err = exec.Command(bin, "version").CombinedOutput()
 	require.NoError(t, err)
 	require.True(t, strings.HasPrefix(string(out), "flightctl_archive_verify version "))
+}
+
+// With trusted_keys_path the module checks the signature ssh-keygen made; an unsigned
+// archive fails unless allow_unsigned, which warns; a hostile dump fails as restore would.
+func TestVerifySignatureAndDump(t *testing.T) {
+	if _, err := exec.LookPath("ssh-keygen"); err != nil {
+		t.Skip("ssh-keygen is not installed")
+	}
+	bin := moduletest.Build(t, pkg)
+	keys := t.TempDir()
+	key := filepath.Join(keys, "k")
+	out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).CombinedOutput()
+	require.NoError(t, err, string(out))
+	pub, err := os.ReadFile(key + ".pub")
+	require.NoError(t, err)
+	signers := filepath.Join(keys, "allowed_signers")
+	require.NoError(t, os.WriteFile(signers, append([]byte("backup "), pub...), 0o644))
+	res := writeArchive(t, "v1.4.0")
+
+	r := moduletest.Run(t, bin, map[string]any{"path": res.Path, "trusted_keys_path": signers})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "the archive is not signed")
+
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path, "trusted_keys_path": signers, "allow_unsigned": true})
+	require.Nil(t, r.Out["failed"], r.Out["msg"])
+	require.Contains(t, r.Out["warnings"], "the archive is not signed (no "+res.Path+".sig): accepted only because allow_unsigned is set; its origin is not proven")
+	require.Equal(t, true, r.Out["signature"].(map[string]any)["unsigned_allowed"])
+
+	out, err = exec.Command("ssh-keygen", "-Y", "sign", "-f", key, "-n", "flightctl-backup", res.Path).CombinedOutput()
+	require.NoError(t, err, string(out))
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path, "trusted_keys_path": signers})
+	require.Nil(t, r.Out["failed"], r.Out["msg"])
+	require.Equal(t, true, r.Out["signature"].(map[string]any)["signed"])
+
+	pki := t.TempDir()
+	bad := archivetest.Write(t, t.TempDir(), archivetest.Content{
+		Dump: []byte("\\! touch /tmp/x\n" + archivetest.Dump), PKIDir: pki,
+		Metadata: archive.Metadata{Version: "v1.4.0", DeploymentType: "podman", DatabaseIncluded: true},
+	})
+	r = moduletest.Run(t, bin, map[string]any{"path": bad.Path})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], `database dump refused: the database dump is refused at line 1: the psql meta-command \!`)
 }

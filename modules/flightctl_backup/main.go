@@ -19,11 +19,13 @@ import (
 	"flightctl.dr/internal/backup"
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/kube"
+	"flightctl.dr/internal/signature"
 )
 
 // Options are the module's options; the sidecar flightctl_backup.yml documents them.
 type Options struct {
-	OutputDir         string `ansible:"output_dir,required" help:"directory that receives the archive and its .sha256 (created when missing)"`
+	OutputDir         string `ansible:"output_dir,required,abspath" help:"directory that receives the archive and its .sha256 (created when missing)"`
 	DeploymentType    string `ansible:"deployment_type" default:"auto" choices:"auto,podman,kubernetes" help:"the installation type; auto asks systemd and looks for a kubeconfig"`
 	SystemdScope      string `ansible:"systemd_scope" default:"system" choices:"system,user" help:"the systemd manager running the units"`
 	SystemdBusAddress string `ansible:"systemd_bus_address" help:"D-Bus address of that manager (default: the scope's usual one)"`
@@ -31,17 +33,33 @@ type Options struct {
 	DBAccess          string `ansible:"db_access" default:"container" choices:"container,direct" help:"run pg_dump inside the database container, or locally against db_host"`
 	DBContainer       string `ansible:"db_container" default:"flightctl-db" help:"the database container"`
 	DBHost            string `ansible:"db_host" default:"127.0.0.1" help:"database host (as seen from inside the container with container access)"`
-	DBPort            int    `ansible:"db_port" default:"5432" help:"database port"`
+	DBPort            int    `ansible:"db_port" default:"5432" min:"1" max:"65535" help:"database port"`
 	DBName            string `ansible:"db_name" help:"the database (default: db.name of the service config, else flightctl)"`
 	DBUser            string `ansible:"db_user" default:"flightctl_app" help:"the user pg_dump connects as"`
 	DBPassword        string `ansible:"db_password,secret" help:"its password (default: the podman secret db_password_secret)"`
 	DBPasswordSecret  string `ansible:"db_password_secret" default:"flightctl-postgresql-user-password" help:"the podman secret holding the password when db_password is not given"`
 	APIContainer      string `ansible:"api_container" default:"flightctl-api" help:"the container whose image tag is the server version"`
-	PKIDir            string `ansible:"pki_dir" default:"/etc/flightctl/pki" help:"the PKI directory (required)"`
-	EncryptionDir     string `ansible:"encryption_dir" default:"/etc/flightctl/encryption" help:"the data-at-rest key directory (optional)"`
-	ConfigFile        string `ansible:"config_file" default:"/etc/flightctl/service-config.yaml" help:"the service configuration (required)"`
+	PKIDir            string `ansible:"pki_dir,abspath" default:"/etc/flightctl/pki" help:"the PKI directory (required)"`
+	EncryptionDir     string `ansible:"encryption_dir,abspath" default:"/etc/flightctl/encryption" help:"the data-at-rest key directory (optional)"`
+	ConfigFile        string `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the service configuration (required)"`
 	PAMVolume         string `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume (optional); empty to skip it"`
-	CompressionLevel  int    `ansible:"compression_level" default:"2" help:"gzip level, 1 (fastest) to 9 (smallest); 2 nearly keeps up with pg_dump on a 2-CPU host"`
+	CompressionLevel  int    `ansible:"compression_level" default:"2" min:"1" max:"9" help:"gzip level, 1 (fastest) to 9 (smallest); 2 nearly keeps up with pg_dump on a 2-CPU host"`
+	EstateName        string `ansible:"estate_name" help:"the estate's name recorded in metadata.json, with the API endpoint and CA fingerprint the server gives (default: the host name)"`
+	SigningKey        string `ansible:"signing_key,secret" help:"an OpenSSH private key (its content) that signs the archive: <archive>.sig beside it, checked by restores with trusted keys"`
+	SigningKeyPath    string `ansible:"signing_key_path,abspath" help:"a file on the host holding that private key, instead of signing_key"`
+	SigningPassphrase string `ansible:"signing_key_passphrase,secret" help:"the signing key's passphrase, when it has one"`
+
+	// Kubernetes / Helm (deployment_type kubernetes); names as in kubernetes.core.
+	Namespace         string `ansible:"namespace" default:"flightctl" help:"Kubernetes: the Helm release namespace (PKI, encryption and release Secrets)"`
+	InternalNamespace string `ansible:"internal_namespace" help:"Kubernetes: the namespace of the database and the internal services (default: namespace)"`
+	HelmRelease       string `ansible:"helm_release" help:"Kubernetes: the Helm release to back up when several are deployed in namespace"`
+	Kubeconfig        string `ansible:"kubeconfig" help:"Kubernetes: path of a kubeconfig (default: K8S_AUTH_KUBECONFIG, KUBECONFIG, ~/.kube/config, else the in-cluster service account)"`
+	Context           string `ansible:"context" help:"Kubernetes: the kubeconfig context (default: K8S_AUTH_CONTEXT, else the current context)"`
+	Host              string `ansible:"host" help:"Kubernetes: the API server URL (default: K8S_AUTH_HOST)"`
+	APIKey            string `ansible:"api_key,secret" help:"Kubernetes: a bearer token (default: K8S_AUTH_API_KEY)"`
+	CACert            string `ansible:"ca_cert" aliases:"ssl_ca_cert" help:"Kubernetes: the CA bundle that signed the API server's certificate (default: K8S_AUTH_SSL_CA_CERT)"`
+	ValidateCerts     bool   `ansible:"validate_certs" aliases:"verify_ssl" default:"true" help:"Kubernetes: verify the API server's certificate (false: also when K8S_AUTH_VERIFY_SSL=false)"`
+	ExecProtocol      string `ansible:"exec_protocol" default:"auto" choices:"auto,websocket,spdy" help:"Kubernetes: the pods/exec transport; auto tries WebSocket, then SPDY"`
 }
 
 // Validate checks what the tags cannot.
@@ -68,15 +86,48 @@ func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
 	return backup.Options{
 		DeploymentType:   o.DeploymentType,
 		Podman:           c,
+		Kubernetes:       o.kubernetesConfig(),
 		ServerVersion:    o.ServerVersion,
+		EstateName:       o.EstateName,
 		OutputDir:        o.OutputDir,
 		CompressionLevel: o.CompressionLevel,
 		Logger:           env.Log,
 	}
 }
 
+// kubernetesConfig maps the options onto a Helm install. The database options keep their
+// meaning inside the database pod (db_host 127.0.0.1, db_port 5432); the credentials come
+// from the Secret flightctl-db-app-secret unless db_password is given (then with db_user).
+// With db_access direct, the default db_host means the Service flightctl-db.<internal_namespace>.svc.
+func (o *Options) kubernetesConfig() estate.KubernetesConfig {
+	k := estate.KubernetesConfig{
+		Connection: kube.Config{
+			Kubeconfig: o.Kubeconfig, Context: o.Context, Host: o.Host, APIKey: o.APIKey, CACert: o.CACert,
+		},
+		Namespace: o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
+		DBAccess: estate.DBAccess(o.DBAccess), DBHost: o.DBHost, DBPort: o.DBPort, DBName: o.DBName,
+		ExecProtocol: o.ExecProtocol,
+	}
+	if !o.ValidateCerts {
+		f := false
+		k.Connection.ValidateCerts = &f
+	}
+	if o.DBPassword != "" {
+		k.DBUser, k.DBPassword = o.DBUser, o.DBPassword
+	}
+	if k.DBAccess == estate.DBAccessDirect && (k.DBHost == "" || k.DBHost == "127.0.0.1") {
+		k.DBHost = ""
+	}
+	return k
+}
+
 func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
 	opts := o.backupOptions(env)
+	signer, err := signature.LoadSigner(o.SigningKeyPath, o.SigningKey, o.SigningPassphrase)
+	if err != nil {
+		return nil, fmt.Errorf("signing_key: %w", err)
+	}
+	opts.Signer = signer
 	if env.CheckMode {
 		p, err := backup.Plan(ctx, opts)
 		if err != nil {
@@ -93,6 +144,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"output_dir":      p.OutputDir,
 			"estimated_size":  p.Estate.EstimatedSize,
 			"free_space":      p.FreeSpace,
+			"estate":          p.Identity,
 		}
 		res := &ansiblemod.Result{
 			Changed: true,
@@ -123,6 +175,9 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"components":    r.Components,
 			"captured":      r.Captured,
 			"duration":      r.Duration.Seconds(),
+			"estate":        r.Metadata.Estate,
+			// The signature beside the archive; "" without a signing key.
+			"signature_file": r.SignatureFile,
 		},
 	}, nil
 }
@@ -144,7 +199,7 @@ func describe(c archive.Components) string {
 // App is the binary: an Ansible module, a CLI for people, and upstream's flightctl-backup.
 var App = cli.App[Options]{
 	Module: ansiblemod.Module[Options]{Name: "flightctl_backup", Run: run},
-	Short:  "Back up a Flight Control server (systemd/Podman host)",
+	Short:  "Back up a Flight Control server (systemd/Podman host, or Kubernetes/Helm through the API)",
 	Long: "Backs up a Flight Control server installed from the RPM (systemd units running Podman containers): " +
 		"database dump, PKI, encryption keys, service config and PAM issuer volume, streamed into one " +
 		"flightctl-backup-<time>.tar.gz with its .sha256, in upstream's format. Nothing is staged on disk; " +
@@ -154,18 +209,30 @@ var App = cli.App[Options]{
 		Name:        "flightctl-backup",
 		Use:         "flightctl-backup [flags]",
 		VersionLine: "Flight Control Backup Version: %s",
-		Args:        cobra.NoArgs,
-		Flags:       upstreamFlags,
+		Long: "Backs up a Flight Control server into flightctl-backup-<time>.tar.gz with its .sha256, in upstream's format. " +
+			"Upstream's flags work, and --config FILE as the Red Hat runbooks give it (default /etc/flightctl/service-config.yaml).",
+		Args:  cobra.NoArgs,
+		Words: map[string]string{"output_dir": "--output"},
+		Flags: upstreamFlags,
 	}},
 }
 
 // upstreamFlags are upstream flightctl-backup's flags (UPSTREAM §1.1).
 func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error) {
 	output := fs.String("output", ".", "output directory for the backup archive")
-	fs.String("helm-release-name", "", "Helm release name (Kubernetes only)")
+	release := fs.String("helm-release-name", "", "Helm release name (Kubernetes only)")
 	shared := cli.RegisterUpstreamFlags(fs)
 	return func([]string) (map[string]any, error) {
 		opts := map[string]any{"output_dir": *output}
+		if *release != "" {
+			opts["helm_release"] = *release
+		}
+		// Upstream's Kubernetes flags, registered with the shared ones.
+		for flag, option := range map[string]string{"namespace": "namespace", "internal-namespace": "internal_namespace"} {
+			if f := fs.Lookup(flag); f != nil && f.Changed && f.Value.String() != "" {
+				opts[option] = f.Value.String()
+			}
+		}
 		return opts, shared.Apply(opts)
 	}
 }

@@ -135,7 +135,9 @@ func TestUpstreamPersonality(t *testing.T) {
 
 	out, err := exec.Command(link, "version").Output()
 	require.NoError(t, err)
-	assert.Regexp(t, `^Flight Control Backup Version: \S+\n$`, string(out))
+	// The server release this build is for first (the runbooks compare it with the
+	// server's), ours beside it.
+	assert.Regexp(t, `^Flight Control Backup Version: v\d+\.\d+\.\d+\S* \(flightctl\.dr .+\)\n$`, string(out))
 
 	cmd := exec.Command(link, "--deployment-type", "docker", "--output", t.TempDir())
 	stderr, err := cmd.CombinedOutput()
@@ -151,7 +153,8 @@ func TestUpstreamPersonality(t *testing.T) {
 	// clearly and writes nothing.
 	outDir := t.TempDir()
 	cmd = exec.Command(link, "--output", outDir, "--deployment-type", "podman", "--namespace", "x", "--internal-namespace", "y",
-		"--helm-release-name", "z", "--db-container-name", "flightctl-db", "--db-name", "flightctl", "--kv-container-name", "flightctl-kv")
+		"--helm-release-name", "z", "--db-container-name", "flightctl-db", "--db-name", "flightctl", "--kv-container-name", "flightctl-kv",
+		"--config", "/etc/flightctl/service-config.yaml")
 	msg, err := cmd.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(msg), "Error: ")

@@ -13,20 +13,21 @@ import (
 	"flightctl.dr/internal/ansiblemod"
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/devprep"
+	"flightctl.dr/internal/wrap"
 )
 
 // Options are the module's options; the sidecar flightctl_devprep.yml documents them.
 type Options struct {
 	DBHost      string `ansible:"db_host" default:"localhost" help:"database host"`
-	DBPort      int    `ansible:"db_port" default:"5432" help:"database port"`
+	DBPort      int    `ansible:"db_port" default:"5432" min:"1" max:"65535" help:"database port"`
 	DBName      string `ansible:"db_name" default:"flightctl" help:"database name"`
 	DBUser      string `ansible:"db_user" default:"flightctl_app" help:"database user"`
 	DBPassword  string `ansible:"db_password,secret" env:"DB_PASSWORD" help:"database password"`
 	DBSSLMode   string `ansible:"db_sslmode" default:"prefer" choices:"disable,allow,prefer,require,verify-ca,verify-full" help:"database TLS mode"`
 	KVHost      string `ansible:"kv_host" default:"localhost" help:"KV store host"`
-	KVPort      int    `ansible:"kv_port" default:"6379" help:"KV store port"`
+	KVPort      int    `ansible:"kv_port" default:"6379" min:"1" max:"65535" help:"KV store port"`
 	KVPassword  string `ansible:"kv_password,secret" env:"KV_PASSWORD" help:"KV store password"`
-	KVDB        int    `ansible:"kv_db" default:"0" help:"KV store database number"`
+	KVDB        int    `ansible:"kv_db" default:"0" min:"0" max:"15" help:"KV store database number"`
 	FlushKV     bool   `ansible:"flush_kv" default:"true" help:"clear the KV store before writing the keys, as upstream does"`
 	CreateEvent bool   `ansible:"create_event" default:"true" help:"record a SystemRestored event"`
 	RestoreID   string `ansible:"restore_id" help:"names the restore; a re-run never records a second event for it"`
@@ -47,7 +48,7 @@ func (o *Options) Validate() error {
 func prepare(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
 	db, kv, err := o.conn().Connect(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
+		return nil, wrap.Prefix("device preparation", err)
 	}
 	defer db.Close(context.Background())
 	defer kv.Close()

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"flightctl.dr/internal/ansiblemod"
+	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/humanize"
 	"flightctl.dr/internal/restore"
@@ -61,8 +62,9 @@ func human(w io.Writer, out ansiblemod.Output) {
 		line("Took", "%.1f s", d)
 	}
 	tw.Flush()
-	if d, ok := out["diff"].(map[string]any); ok {
-		fmt.Fprintf(w, "\n--- before\n%v+++ after\n%v", d["before"], d["after"])
+	if _, ok := out["diff"].(map[string]any); ok {
+		fmt.Fprintln(w)
+		cli.PrintDiff(w, out)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -20,12 +21,14 @@ import (
 	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/signature"
+	"flightctl.dr/internal/wrap"
 )
 
 // Options are the module's options; the sidecar flightctl_restore.yml documents them.
 type Options struct {
-	Path                 string   `ansible:"path" help:"the archive to restore; without it only device preparation runs"`
-	ChecksumFile         string   `ansible:"checksum_file" help:"the checksum file (default: <path>.sha256)"`
+	Path                 string   `ansible:"path,abspath" help:"the archive to restore; without it only device preparation runs"`
+	ChecksumFile         string   `ansible:"checksum_file,abspath" help:"the checksum file (default: <path>.sha256)"`
 	DeploymentType       string   `ansible:"deployment_type" default:"auto" choices:"auto,podman,kubernetes" help:"the installation type; auto asks systemd and looks for a kubeconfig"`
 	SystemdScope         string   `ansible:"systemd_scope" default:"system" choices:"system,user" help:"the systemd manager running the units"`
 	SystemdBusAddress    string   `ansible:"systemd_bus_address" help:"D-Bus address of that manager (default: the scope's usual one)"`
@@ -34,26 +37,49 @@ type Options struct {
 	DBAccess             string   `ansible:"db_access" default:"container" choices:"container,direct" help:"run psql inside the database container, or locally against db_host"`
 	DBContainer          string   `ansible:"db_container" default:"flightctl-db" help:"the database container"`
 	DBHost               string   `ansible:"db_host" help:"database host for direct access and device preparation (default: direct 127.0.0.1; container: where podman publishes the container's 5432/tcp, else its IP)"`
-	DBPort               int      `ansible:"db_port" help:"database port (default: direct 5432; container: found with podman port)"`
+	DBPort               int      `ansible:"db_port" min:"0" max:"65535" help:"database port (default: direct 5432; container: found with podman port)"`
 	DBName               string   `ansible:"db_name" help:"the database (default: db.name of the service config, else flightctl)"`
 	DBAdminUser          string   `ansible:"db_admin_user" help:"superuser that replaces the database (default: postgres in the container, admin when direct)"`
 	DBAdminPassword      string   `ansible:"db_admin_password,secret" help:"its password (direct access; default: the podman secret flightctl-postgresql-master-password)"`
 	DBUser               string   `ansible:"db_user" default:"flightctl_app" help:"application user for device preparation"`
-	DBPassword           string   `ansible:"db_password,secret" env:"DB_PASSWORD" help:"its password (default: the podman secret flightctl-postgresql-user-password)"`
+	DBPassword           string   `ansible:"db_password,secret" env:"DB_PASSWORD" help:"its password (default: the podman secret db_password_secret)"`
+	DBPasswordSecret     string   `ansible:"db_password_secret" default:"flightctl-postgresql-user-password" help:"the podman secret holding the application user's password, read when db_password is not given and set on that user after the database swap"`
 	KVContainer          string   `ansible:"kv_container" default:"flightctl-kv" help:"the KV container, asked where it publishes 6379/tcp (container access)"`
 	KVHost               string   `ansible:"kv_host" help:"KV store host (default: direct 127.0.0.1; container: where podman publishes kv_container's 6379/tcp, else its IP)"`
-	KVPort               int      `ansible:"kv_port" help:"KV store port (default: direct 6379; container: found with podman port)"`
-	KVPassword           string   `ansible:"kv_password,secret" env:"KV_PASSWORD" help:"KV password (default: the podman secret flightctl-kv-password)"`
-	PKIDir               string   `ansible:"pki_dir" default:"/etc/flightctl/pki" help:"the live PKI directory"`
-	EncryptionDir        string   `ansible:"encryption_dir" default:"/etc/flightctl/encryption" help:"the live data-at-rest key directory"`
-	ConfigFile           string   `ansible:"config_file" default:"/etc/flightctl/service-config.yaml" help:"the live service configuration"`
+	KVPort               int      `ansible:"kv_port" min:"0" max:"65535" help:"KV store port (default: direct 6379; container: found with podman port)"`
+	KVPassword           string   `ansible:"kv_password,secret" env:"KV_PASSWORD" help:"KV password (default: the podman secret kv_password_secret)"`
+	KVPasswordSecret     string   `ansible:"kv_password_secret" default:"flightctl-kv-password" help:"the podman secret holding the KV password, read when kv_password is not given"`
+	PKIDir               string   `ansible:"pki_dir,abspath" default:"/etc/flightctl/pki" help:"the live PKI directory"`
+	EncryptionDir        string   `ansible:"encryption_dir,abspath" default:"/etc/flightctl/encryption" help:"the live data-at-rest key directory"`
+	ConfigFile           string   `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the live service configuration"`
 	PAMVolume            string   `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume; empty to leave it alone"`
 	KeepOldDB            bool     `ansible:"keep_old_db" default:"false" help:"keep the previous database as <db>_old_<id> after success"`
-	StateDir             string   `ansible:"state_dir" default:"/var/lib/flightctl-dr" help:"where the restore journal is kept"`
+	StateDir             string   `ansible:"state_dir,abspath" default:"/var/lib/flightctl-dr" help:"where the restore journal is kept"`
 	FlushKV              bool     `ansible:"flush_kv" default:"true" help:"clear the KV store before device preparation (as upstream)"`
-	Units                []string `ansible:"units" help:"the application units to stop and start (default: upstream's list)"`
+	Units                []string `ansible:"units" items:"unit" help:"the application units to stop and start (default: upstream's list)"`
 	Rollback             bool     `ansible:"rollback" default:"false" help:"undo the unfinished restore recorded in the journal"`
 	Force                bool     `ansible:"force" default:"false" help:"restore again from an archive already restored"`
+	AllowRunningUnits    bool     `ansible:"allow_running_units" default:"false" help:"without path: prepare devices although application units are running (the KV store is flushed under a live server); by default device preparation alone refuses until they are stopped"`
+	EstateName           string   `ansible:"estate_name" help:"this server's estate name; an archive recording another estate is refused unless source_estate names it (default: the host name)"`
+	SourceEstate         string   `ansible:"source_estate" help:"the estate the archive comes from, when it is not this server's (a replacement host taking over that estate)"`
+	Src                  string   `ansible:"src" help:"an archive on the controller instead of path: the action plugin puts it in the task's temporary directory on the server"`
+	TrustedKeysPath      string   `ansible:"trusted_keys_path,abspath" help:"an allowed_signers file (or .pub lines) of the keys backups are signed with; with it the signature is checked before anything else and an unsigned or wrongly signed archive is refused"`
+	TrustedKeys          string   `ansible:"trusted_keys" help:"trusted public keys given inline, one per line, in the same format"`
+	AllowUnsigned        bool     `ansible:"allow_unsigned" default:"false" help:"with trusted keys, restore an archive that has no signature (an upstream archive), with a warning"`
+	SignatureFile        string   `ansible:"signature_file,abspath" help:"the signature (default: <path>.sig)"`
+	MaxExpansion         int      `ansible:"max_expansion" default:"200" min:"1" help:"how many times its compressed size the archive may inflate to (past the first 64 MiB)"`
+	MaxPKISize           int64    `ansible:"max_pki_size" default:"67108864" min:"1" help:"bytes the files under pki/ may hold in all"`
+	MaxEncryptionSize    int64    `ansible:"max_encryption_size" default:"1048576" min:"1" help:"bytes the files under encryption/ may hold in all"`
+	MaxConfigSize        int64    `ansible:"max_config_size" default:"16777216" min:"1" help:"bytes the files under config/ may hold in all"`
+	MaxVolumeSize        int64    `ansible:"max_volume_size" default:"1073741824" min:"1" help:"bytes the PAM issuer volume archive may hold"`
+}
+
+// limits are the archive limits the options set.
+func (o *Options) limits() archive.Limits {
+	l := archive.DefaultLimits()
+	l.MaxExpansion = float64(o.MaxExpansion)
+	l.MaxPKISize, l.MaxEncryptionSize, l.MaxConfigSize, l.MaxVolumeSize = o.MaxPKISize, o.MaxEncryptionSize, o.MaxConfigSize, o.MaxVolumeSize
+	return l
 }
 
 // Validate checks what the tags cannot.
@@ -68,6 +94,9 @@ func (o *Options) Validate() error {
 	if o.StateDir == "" {
 		return errors.New("state_dir is empty: the journal needs a directory")
 	}
+	if o.Src != "" {
+		return errors.New("src names an archive on the controller, which only the flightctl.dr.flightctl_restore action plugin can copy: run the module through Ansible by its name flightctl.dr.flightctl_restore, or give path (an archive on the server)")
+	}
 	return nil
 }
 
@@ -76,6 +105,7 @@ func (o *Options) podmanConfig() estate.PodmanConfig {
 	c.PKIDir, c.EncryptionDir, c.ConfigFile, c.PAMVolume = o.PKIDir, o.EncryptionDir, o.ConfigFile, o.PAMVolume
 	c.DBAccess, c.DBContainer, c.DBHost, c.DBPort, c.DBName = estate.DBAccess(o.DBAccess), o.DBContainer, o.DBHost, o.DBPort, o.DBName
 	c.DBUser, c.DBPassword = o.DBUser, o.DBPassword
+	c.DBPasswordSecret, c.KVPasswordSecret = o.DBPasswordSecret, o.KVPasswordSecret
 	c.DBAdminUser, c.DBAdminPassword = o.DBAdminUser, o.DBAdminPassword
 	if c.DBAdminUser == "" {
 		c.DBAdminUser = "postgres"
@@ -103,13 +133,20 @@ func deploymentType(ctx context.Context, o *Options, env *ansiblemod.Env) (estat
 		env.Warn("deployment_type auto: taken as podman from the unfinished restore %s recorded in %s (the stopped server cannot be detected); set deployment_type to override", j.ID, o.StateDir)
 		return estate.Podman, nil
 	}
-	active, closeFn, err := estate.SystemdUnitActive(ctx, o.SystemdScope, o.SystemdBusAddress)
+	active, installed, closeFn, err := estate.SystemdUnitState(ctx, o.SystemdScope, o.SystemdBusAddress)
 	if err != nil {
 		active = func(context.Context, string) (bool, error) { return false, err }
+		installed = nil
 	} else {
 		defer closeFn()
 	}
-	return estate.DetectType(ctx, estate.DetectOptions{Requested: o.DeploymentType, UnitActive: active})
+	// The runbooks stop the application units before restoring: an installed, stopped
+	// flightctl-api.service is a Podman install too.
+	typ, stopped, err := estate.DetectRestoreType(ctx, estate.DetectOptions{Requested: o.DeploymentType, UnitActive: active}, installed)
+	if stopped {
+		env.Log.Info("deployment type: podman (" + estate.APIUnit + " is installed and stopped)")
+	}
+	return typ, err
 }
 
 func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
@@ -122,7 +159,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 		if o.Path != "" {
 			rep, verr := archive.Verify(ctx, o.Path, archive.VerifyOptions{ChecksumFile: o.ChecksumFile, RequireChecksum: true})
 			if verr != nil {
-				return nil, fmt.Errorf("archive integrity check failed: %w", verr)
+				return nil, wrap.Prefix("archive integrity check failed", verr)
 			}
 			if rep.Metadata.DeploymentType != string(typ) {
 				return nil, fmt.Errorf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported",
@@ -146,12 +183,21 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	}
 	defer target.Close()
 
+	trusted, err := signature.LoadTrusted(o.TrustedKeysPath, o.TrustedKeys)
+	if err != nil {
+		return nil, err
+	}
 	res, err := restore.Run(ctx, restore.Options{
+		Limits:      o.limits(),
+		Signature:   archive.SignatureOptions{Trusted: trusted, File: o.SignatureFile, AllowUnsigned: o.AllowUnsigned},
 		ArchivePath: o.Path, ChecksumFile: o.ChecksumFile, Target: target,
 		ServerVersion: o.ServerVersion, AllowVersionMismatch: o.AllowVersionMismatch,
 		KeepOldDB: o.KeepOldDB, StateDir: o.StateDir, FlushKV: o.FlushKV,
 		CheckMode: env.CheckMode, Diff: env.Diff, Rollback: o.Rollback, Force: o.Force,
-		Logger: log,
+		AllowRunningUnits: o.AllowRunningUnits,
+		EstateName:        estateName(o.EstateName),
+		SourceEstate:      o.SourceEstate,
+		Logger:            log,
 	})
 	if res == nil {
 		return nil, err
@@ -174,8 +220,15 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"device_preparation": res.DevicePrep,
 			"old_database":       res.OldDatabase,
 			"rolled_back":        res.RolledBack,
+			"drift":              res.Drift,
 			"duration":           res.Duration.Seconds(),
 		},
+	}
+	if res.PasswordSync != nil {
+		out.Values["password_sync"] = res.PasswordSync
+	}
+	if res.Relabeled != nil {
+		out.Values["selinux_relabeled"] = res.Relabeled
 	}
 	if !res.AlreadyRestoredAt.IsZero() {
 		out.Values["already_restored_at"] = res.AlreadyRestoredAt
@@ -201,10 +254,15 @@ var App = cli.App[Options]{
 	Human:      human,
 	Personalities: []cli.Personality{{
 		Name:        "flightctl-restore",
-		Use:         "flightctl-restore <archive-path> [flags]",
+		Use:         "flightctl-restore [archive-path] [flags]",
 		VersionLine: "Flight Control Restore Version: %s",
-		Args:        cobra.ExactArgs(1),
-		Flags:       upstreamFlags,
+		Long: "Restores a Flight Control server from an archive made by flightctl-backup (upstream's or ours): verified before anything is touched, journaled, rolled back on failure. " +
+			"Without an archive argument it runs device preparation only, as the Red Hat runbooks do after a database restored by other means: " +
+			"it says what it will do (KV store flushed, devices marked AwaitingReconnect) and refuses while application units are running (stop them first, or give --allow-running-units). " +
+			"DB_PASSWORD and KV_PASSWORD are read from the environment.",
+		Args:  cobra.MaximumNArgs(1),
+		Words: map[string]string{"path": "the archive argument", "keep_old_db": "--keep-old-db"},
+		Flags: upstreamFlags,
 	}},
 }
 
@@ -213,9 +271,24 @@ func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error
 	shared := cli.RegisterUpstreamFlags(fs)
 	keep := fs.Bool("keep-old-db", false, "keep the pre-restore database as <db>_old_<id>")
 	return func(args []string) (map[string]any, error) {
-		opts := map[string]any{"path": args[0], "keep_old_db": *keep, "kv_container": *shared.KVContainer}
+		opts := map[string]any{"keep_old_db": *keep, "kv_container": *shared.KVContainer}
+		if len(args) == 1 {
+			opts["path"] = args[0]
+		}
 		return opts, shared.Apply(opts)
 	}
+}
+
+// estateName is this server's estate: the one given, else the host name (the default of
+// flightctl_backup's estate_name).
+func estateName(given string) string {
+	if given != "" {
+		return given
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return ""
 }
 
 func main() { cli.Main(App) }

@@ -29,16 +29,24 @@ func TestSidecarDocsMatchOptions(t *testing.T) {
 	moduletest.CheckSidecar(t, "flightctl_restore", &Options{})
 }
 
-func TestUpstreamPersonalityNeedsArchive(t *testing.T) {
+// TestUpstreamPersonalityWithoutArchive: under upstream's name no archive argument means
+// device preparation only, as the Red Hat runbooks use it (upstream's current binary
+// insists on an archive); more than one argument is refused.
+func TestUpstreamPersonalityWithoutArchive(t *testing.T) {
 	bin := moduletest.Build(t, pkg)
 	link := filepath.Join(t.TempDir(), "flightctl-restore")
 	require.NoError(t, os.Symlink(bin, link))
-	out, err := exec.Command(link).CombinedOutput()
+	cmd := exec.Command(link, "--deployment-type", "podman", "--systemd-scope", "user", "--systemd-bus-address", "unix:path="+filepath.Join(t.TempDir(), "no-bus"))
+	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
-	require.Contains(t, string(out), "accepts 1 arg(s), received 0")
+	require.NotContains(t, string(out), "accepts 1 arg(s), received 0")
+	require.Contains(t, string(out), "Error: connect to systemd")
+	out, err = exec.Command(link, "a.tar.gz", "b.tar.gz").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "accepts at most 1 arg(s), received 2")
 	out, err = exec.Command(link, "version").CombinedOutput()
 	require.NoError(t, err)
-	require.Contains(t, string(out), "Flight Control Restore Version: ")
+	require.Regexp(t, `^Flight Control Restore Version: v\d+\.\d+\.\d+\S* \(flightctl\.dr .+\)\n$`, string(out))
 	out, err = exec.Command(link, "x.tar.gz", "--deployment-type", "openshift").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), `invalid --deployment-type "openshift": must be "kubernetes" or "podman"`)
@@ -179,19 +187,44 @@ func TestModuleRestore(t *testing.T) {
 	require.Contains(t, fmt.Sprint(rb.Out["warnings"]), "deployment_type auto: taken as podman from the unfinished restore 0badc0de")
 	require.NoError(t, os.Remove(filepath.Join(stateDir, restore.JournalFile)))
 
-	// Device preparation alone (no archive): already prepared, so nothing to do.
+	// Device preparation alone (no archive) while flightctl-api runs: refused, saying what
+	// it would do and which option lets it; the KV store is not flushed.
 	only := merge(args, nil)
 	delete(only, "path")
-	dp := moduletest.Run(t, bin, only)
+	kv := rd.Client()
+	defer kv.Close()
+	require.NoError(t, kv.Set(ctx, "v1/cache/sentinel", "live", 0).Err())
+	// One device reconnected since the restore: it is no longer awaiting.
+	c2, err := pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(t, err)
+	_, err = c2.Exec(ctx, `UPDATE devices SET annotations = '{}' WHERE name = 'dev-1'`)
+	require.NoError(t, err)
+	c2.Close(ctx)
+	live := moduletest.Run(t, bin, only)
+	require.Equal(t, true, live.Out["failed"], live.Out["msg"])
+	require.Contains(t, live.Out["msg"], "device preparation refused: the application units flightctl-api.service are running")
+	require.Contains(t, live.Out["msg"], "flush the KV store")
+	require.Contains(t, live.Out["msg"], "mark 1 devices AwaitingReconnect (4 more already are)")
+	require.Contains(t, live.Out["msg"], "allow_running_units")
+	require.Equal(t, "live", kv.Get(ctx, "v1/cache/sentinel").Val(), "nothing flushed")
+	out, _ := sd.Systemctl(ctx, "is-active", "flightctl-api.service")
+	require.Equal(t, "active", strings.TrimSpace(out), "the refusal touches no unit")
+
+	// Told so, it goes ahead: the KV store is flushed, the device marked again, every key
+	// back.
+	dp := moduletest.Run(t, bin, merge(only, map[string]any{"allow_running_units": true}))
 	require.Nil(t, dp.Out["failed"], dp.Out["msg"])
 	noSecrets(dp)
-	require.Equal(t, float64(0), dp.Out["device_preparation"].(map[string]any)["devices_updated"])
+	require.Equal(t, float64(1), dp.Out["device_preparation"].(map[string]any)["devices_updated"])
+	require.Contains(t, fmt.Sprint(dp.Out["warnings"]), "application units flightctl-api.service are running")
+	require.Contains(t, dp.Out["msg"], "Device preparation done: KV store flushed, 1 devices marked AwaitingReconnect (4 already were)")
+	require.Equal(t, int64(0), kv.Exists(ctx, "v1/cache/sentinel").Val())
 
 	// A wrong KV password fails before anything is touched.
 	bad := moduletest.Run(t, bin, merge(args, map[string]any{"kv_password": "wrong-Secret-0000", "force": true}))
 	require.Equal(t, true, bad.Out["failed"])
 	require.NotContains(t, bad.Stdout, "wrong-Secret-0000")
-	out, _ := sd.Systemctl(ctx, "is-active", "flightctl-api.service")
+	out, _ = sd.Systemctl(ctx, "is-active", "flightctl-api.service")
 	require.Equal(t, "active", strings.TrimSpace(out))
 }
 

@@ -14,8 +14,8 @@ installed=$ANSIBLE_COLLECTIONS_PATH/ansible_collections/flightctl/dr
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  for t in flightctl_archive_verify flightctl_backup flightctl_devprep flightctl_restore; do
-    if [ -f "$installed/plugins/modules/$t.yml" ]; then
+  for t in flightctl_archive_verify flightctl_backup flightctl_devprep flightctl_restore flightctl_timer; do
+    if [ -f "$installed/plugins/modules/$t.yml" ] || [ -d "$installed/roles/${t#flightctl_}" ]; then
       targets+=("$t")
     else
       echo "integration: $t is not in the collection: its target is skipped" >&2
@@ -29,7 +29,7 @@ if [ -f "$work/sandbox/sandbox.json" ]; then "$repo/build/sandbox" down --dir "$
 rm -rf "$work"
 mkdir -p "$work"
 trap '"$repo/build/sandbox" down --dir "$work/sandbox" >/dev/null 2>&1 || echo "integration: sandbox down failed" >&2' EXIT
-"$repo/build/sandbox" up --dir "$work/sandbox" --prefix itest- >&2
+"$repo/build/sandbox" up --dir "$work/sandbox" --prefix itest- --s3 >&2
 
 list=$(printf '"%s",' "${targets[@]}")
 ansible-playbook -i "$work/sandbox/inventory.yml" -e "{\"itest_targets\": [${list%,}]}" tests/integration/integration.yml

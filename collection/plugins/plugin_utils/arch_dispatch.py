@@ -43,8 +43,6 @@ class ArchDispatchAction(ActionBase):
     """Base of the per-module action plugins; subclasses set ``module_base``."""
 
     module_base = None
-    _supports_check_mode = True
-    _supports_async = False
 
     def _target_goarch(self, task_vars):
         override = task_vars.get(ARCH_OVERRIDE_VAR)
@@ -87,18 +85,37 @@ class ArchDispatchAction(ActionBase):
         # The binary holds every module and runs the one named here.
         module_args["_ansible_module_name"] = "%s.%s" % (COLLECTION, self.module_base)
 
+    def _module_args(self, task_vars):
+        """The arguments the binary gets: the task's, unchanged. Subclasses may transfer
+        files first (into the task's temporary directory, removed after the task)."""
+        # _execute_module adds the _ansible_* keys to the dict it is given: hand it a copy.
+        return dict(self._task.args)
+
+    def _tmpdir(self):
+        """The task's temporary directory on the target, created when needed."""
+        if self._connection._shell.tmpdir is None:
+            self._make_tmp_path()
+        return self._connection._shell.tmpdir
+
     def run(self, tmp=None, task_vars=None):
         if task_vars is None:
             task_vars = {}
+        # ActionBase.__init__ sets both to False on the instance: set them here, before
+        # ActionBase.run checks them. async runs the binary through Ansible's async wrapper.
+        self._supports_check_mode = True
+        self._supports_async = True
         result = super(ArchDispatchAction, self).run(tmp, task_vars)
         del tmp
 
         arch = self._target_goarch(task_vars)
         binary = "%s.%s" % (COLLECTION, BINARY % arch)
-        # _execute_module adds the _ansible_* keys to the dict it is given: hand it a copy.
-        module_args = dict(self._task.args)
+        wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         try:
-            result.update(self._execute_module(module_name=binary, module_args=module_args, task_vars=task_vars))
+            module_args = self._module_args(task_vars)
+            result.update(self._execute_module(module_name=binary, module_args=module_args,
+                                               task_vars=task_vars, wrap_async=wrap_async))
         finally:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
+            # An async job removes its own temporary directory when it ends.
+            if not wrap_async:
+                self._remove_tmp_path(self._connection._shell.tmpdir)
         return result

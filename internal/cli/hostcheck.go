@@ -1,0 +1,51 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"flightctl.dr/internal/ansiblemod"
+	"flightctl.dr/internal/restore"
+)
+
+// restoreModule is the module that owns the restore journal: it reports (and finishes or
+// rolls back) an unfinished restore itself.
+const restoreModule = "flightctl_restore"
+
+// journalDir is where the restore journal is looked for by the other modules: the
+// restore's default state directory. A variable so that tests can point it elsewhere.
+var journalDir = restore.DefaultStateDir
+
+// withHostChecks wraps a module's Run so that every module run on a host first reports
+// what an earlier run left behind there: an unfinished restore (interrupted by SIGKILL or
+// a power cut) whose application units are still stopped.
+func withHostChecks[T any](m ansiblemod.Module[T]) ansiblemod.Module[T] {
+	if m.Name == restoreModule || m.Run == nil {
+		return m
+	}
+	run := m.Run
+	m.Run = func(ctx context.Context, env *ansiblemod.Env, opts *T) (*ansiblemod.Result, error) {
+		if w := UnfinishedRestoreWarning(journalDir); w != "" {
+			env.Warn("%s", w)
+		}
+		return run(ctx, env, opts)
+	}
+	return m
+}
+
+// UnfinishedRestoreWarning returns the warning for an unfinished restore recorded in the
+// journal under stateDir, or "" when there is none (or no journal can be read).
+func UnfinishedRestoreWarning(stateDir string) string {
+	j, err := restore.ReadJournal(stateDir)
+	if err != nil || j == nil || j.State != restore.StateRunning {
+		return ""
+	}
+	stopped := "its application units"
+	if len(j.ActiveUnits) > 0 {
+		stopped = strings.Join(j.ActiveUnits, ", ")
+	}
+	return fmt.Sprintf("an unfinished restore left units stopped; run the restore again or roll it back: restore %s of %s, started %s, stopped %s "+
+		"(flightctl_restore with the same path finishes it, with rollback: true undoes it; journal in %s)",
+		j.ID, j.ArchivePath, j.Started.UTC().Format("2006-01-02 15:04:05 UTC"), stopped, stateDir)
+}

@@ -1,0 +1,52 @@
+package estate
+
+import (
+	"context"
+	"fmt"
+
+	"flightctl.dr/internal/units"
+)
+
+// DetectRestoreType is DetectType for a restore. The runbooks stop the application units
+// before they run flightctl-restore (with an archive, or without one for device
+// preparation), so an installed but stopped flightctl-api.service marks a Podman install
+// too, when no kubeconfig says otherwise. installed reports whether systemd has the unit.
+func DetectRestoreType(ctx context.Context, opts DetectOptions, installed UnitActiveFunc) (Type, bool, error) {
+	t, err := DetectType(ctx, opts)
+	if err == nil || installed == nil || findKubeconfig(opts) != "" {
+		return t, false, err
+	}
+	if ok, ierr := installed(ctx, APIUnit); ierr == nil && ok {
+		return Podman, true, nil
+	}
+	return t, false, err
+}
+
+// SystemdUnitState connects to the scope's manager and returns two questions about a
+// unit: is it active (the detection's indicator), is it installed (loaded, whatever its
+// state). close releases the connection.
+func SystemdUnitState(ctx context.Context, scope, busAddress string) (active, installed UnitActiveFunc, close func(), err error) {
+	sc, err := units.ParseScope(scope)
+	if err != nil {
+		return nil, nil, func() {}, err
+	}
+	m, err := units.Connect(ctx, units.ConnectOptions{Scope: sc, BusAddress: busAddress})
+	if err != nil {
+		return nil, nil, func() {}, err
+	}
+	active = func(ctx context.Context, unit string) (bool, error) {
+		st, err := m.State(ctx, unit)
+		if err != nil {
+			return false, fmt.Errorf("ask systemd about %s: %w", unit, err)
+		}
+		return st.Active() || st.ActiveState == "activating", nil
+	}
+	installed = func(ctx context.Context, unit string) (bool, error) {
+		st, err := m.State(ctx, unit)
+		if err != nil {
+			return false, fmt.Errorf("ask systemd about %s: %w", unit, err)
+		}
+		return st.Exists(), nil
+	}
+	return active, installed, m.Close, nil
+}
