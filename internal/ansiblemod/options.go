@@ -73,6 +73,25 @@ func specsOf(t reflect.Type) ([]OptionSpec, error) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		tag, ok := f.Tag.Lookup("ansible")
+		if !ok && f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded struct without a tag lends its options, so that modules sharing
+			// a set of options declare it once.
+			inner, err := specsOf(f.Type)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range inner {
+				s.field = append(append([]int(nil), f.Index...), s.field...)
+				for _, n := range append([]string{s.Name}, s.Aliases...) {
+					if seen[n] {
+						return nil, fmt.Errorf("ansiblemod: option %q declared twice", n)
+					}
+					seen[n] = true
+				}
+				specs = append(specs, s)
+			}
+			continue
+		}
 		if !ok || tag == "-" {
 			continue
 		}

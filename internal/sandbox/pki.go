@@ -1,80 +1,33 @@
 package sandbox
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"flightctl.dr/internal/testbed"
 )
 
-type keyPair struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
-}
+type keyPair = testbed.KeyPair
 
 func newKeyPair(tmpl *x509.Certificate, parent *keyPair) (*keyPair, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return nil, err
-	}
-	tmpl.SerialNumber = serial
-	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	if tmpl.NotAfter.IsZero() {
-		tmpl.NotAfter = time.Now().AddDate(1, 0, 0)
-	}
-	signer, signerCert := key, tmpl
-	if parent != nil {
-		signer, signerCert = parent.key, parent.cert
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, &key.PublicKey, signer)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &keyPair{cert: cert, key: key, der: der}, nil
+	return testbed.NewKeyPair(tmpl, parent)
 }
 
-func (k *keyPair) certPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: k.der})
-}
-
-func (k *keyPair) keyPEM() ([]byte, error) {
-	b, err := x509.MarshalECPrivateKey(k.key)
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b}), nil
-}
-
-func (k *keyPair) write(dir, base string) error {
+func writeKeyPair(k *keyPair, dir, base string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	kp, err := k.keyPEM()
-	if err != nil {
+	if err := os.WriteFile(filepath.Join(dir, base+".crt"), k.CertPEM(), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, base+".crt"), k.certPEM(), 0o644); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, base+".key"), kp, 0o600)
+	return os.WriteFile(filepath.Join(dir, base+".key"), k.KeyPEM(), 0o600)
 }
 
 // writePKI generates the PKI of a quadlet install: the CA, the client-signer CA, a CA
@@ -103,13 +56,13 @@ func writePKI(pkiDir string) ([]string, error) {
 	if err := os.MkdirAll(pkiDir, 0o755); err != nil {
 		return nil, err
 	}
-	if err := ca.write(pkiDir, "ca"); err != nil {
+	if err := writeKeyPair(ca, pkiDir, "ca"); err != nil {
 		return nil, err
 	}
-	if err := signer.write(pkiDir, "client-signer"); err != nil {
+	if err := writeKeyPair(signer, pkiDir, "client-signer"); err != nil {
 		return nil, err
 	}
-	bundle := append(ca.certPEM(), signer.certPEM()...)
+	bundle := append(ca.CertPEM(), signer.CertPEM()...)
 	if err := os.WriteFile(filepath.Join(pkiDir, "ca-bundle.crt"), bundle, 0o644); err != nil {
 		return nil, err
 	}
@@ -125,7 +78,7 @@ func writePKI(pkiDir string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("generate %s server certificate: %w", svc, err)
 		}
-		if err := server.write(filepath.Join(pkiDir, svc), "server"); err != nil {
+		if err := writeKeyPair(server, filepath.Join(pkiDir, svc), "server"); err != nil {
 			return nil, err
 		}
 		files = append(files, svc+"/server.crt", svc+"/server.key")
@@ -139,7 +92,7 @@ func writePKI(pkiDir string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate enrollment client certificate: %w", err)
 	}
-	if err := client.write(pkiDir, "client-enrollment"); err != nil {
+	if err := writeKeyPair(client, pkiDir, "client-enrollment"); err != nil {
 		return nil, err
 	}
 	files = append(files, "client-enrollment.crt", "client-enrollment.key")

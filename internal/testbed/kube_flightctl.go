@@ -162,7 +162,7 @@ func (k *Kube) SeedHelmEstate(ctx context.Context, o HelmEstateOptions) (*HelmEs
 	for _, n := range o.OmitPKI {
 		omit[n] = true
 	}
-	ca, err := newCertPair(&x509.Certificate{Subject: pkix.Name{CommonName: "flightctl-ca"}, IsCA: true, BasicConstraintsValid: true,
+	ca, err := NewKeyPair(&x509.Certificate{Subject: pkix.Name{CommonName: "flightctl-ca"}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, nil)
 	if err != nil {
 		return nil, err
@@ -171,7 +171,7 @@ func (k *Kube) SeedHelmEstate(ctx context.Context, o HelmEstateOptions) (*HelmEs
 		if omit[name] {
 			continue
 		}
-		leaf, err := newCertPair(&x509.Certificate{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name + "." + o.Namespace + ".svc"},
+		leaf, err := NewKeyPair(&x509.Certificate{Subject: pkix.Name{CommonName: name}, DNSNames: []string{name + "." + o.Namespace + ".svc"},
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca)
 		if err != nil {
 			return nil, err
@@ -179,7 +179,7 @@ func (k *Kube) SeedHelmEstate(ctx context.Context, o HelmEstateOptions) (*HelmEs
 		s := &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: o.Namespace, Labels: helmLabels(name), Annotations: map[string]string{"meta.helm.sh/release-name": o.Release}},
 			Type:       corev1.SecretTypeTLS,
-			Data:       map[string][]byte{"tls.crt": leaf.certPEM(), "tls.key": leaf.keyPEM(), "ca.crt": ca.certPEM()},
+			Data:       map[string][]byte{"tls.crt": leaf.CertPEM(), "tls.key": leaf.KeyPEM(), "ca.crt": ca.CertPEM()},
 		}
 		if err := create(s); err != nil {
 			return nil, err

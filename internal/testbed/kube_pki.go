@@ -14,14 +14,17 @@ import (
 	"time"
 )
 
-// certPair is a certificate with its key, for the test cluster's own PKI.
-type certPair struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
+// KeyPair is a certificate with its key: the test cluster's PKI and the sandbox's
+// Flight Control PKI are made of them.
+type KeyPair struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	DER  []byte
 }
 
-func newCertPair(tmpl *x509.Certificate, parent *certPair) (*certPair, error) {
+// NewKeyPair makes a P-256 key and a certificate from tmpl, signed by parent (self-signed
+// when nil), valid from an hour ago until tmpl.NotAfter (a year when unset).
+func NewKeyPair(tmpl *x509.Certificate, parent *KeyPair) (*KeyPair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -32,10 +35,12 @@ func newCertPair(tmpl *x509.Certificate, parent *certPair) (*certPair, error) {
 	}
 	tmpl.SerialNumber = serial
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().AddDate(1, 0, 0)
+	if tmpl.NotAfter.IsZero() {
+		tmpl.NotAfter = time.Now().AddDate(1, 0, 0)
+	}
 	signer, signerCert := key, tmpl
 	if parent != nil {
-		signer, signerCert = parent.key, parent.cert
+		signer, signerCert = parent.Key, parent.Cert
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, signerCert, &key.PublicKey, signer)
 	if err != nil {
@@ -45,25 +50,30 @@ func newCertPair(tmpl *x509.Certificate, parent *certPair) (*certPair, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &certPair{cert: cert, key: key, der: der}, nil
+	return &KeyPair{Cert: cert, Key: key, DER: der}, nil
 }
 
-func (c *certPair) certPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.der})
+// CertPEM is the certificate in PEM form.
+func (c *KeyPair) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.DER})
 }
 
-func (c *certPair) keyPEM() []byte {
-	b, _ := x509.MarshalECPrivateKey(c.key)
+// KeyPEM is the key in PEM form (SEC 1, as Flight Control writes its keys).
+func (c *KeyPair) KeyPEM() []byte {
+	b, err := x509.MarshalECPrivateKey(c.Key)
+	if err != nil {
+		panic(err) // a P-256 key made by NewKeyPair always marshals
+	}
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: b})
 }
 
 // write stores base.crt (0644) and base.key (0600) in dir.
-func (c *certPair) write(dir, base string) (certFile, keyFile string, err error) {
+func (c *KeyPair) write(dir, base string) (certFile, keyFile string, err error) {
 	certFile, keyFile = filepath.Join(dir, base+".crt"), filepath.Join(dir, base+".key")
-	if err = os.WriteFile(certFile, c.certPEM(), 0o644); err != nil {
+	if err = os.WriteFile(certFile, c.CertPEM(), 0o644); err != nil {
 		return
 	}
-	err = os.WriteFile(keyFile, c.keyPEM(), 0o600)
+	err = os.WriteFile(keyFile, c.KeyPEM(), 0o600)
 	return
 }
 
@@ -83,7 +93,7 @@ func writeKubePKI(dir string) (*kubePKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	ca, err := newCertPair(&x509.Certificate{
+	ca, err := NewKeyPair(&x509.Certificate{
 		Subject: pkix.Name{CommonName: "flightctl-dr-test-cluster-ca"}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}, nil)
@@ -95,29 +105,29 @@ func writeKubePKI(dir string) (*kubePKI, error) {
 		return nil, err
 	}
 	loopback := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")}
-	server := func(cn string, dns ...string) (*certPair, error) {
-		return newCertPair(&x509.Certificate{
+	server := func(cn string, dns ...string) (*KeyPair, error) {
+		return NewKeyPair(&x509.Certificate{
 			Subject: pkix.Name{CommonName: cn}, DNSNames: dns, IPAddresses: loopback,
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		}, ca)
 	}
-	client := func(cn string, groups ...string) (*certPair, error) {
-		return newCertPair(&x509.Certificate{
+	client := func(cn string, groups ...string) (*KeyPair, error) {
+		return NewKeyPair(&x509.Certificate{
 			Subject:  pkix.Name{CommonName: cn, Organization: groups},
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		}, ca)
 	}
 	steps := []struct {
-		make      func() (*certPair, error)
+		make      func() (*KeyPair, error)
 		base      string
 		cert, key *string
 	}{
-		{func() (*certPair, error) {
+		{func() (*KeyPair, error) {
 			return server("kube-apiserver", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
 		}, "apiserver", &p.APIServerCert, &p.APIServerKey},
-		{func() (*certPair, error) { return client("flightctl-dr-admin", "system:masters") }, "admin", &p.AdminCert, &p.AdminKey},
-		{func() (*certPair, error) { return client("kube-apiserver-kubelet-client", "system:masters") }, "kubelet-client", &p.KubeletClientCert, &p.KubeletKey},
-		{func() (*certPair, error) { return server("kubenode", "localhost") }, "node", &p.NodeCert, &p.NodeKey},
+		{func() (*KeyPair, error) { return client("flightctl-dr-admin", "system:masters") }, "admin", &p.AdminCert, &p.AdminKey},
+		{func() (*KeyPair, error) { return client("kube-apiserver-kubelet-client", "system:masters") }, "kubelet-client", &p.KubeletClientCert, &p.KubeletKey},
+		{func() (*KeyPair, error) { return server("kubenode", "localhost") }, "node", &p.NodeCert, &p.NodeKey},
 	}
 	for _, s := range steps {
 		pair, err := s.make()

@@ -9,8 +9,8 @@ import (
 
 	"flightctl.dr/internal/ansiblemod"
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archiveopts"
 	"flightctl.dr/internal/cli"
-	"flightctl.dr/internal/signature"
 )
 
 // Options are the module's options; the sidecar flightctl_archive_verify.yml documents them.
@@ -20,23 +20,7 @@ type Options struct {
 	RequireChecksum        bool   `ansible:"require_checksum" default:"true" help:"fail when the checksum file is missing"`
 	ExpectedVersion        string `ansible:"expected_version" help:"fail unless the archive was made from this server release"`
 	ExpectedDeploymentType string `ansible:"expected_deployment_type" choices:"podman,kubernetes" help:"fail unless the archive was made on this deployment type"`
-	TrustedKeysPath        string `ansible:"trusted_keys_path,abspath" help:"an allowed_signers file (or .pub lines) of the keys backups are signed with; with it an unsigned or wrongly signed archive fails"`
-	TrustedKeys            string `ansible:"trusted_keys" help:"trusted public keys given inline, one per line, in the same format"`
-	AllowUnsigned          bool   `ansible:"allow_unsigned" default:"false" help:"with trusted keys, accept an archive that has no signature (an upstream archive), with a warning"`
-	SignatureFile          string `ansible:"signature_file,abspath" help:"the signature (default: <path>.sig)"`
-	MaxExpansion           int    `ansible:"max_expansion" default:"200" min:"1" help:"how many times its compressed size the archive may inflate to (past the first 64 MiB)"`
-	MaxPKISize             int64  `ansible:"max_pki_size" default:"67108864" min:"1" help:"bytes the files under pki/ may hold in all"`
-	MaxEncryptionSize      int64  `ansible:"max_encryption_size" default:"1048576" min:"1" help:"bytes the files under encryption/ may hold in all"`
-	MaxConfigSize          int64  `ansible:"max_config_size" default:"16777216" min:"1" help:"bytes the files under config/ may hold in all"`
-	MaxVolumeSize          int64  `ansible:"max_volume_size" default:"1073741824" min:"1" help:"bytes the PAM issuer volume archive may hold"`
-}
-
-// limits are the archive limits the options set.
-func (o *Options) limits() archive.Limits {
-	l := archive.DefaultLimits()
-	l.MaxExpansion = float64(o.MaxExpansion)
-	l.MaxPKISize, l.MaxEncryptionSize, l.MaxConfigSize, l.MaxVolumeSize = o.MaxPKISize, o.MaxEncryptionSize, o.MaxConfigSize, o.MaxVolumeSize
-	return l
+	archiveopts.Acceptance
 }
 
 // Validate checks what the tags cannot.
@@ -49,7 +33,7 @@ func (o *Options) Validate() error {
 
 func verify(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
 	env.Log.Info("verifying archive", "path", o.Path)
-	trusted, err := signature.LoadTrusted(o.TrustedKeysPath, o.TrustedKeys)
+	sig, err := o.Signature()
 	if err != nil {
 		return nil, fmt.Errorf("verify archive %s: %w", o.Path, err)
 	}
@@ -58,9 +42,9 @@ func verify(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.R
 		RequireChecksum:        o.RequireChecksum,
 		ExpectedVersion:        o.ExpectedVersion,
 		ExpectedDeploymentType: o.ExpectedDeploymentType,
-		Limits:                 o.limits(),
+		Limits:                 o.Limits(),
 		CheckDump:              true,
-		Signature:              archive.SignatureOptions{Trusted: trusted, File: o.SignatureFile, AllowUnsigned: o.AllowUnsigned},
+		Signature:              sig,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verify archive %s: %w", o.Path, err)

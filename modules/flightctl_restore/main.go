@@ -16,12 +16,12 @@ import (
 
 	"flightctl.dr/internal/ansiblemod"
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archiveopts"
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
-	"flightctl.dr/internal/signature"
 	"flightctl.dr/internal/wrap"
 )
 
@@ -63,23 +63,7 @@ type Options struct {
 	EstateName           string   `ansible:"estate_name" help:"this server's estate name; an archive recording another estate is refused unless source_estate names it (default: the host name)"`
 	SourceEstate         string   `ansible:"source_estate" help:"the estate the archive comes from, when it is not this server's (a replacement host taking over that estate)"`
 	Src                  string   `ansible:"src" help:"an archive on the controller instead of path: the action plugin puts it in the task's temporary directory on the server"`
-	TrustedKeysPath      string   `ansible:"trusted_keys_path,abspath" help:"an allowed_signers file (or .pub lines) of the keys backups are signed with; with it the signature is checked before anything else and an unsigned or wrongly signed archive is refused"`
-	TrustedKeys          string   `ansible:"trusted_keys" help:"trusted public keys given inline, one per line, in the same format"`
-	AllowUnsigned        bool     `ansible:"allow_unsigned" default:"false" help:"with trusted keys, restore an archive that has no signature (an upstream archive), with a warning"`
-	SignatureFile        string   `ansible:"signature_file,abspath" help:"the signature (default: <path>.sig)"`
-	MaxExpansion         int      `ansible:"max_expansion" default:"200" min:"1" help:"how many times its compressed size the archive may inflate to (past the first 64 MiB)"`
-	MaxPKISize           int64    `ansible:"max_pki_size" default:"67108864" min:"1" help:"bytes the files under pki/ may hold in all"`
-	MaxEncryptionSize    int64    `ansible:"max_encryption_size" default:"1048576" min:"1" help:"bytes the files under encryption/ may hold in all"`
-	MaxConfigSize        int64    `ansible:"max_config_size" default:"16777216" min:"1" help:"bytes the files under config/ may hold in all"`
-	MaxVolumeSize        int64    `ansible:"max_volume_size" default:"1073741824" min:"1" help:"bytes the PAM issuer volume archive may hold"`
-}
-
-// limits are the archive limits the options set.
-func (o *Options) limits() archive.Limits {
-	l := archive.DefaultLimits()
-	l.MaxExpansion = float64(o.MaxExpansion)
-	l.MaxPKISize, l.MaxEncryptionSize, l.MaxConfigSize, l.MaxVolumeSize = o.MaxPKISize, o.MaxEncryptionSize, o.MaxConfigSize, o.MaxVolumeSize
-	return l
+	archiveopts.Acceptance
 }
 
 // Validate checks what the tags cannot.
@@ -183,13 +167,13 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	}
 	defer target.Close()
 
-	trusted, err := signature.LoadTrusted(o.TrustedKeysPath, o.TrustedKeys)
+	sig, err := o.Signature()
 	if err != nil {
 		return nil, err
 	}
 	res, err := restore.Run(ctx, restore.Options{
-		Limits:      o.limits(),
-		Signature:   archive.SignatureOptions{Trusted: trusted, File: o.SignatureFile, AllowUnsigned: o.AllowUnsigned},
+		Limits:      o.Limits(),
+		Signature:   sig,
 		ArchivePath: o.Path, ChecksumFile: o.ChecksumFile, Target: target,
 		ServerVersion: o.ServerVersion, AllowVersionMismatch: o.AllowVersionMismatch,
 		KeepOldDB: o.KeepOldDB, StateDir: o.StateDir, FlushKV: o.FlushKV,
