@@ -11,3 +11,4 @@ from ansible_collections.flightctl.dr.plugins.plugin_utils.arch_dispatch import 
 
 class ActionModule(ArchDispatchAction):
     module_base = "flightctl_backup"
+    estate_option = True

@@ -22,6 +22,7 @@ from ansible_collections.flightctl.dr.plugins.plugin_utils.arch_dispatch import 
 
 class ActionModule(ArchDispatchAction):
     module_base = "flightctl_restore"
+    estate_option = True
 
     def _module_args(self, task_vars):
         args = super(ActionModule, self)._module_args(task_vars)

@@ -43,6 +43,10 @@ class ArchDispatchAction(ActionBase):
     """Base of the per-module action plugins; subclasses set ``module_base``."""
 
     module_base = None
+    # Modules with an estate_name option: under Ansible it defaults to the estate the roles
+    # use (flightctl_dr_estate_name, else the inventory host name), so that a backup made by a
+    # module task and a restore made by the role, or the other way round, agree.
+    estate_option = False
 
     def _target_goarch(self, task_vars):
         override = task_vars.get(ARCH_OVERRIDE_VAR)
@@ -89,7 +93,12 @@ class ArchDispatchAction(ActionBase):
         """The arguments the binary gets: the task's, unchanged. Subclasses may transfer
         files first (into the task's temporary directory, removed after the task)."""
         # _execute_module adds the _ansible_* keys to the dict it is given: hand it a copy.
-        return dict(self._task.args)
+        args = dict(self._task.args)
+        if self.estate_option and not args.get("estate_name"):
+            estate = self._templar.template(task_vars.get("flightctl_dr_estate_name") or "") or task_vars.get("inventory_hostname")
+            if estate:
+                args["estate_name"] = to_text(estate)
+        return args
 
     def _tmpdir(self):
         """The task's temporary directory on the target, created when needed."""
