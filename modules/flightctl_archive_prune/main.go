@@ -19,33 +19,25 @@ import (
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/objstore"
 	"flightctl.dr/internal/retention"
-	"flightctl.dr/internal/version"
+	"flightctl.dr/internal/s3opts"
 )
 
 // Options are the module's options; the sidecar flightctl_archive_prune.yml documents them.
 type Options struct {
-	Path            string `ansible:"path,abspath" help:"the directory holding the estate's archives (give path or bucket)"`
-	Bucket          string `ansible:"bucket" help:"the bucket holding them under prefix/estate (give path or bucket)"`
-	Estate          string `ansible:"estate" help:"the estate whose archives are pruned (required with bucket)"`
-	KeepLast        int    `ansible:"keep_last" default:"0" min:"-1" help:"keep the n newest archives (-1: all)"`
-	KeepHourly      int    `ansible:"keep_hourly" default:"0" min:"-1" help:"keep the newest archive of each of the n newest hours (UTC) that have one"`
-	KeepDaily       int    `ansible:"keep_daily" default:"0" min:"-1" help:"the same per day (UTC)"`
-	KeepWeekly      int    `ansible:"keep_weekly" default:"0" min:"-1" help:"the same per ISO week"`
-	KeepMonthly     int    `ansible:"keep_monthly" default:"0" min:"-1" help:"the same per month"`
-	KeepYearly      int    `ansible:"keep_yearly" default:"0" min:"-1" help:"the same per year"`
-	KeepWithin      string `ansible:"keep_within" help:"keep every archive made within this period before the newest verified one (168h, 14d, 2w)"`
-	MinKeep         int    `ansible:"min_keep" default:"1" min:"1" help:"always keep at least this many good archives"`
-	RequireArchive  string `ansible:"require_archive" help:"prune only when this archive (this run's backup) is the newest that verifies"`
-	Verify          bool   `ansible:"verify" default:"true" help:"check the newest archives' content against their checksums to find the newest that verifies"`
-	Endpoint        string `ansible:"endpoint" help:"the S3 endpoint, https://host:port (default: AWS_ENDPOINT_URL, then AWS S3)"`
-	Prefix          string `ansible:"prefix" help:"the folder in the bucket above the estates' folders"`
-	Region          string `ansible:"region" help:"the bucket's region (default: AWS_REGION)"`
-	CACertFile      string `ansible:"ca_cert_file,abspath" help:"a CA certificate (PEM) to trust for an https endpoint"`
-	AccessKey       string `ansible:"access_key,secret" help:"access key (default: AWS_ACCESS_KEY_ID, then the credentials file)"`
-	SecretKey       string `ansible:"secret_key,secret" help:"secret key (default: AWS_SECRET_ACCESS_KEY, then the credentials file)"`
-	SessionToken    string `ansible:"session_token,secret" help:"session token for temporary credentials"`
-	CredentialsFile string `ansible:"credentials_file,abspath" help:"an AWS shared credentials file (default: AWS_SHARED_CREDENTIALS_FILE, then ~/.aws/credentials)"`
-	Profile         string `ansible:"profile" help:"the profile in the credentials file (default: AWS_PROFILE, then default)"`
+	Path           string `ansible:"path,abspath" help:"the directory holding the estate's archives (give path or bucket)"`
+	Bucket         string `ansible:"bucket" help:"the bucket holding them under prefix/estate (give path or bucket)"`
+	Estate         string `ansible:"estate" help:"the estate whose archives are pruned (required with bucket)"`
+	KeepLast       int    `ansible:"keep_last" default:"0" min:"-1" help:"keep the n newest archives (-1: all)"`
+	KeepHourly     int    `ansible:"keep_hourly" default:"0" min:"-1" help:"keep the newest archive of each of the n newest hours (UTC) that have one"`
+	KeepDaily      int    `ansible:"keep_daily" default:"0" min:"-1" help:"the same per day (UTC)"`
+	KeepWeekly     int    `ansible:"keep_weekly" default:"0" min:"-1" help:"the same per ISO week"`
+	KeepMonthly    int    `ansible:"keep_monthly" default:"0" min:"-1" help:"the same per month"`
+	KeepYearly     int    `ansible:"keep_yearly" default:"0" min:"-1" help:"the same per year"`
+	KeepWithin     string `ansible:"keep_within" help:"keep every archive made within this period before the newest verified one (168h, 14d, 2w)"`
+	MinKeep        int    `ansible:"min_keep" default:"1" min:"1" help:"always keep at least this many good archives"`
+	RequireArchive string `ansible:"require_archive" help:"prune only when this archive (this run's backup) is the newest that verifies"`
+	Verify         bool   `ansible:"verify" default:"true" help:"check the newest archives' content against their checksums to find the newest that verifies"`
+	s3opts.Connection
 }
 
 // Validate checks what the tags cannot.
@@ -97,11 +89,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 		}
 		remove = func(names []string) ([]string, error) { return retention.DeleteInDir(ctx, o.Path, names) }
 	} else {
-		s, err := objstore.Open(objstore.Config{
-			Endpoint: o.Endpoint, Bucket: o.Bucket, Prefix: o.Prefix, Region: o.Region, CACertFile: o.CACertFile,
-			AccessKey: o.AccessKey, SecretKey: o.SecretKey, SessionToken: o.SessionToken,
-			CredentialsFile: o.CredentialsFile, Profile: o.Profile, Producer: "flightctl.dr " + version.Version,
-		})
+		s, err := objstore.Open(o.Config(o.Bucket))
 		if err != nil {
 			return nil, fmt.Errorf("object store: %w", err)
 		}

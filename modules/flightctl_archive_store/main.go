@@ -20,31 +20,23 @@ import (
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/objstore"
 	"flightctl.dr/internal/retention"
-	"flightctl.dr/internal/version"
+	"flightctl.dr/internal/s3opts"
 )
 
 // Options are the module's options; the sidecar flightctl_archive_store.yml documents them.
 type Options struct {
-	Action          string `ansible:"action" default:"copy" choices:"copy,list,fetch" help:"copy an archive to the bucket, list the estate's archives, or fetch one"`
-	Archive         string `ansible:"archive,abspath" help:"copy: the local archive (its .sha256 beside it)"`
-	Name            string `ansible:"name" help:"fetch: the archive's name (default: the newest that checks out)"`
-	DestDir         string `ansible:"dest_dir,abspath" help:"fetch: the directory that receives the archive and its .sha256"`
-	Estate          string `ansible:"estate,required" help:"the estate (server) whose archives these are: the folder under prefix"`
-	Endpoint        string `ansible:"endpoint" help:"the S3 endpoint, https://host:port (default: AWS_ENDPOINT_URL, then AWS S3)"`
-	Bucket          string `ansible:"bucket,required" help:"the bucket"`
-	Prefix          string `ansible:"prefix" help:"the folder in the bucket above the estates' folders"`
-	Region          string `ansible:"region" help:"the bucket's region (default: AWS_REGION)"`
-	CACertFile      string `ansible:"ca_cert_file,abspath" help:"a CA certificate (PEM) to trust for an https endpoint"`
-	AccessKey       string `ansible:"access_key,secret" help:"access key (default: AWS_ACCESS_KEY_ID, then the credentials file)"`
-	SecretKey       string `ansible:"secret_key,secret" help:"secret key (default: AWS_SECRET_ACCESS_KEY, then the credentials file)"`
-	SessionToken    string `ansible:"session_token,secret" help:"session token for temporary credentials"`
-	CredentialsFile string `ansible:"credentials_file,abspath" help:"an AWS shared credentials file (default: AWS_SHARED_CREDENTIALS_FILE, then ~/.aws/credentials)"`
-	Profile         string `ansible:"profile" help:"the profile in the credentials file (default: AWS_PROFILE, then default)"`
-	PartSize        int    `ansible:"part_size" default:"16777216" min:"5242880" help:"upload part size in bytes (5 MiB or more)"`
-	Concurrency     int    `ansible:"concurrency" default:"4" min:"1" max:"64" help:"parts uploaded at once"`
-	RetainDays      int    `ansible:"object_lock_retain_days" default:"0" min:"0" help:"copy: Object Lock retention of the archive and its marker, in days (0: the bucket's default)"`
-	RetainMode      string `ansible:"object_lock_mode" default:"governance" choices:"governance,compliance" help:"copy: the Object Lock mode of that retention"`
-	CreateBucket    bool   `ansible:"create_bucket" default:"false" help:"create the bucket when it does not exist"`
+	Action  string `ansible:"action" default:"copy" choices:"copy,list,fetch" help:"copy an archive to the bucket, list the estate's archives, or fetch one"`
+	Archive string `ansible:"archive,abspath" help:"copy: the local archive (its .sha256 beside it)"`
+	Name    string `ansible:"name" help:"fetch: the archive's name (default: the newest that checks out)"`
+	DestDir string `ansible:"dest_dir,abspath" help:"fetch: the directory that receives the archive and its .sha256"`
+	Estate  string `ansible:"estate,required" help:"the estate (server) whose archives these are: the folder under prefix"`
+	s3opts.Connection
+	Bucket       string `ansible:"bucket,required" help:"the bucket"`
+	PartSize     int    `ansible:"part_size" default:"16777216" min:"5242880" help:"upload part size in bytes (5 MiB or more)"`
+	Concurrency  int    `ansible:"concurrency" default:"4" min:"1" max:"64" help:"parts uploaded at once"`
+	RetainDays   int    `ansible:"object_lock_retain_days" default:"0" min:"0" help:"copy: Object Lock retention of the archive and its marker, in days (0: the bucket's default)"`
+	RetainMode   string `ansible:"object_lock_mode" default:"governance" choices:"governance,compliance" help:"copy: the Object Lock mode of that retention"`
+	CreateBucket bool   `ansible:"create_bucket" default:"false" help:"create the bucket when it does not exist"`
 }
 
 // Validate checks what the tags cannot.
@@ -69,12 +61,9 @@ func (o *Options) Validate() error {
 }
 
 func (o *Options) store() (*objstore.Store, error) {
-	return objstore.Open(objstore.Config{
-		Endpoint: o.Endpoint, Bucket: o.Bucket, Prefix: o.Prefix, Region: o.Region, CACertFile: o.CACertFile,
-		AccessKey: o.AccessKey, SecretKey: o.SecretKey, SessionToken: o.SessionToken,
-		CredentialsFile: o.CredentialsFile, Profile: o.Profile,
-		PartSize: int64(o.PartSize), Concurrency: o.Concurrency, Producer: "flightctl.dr " + version.Version,
-	})
+	cfg := o.Config(o.Bucket)
+	cfg.PartSize, cfg.Concurrency = int64(o.PartSize), o.Concurrency
+	return objstore.Open(cfg)
 }
 
 func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {
