@@ -3,14 +3,14 @@ SHELL := /bin/bash
 GO ?= go
 export PATH := /usr/local/go/bin:$(PATH)
 
-MODULES := flightctl_backup flightctl_restore flightctl_devprep flightctl_archive_verify flightctl_archive_store flightctl_archive_prune flightctl_schedule
+MODULES := flightctl_backup flightctl_restore flightctl_devprep flightctl_archive_verify flightctl_archive_store flightctl_archive_prune flightctl_schedule flightctl_drill
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
 # FLIGHTCTL_RELEASE: the Flight Control server release these binaries are made for; the
 # upstream-named commands print it first in `version`, as the Red Hat runbooks compare it.
 FLIGHTCTL_RELEASE ?= v1.4.0
-# The collection release the binaries belong to: a release tag (v1.2.3), else galaxy.yml's.
+# The collection release the binaries belong to: a release tag (v1.2.3), else galaxy.yml's number.
 RELEASE ?= $(shell v='$(VERSION)'; v=$${v#v}; \
-  if [[ $$v =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]]; then echo $$v; else sed -n 's/^version: *//p' galaxy.yml; fi)
+  if [[ $$v =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]]; then echo $$v; else sed -n 's/^version: *"\{0,1\}\([0-9][0-9.]*\).*/\1/p' galaxy.yml; fi)
 LDFLAGS := -s -w -X flightctl.dr/internal/version.Version=$(VERSION) -X flightctl.dr/internal/version.Collection=$(RELEASE) -X flightctl.dr/internal/version.ServerRelease=$(FLIGHTCTL_RELEASE)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)'
 

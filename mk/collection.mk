@@ -8,10 +8,10 @@ COLLECTION_DIR     := $(COLLECTION_ROOT)/flightctl/dr
 COLLECTION_INSTALL := build/installed
 # Galaxy refuses uploads over 20 MB.
 COLLECTION_MAX_BYTES := 20971520
-# A release tag (v1.2.3) gives the collection its version; otherwise galaxy.yml's.
+# A release tag (v1.2.3) gives the collection its version; otherwise galaxy.yml's number.
 COLLECTION_VERSION := $(shell v='$(VERSION)'; v=$${v#v}; \
   if [[ $$v =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]]; then echo $$v; \
-  else sed -n 's/^version: *//p' galaxy.yml; fi)
+  else sed -n 's/^version: *"\{0,1\}\([0-9][0-9.]*\).*/\1/p' galaxy.yml; fi)
 COLLECTION_TARBALL := dist/flightctl-dr-$(COLLECTION_VERSION).tar.gz
 
 .PHONY: collection collection-install demo molecule sanity-ansible
@@ -32,6 +32,7 @@ collection:
 	@mkdir -p $(COLLECTION_DIR)/playbooks
 	cp playbooks/dr-backup.yml $(COLLECTION_DIR)/playbooks/dr_backup.yml
 	cp playbooks/dr-restore.yml $(COLLECTION_DIR)/playbooks/dr_restore.yml
+	cp playbooks/dr-drill.yml $(COLLECTION_DIR)/playbooks/dr_drill.yml
 	@set -e; present=; missing=; for m in $(MODULES); do \
 	  if [ -d modules/$$m ]; then present="$$present $$m"; continue; fi; \
 	  missing="$$missing $$m"; \
@@ -51,7 +52,7 @@ collection:
 	  if [ $$size -gt $(COLLECTION_MAX_BYTES) ]; then \
 	    echo "collection: $(COLLECTION_TARBALL) is over Galaxy's 20 MB limit" >&2; exit 1; fi
 	@contents=$$(tar tzf $(COLLECTION_TARBALL)); for f in $(COLLECTION_ARCHS:%=plugins/modules/flightctl_dr_linux_%) \
-	  $(MODULES:%=plugins/modules/%.yml) $(MODULES:%=plugins/action/%.py) playbooks/dr_backup.yml playbooks/dr_restore.yml meta/runtime.yml THIRD_PARTY_NOTICES; do \
+	  $(MODULES:%=plugins/modules/%.yml) $(MODULES:%=plugins/action/%.py) playbooks/dr_backup.yml playbooks/dr_restore.yml playbooks/dr_drill.yml meta/runtime.yml THIRD_PARTY_NOTICES; do \
 	  grep -qx "$$f" <<<"$$contents" || { echo "collection: $(COLLECTION_TARBALL) lacks $$f" >&2; exit 1; }; done
 	@# Lets `ansible-playbook playbooks/dr-backup.yml` find the collection from a checkout.
 	@mkdir -p playbooks/collections/ansible_collections/flightctl
@@ -63,8 +64,9 @@ collection-install: collection
 	ansible-galaxy collection install --force -p $(COLLECTION_INSTALL) $(COLLECTION_TARBALL)
 
 ## demo: sandbox estate, backup, disaster, restore, report; stops everything at the end
+## (ESTATE=kubernetes: the Kubernetes form of the sandbox)
 demo:
-	bash scripts/demo.sh
+	ESTATE=$(ESTATE) bash scripts/demo.sh
 
 ## molecule: the podman_host scenario, driven with ansible-playbook in molecule's order
 molecule: collection-install
@@ -80,16 +82,19 @@ test-ansible:: collection-install
 	for m in $(MODULES); do [ -d modules/$$m ] || continue; \
 	  ansible-doc flightctl.dr.$$m | grep -q "^> FLIGHTCTL.DR.$$(echo $$m | tr a-z A-Z) " || { echo "ansible-doc flightctl.dr.$$m shows no documentation" >&2; exit 1; }; \
 	  echo "ansible-doc flightctl.dr.$$m: ok"; done; \
-	for r in backup restore devprep offhost timer; do \
+	for r in backup restore devprep offhost timer cronjob drill; do \
 	  ansible-doc -t role flightctl.dr.$$r | grep -q "ENTRY POINT: main" || { echo "ansible-doc -t role flightctl.dr.$$r shows no argument spec" >&2; exit 1; }; \
 	  echo "ansible-doc -t role flightctl.dr.$$r: ok"; done
 	python3 tests/sanity/known_variables.py
 	bash scripts/tarball-check.sh $(COLLECTION_TARBALL)
 	python3 tests/aap/check.py
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) ansible-playbook --syntax-check aap/configure.yml aap/playbooks/dr_backup.yml aap/playbooks/dr_restore.yml
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) ansible-playbook --syntax-check aap/configure.yml aap/playbooks/dr_backup.yml aap/playbooks/dr_restore.yml aap/playbooks/dr_drill.yml
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/run.sh
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh podman_host
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/fleet.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/trust.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/kubernetes.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh kubernetes
 	@$(MAKE) --no-print-directory lint-ansible
 
 ## lint-ansible: ansible-lint (production profile), yamllint, ansible-test sanity

@@ -14,6 +14,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 src=${1:-$repo/build/ansible_collections/flightctl/dr}
 [ $# -gt 0 ] && shift
+if [ ! -d "$src" ]; then
+  echo "ansible-sanity: $src is not a collection directory: build one with make collection, or name it" >&2
+  exit 1
+fi
 src=$(cd "$src" && pwd)
 python=/usr/bin/python3
 pyver=$($python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -31,7 +35,17 @@ cd "$work/ansible_collections/flightctl/dr"
 # with those. Otherwise: a module left out of a partial build has no files to ignore;
 # ansible-test refuses ignore lines for missing files, so keep only the lines whose file
 # exists.
-shipped=$(find "$src/tests/sanity" -maxdepth 1 -name 'ignore-*.txt' 2>/dev/null | head -n1)
+shipped=
+if [ -d "$src/tests/sanity" ]; then
+  shipped=$(find "$src/tests/sanity" -maxdepth 1 -name 'ignore-*.txt' | head -n1)
+fi
+if [ -n "$shipped" ]; then
+  echo "ansible-sanity: using the ignore files $src ships (tests/sanity)" >&2
+elif [ -d "$src/tests/sanity" ]; then
+  echo "ansible-sanity: $src ships tests/sanity without an ignore file: using the checkout's (tests/sanity), for the files it has" >&2
+else
+  echo "ansible-sanity: $src ships no tests/sanity: using the checkout's ignore files (tests/sanity), for the files it has" >&2
+fi
 for f in "$repo/tests/sanity/"ignore-*.txt; do
   [ -n "$shipped" ] && break
   while read -r path rest; do

@@ -6,7 +6,9 @@
 # sandbox is stopped at the end, whatever happens.
 #
 # usage: scripts/demo.sh            (make demo)
+#        ESTATE=kubernetes scripts/demo.sh   (make demo ESTATE=kubernetes: scripts/demo-kubernetes.sh)
 set -euo pipefail
+if [ "${ESTATE:-podman}" = kubernetes ]; then exec bash "$(dirname "$0")/demo-kubernetes.sh"; fi
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -24,31 +26,9 @@ prefix=${DEMO_PREFIX:-demo-}
 # "direct".
 restore_db_access=${DEMO_RESTORE_DB_ACCESS:-container}
 
-say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-now() { date +%s.%N; }
-took() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f s", b - a }'; }
-
-say "Installing what is missing"
-bash scripts/install-deps.sh
-
-say "Building and installing the collection"
-mkdir -p "$repo/build"
-make --no-print-directory collection-install >"$work.build.log" 2>&1 || { cat "$work.build.log"; exit 1; }
-tail -n 3 "$work.build.log" | sed 's/^/  /'
-export ANSIBLE_COLLECTIONS_PATH=$repo/build/installed
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
-
-go build -o "$repo/build/sandbox" ./hack/sandbox
-stop_sandbox() {
-  if [ -f "$sandbox/sandbox.json" ]; then
-    "$repo/build/sandbox" down --dir "$sandbox" >/dev/null 2>&1 || echo "demo: stopping the sandbox failed; run: build/sandbox down --dir $sandbox" >&2
-    echo "  sandbox stopped"
-  fi
-}
-if [ -f "$sandbox/sandbox.json" ]; then stop_sandbox; fi
-rm -rf "$work"
-mkdir -p "$work" "$logs"
-trap 'say "Stopping the sandbox"; stop_sandbox' EXIT
+# shellcheck source=scripts/demo-common.sh
+. "$repo/scripts/demo-common.sh"
+demo_prepare
 
 say "Starting a sandbox Flight Control estate"
 t0=$(now)
@@ -65,19 +45,6 @@ before=$(status)
 echo "  devices by status: $(counts <<<"$before")"
 echo "  KV keys: $(jq .kv_keys <<<"$before"); units: $(jq -r '.units | to_entries | map(select(.value == "active")) | length' <<<"$before") active"
 
-playbook() {
-  local name=$1
-  shift
-  ansible-playbook -i "$sandbox/inventory.yml" \
-    -e "flightctl_dr_backup_dir=$backups" \
-    -e "flightctl_dr_backup_remote_dir=$sandbox/server-backups" \
-    -e "flightctl_dr_restore_remote_dir=$sandbox/restore" \
-    -e "flightctl_dr_state_dir=$sandbox/dr-state" \
-    "$@" >"$logs/$name.log" 2>&1 || { cat "$logs/$name.log"; echo "demo: $name failed (log: $logs/$name.log)" >&2; return 1; }
-}
-# The lines of the role's report (a debug msg list) from a playbook log.
-report() { sed -n '/"msg": \[/,/^ *\]/p' "$1" | sed -e '1d' -e '$d' -e 's/^ *"//' -e 's/",\{0,1\}$//' -e 's/^/  /'; }
-
 say "Backup: ansible-playbook flightctl.dr.dr_backup"
 t0=$(now)
 playbook backup flightctl.dr.dr_backup
@@ -91,7 +58,7 @@ echo "  backup took $(took "$t0" "$t1")"
 
 say "Disaster: database dropped, PKI deleted, KV flushed"
 pki_files=$(find "$FLIGHTCTL_DR_PKI_DIR" -type f | wc -l)
-psql -h "$FLIGHTCTL_DR_DB_SOCKET_DIR" -p "$FLIGHTCTL_DR_DB_PORT" -U postgres -d postgres -qX \
+psql -h "$SANDBOX_DB_SOCKET_DIR" -p "$FLIGHTCTL_DR_DB_PORT" -U postgres -d postgres -qX \
   -c "DROP DATABASE $FLIGHTCTL_DR_DB_NAME WITH (FORCE)"
 echo "  dropped database $FLIGHTCTL_DR_DB_NAME"
 rm -rf "$FLIGHTCTL_DR_PKI_DIR"

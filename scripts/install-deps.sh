@@ -9,10 +9,13 @@ packages=(
   redis-server redis-tools
   ansible ansible-lint yamllint
   python3-psycopg2 python3-redis python3-voluptuous python3-pycodestyle pylint shellcheck
+  python3-kubernetes
   podman runc catatonit busybox-static uidmap
   dbus-user-session systemd
   openssl jq
+  hyperfine time
   openssh-client
+  age
   etcd-server
 )
 

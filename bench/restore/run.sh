@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Restore benchmark: a whole flightctl_restore (checksum and metadata, load and verify into a temporary database,
-# swap, files, device preparation of 20,000 devices, unit restart, finalise) against
+# Restore benchmark: a whole flightctl_restore (checksum and metadata, load and verify into a temporary database
+# over several sessions, swap, files, device preparation of 100,000 devices, unit restart, finalise) against
 # `psql -f` of the same dump into an empty database, on a private PostgreSQL 15, Redis and
 # systemd user manager started by the benchmark itself (the Go benchmark
 # BenchmarkRestoreVsPsqlLoad in internal/restore; every iteration runs psql -f, then
-# archive.Verify alone, then the whole restore).
+# archive.Verify alone, then the whole restore over the default number of load sessions, then,
+# with SERIAL=1 (the default), the whole restore with db_load_connections 1, the serial path,
+# side by side). It prints restore/psql, downtime-s (units stopped to units started again)
+# and the device count (DEVICES, default 100,000).
 #
 #   bench/restore/run.sh                    # about 1 GiB of SQL, 3 iterations
 #   MB=128 BENCHTIME=1x bench/restore/run.sh  # a quicker run
@@ -17,10 +20,13 @@ cd "$(dirname "$0")/../.."
 export PATH=/usr/local/go/bin:$PATH
 MB=${MB:-1024}
 BENCHTIME=${BENCHTIME:-3x}
-echo "restore benchmark: about ${MB} MiB of SQL, -benchtime $BENCHTIME, $(nproc) CPUs" >&2
+DEVICES=${DEVICES:-100000}
+SERIAL=${SERIAL:-1}
+echo "restore benchmark: about ${MB} MiB of SQL, $DEVICES devices, -benchtime $BENCHTIME, $(nproc) CPUs" >&2
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 FLIGHTCTL_DR_BENCH_RESTORE_MB=$MB FLIGHTCTL_DR_BENCH_LOG=${LOG:-1} \
+  FLIGHTCTL_DR_BENCH_RESTORE_DEVICES=$DEVICES FLIGHTCTL_DR_BENCH_RESTORE_SERIAL=$SERIAL \
   go test ./internal/restore/ -run '^$' -bench 'BenchmarkRestoreVsPsqlLoad$' -benchtime "$BENCHTIME" -count 1 -timeout 60m 2>&1 |
-  grep -E 'msg="(verifying archive|archive verified|checking the archive.s checksum|archive checksum verified, metadata read|verifying the archive while loading it|restore journal created|restore step|loading the dump|dump loaded|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
+  grep -E 'msg="(verifying archive|archive verified|checking the archive.s checksum|archive checksum verified, metadata read|verifying the archive while loading it|restore journal created|restore step|loading the dump|dump loaded|database prepared|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
   sed -E 's/ (archive|journal|path|database)=[^ ]*//g'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -7,6 +7,9 @@
 // Everything between the client and the process (client-go's executor, the API server's
 // upgrade and proxying, the kubelet streaming protocol) is the real code.
 //
+// A port-forward to a Pod connects to the local address its annotation
+// kubenode.flightctl.dr/forward-<port> names.
+//
 // Fault injection for tests: the annotation kubenode.flightctl.dr/cut-stdout-after=N makes
 // an exec stop forwarding stdout after N bytes and still report exit status 0, as a
 // truncating exec does.
@@ -49,6 +52,9 @@ import (
 const (
 	AnnotationPodmanContainer = "kubenode.flightctl.dr/podman-container"
 	AnnotationCutStdoutAfter  = "kubenode.flightctl.dr/cut-stdout-after"
+	// AnnotationForwardPrefix + "<port>" = "host:port": where a port-forward to that port
+	// of the Pod connects.
+	AnnotationForwardPrefix = "kubenode.flightctl.dr/forward-"
 )
 
 func main() {
@@ -372,6 +378,31 @@ func (p *provider) GetMetricsResource(context.Context) ([]*dto.MetricFamily, err
 	return nil, nil
 }
 
-func (p *provider) PortForward(ctx context.Context, ns, pod string, port int32, stream io.ReadWriteCloser) error {
-	return errdefs.InvalidInput("port-forward is not supported by this node")
+// PortForward connects the stream to the address the Pod's annotation
+// kubenode.flightctl.dr/forward-<port> names (host:port on this machine): the fake's
+// stand-in for the container's listening port.
+func (p *provider) PortForward(ctx context.Context, ns, podName string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	pod, err := p.GetPod(ctx, ns, podName)
+	if err != nil {
+		return err
+	}
+	target := pod.Annotations[AnnotationForwardPrefix+strconv.Itoa(int(port))]
+	if target == "" {
+		return errdefs.InvalidInputf("pod %s/%s forwards no port %d (annotation %s%d)", ns, podName, port, AnnotationForwardPrefix, port)
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", target)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(conn, stream); _ = conn.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(stream, conn); done <- struct{}{} }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
 }

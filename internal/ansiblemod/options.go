@@ -44,10 +44,13 @@ type OptionSpec struct {
 	Aliases  []string
 	Env      string // CLI mode: environment variable that may carry the value
 	Help     string
-	AbsPath  bool   // a non-empty value must be an absolute path
-	Min, Max *int64 // bounds of an int option
-	Items    string // list items: "" (non-empty strings) or "unit" (systemd unit names)
-	field    []int
+	AbsPath  bool // a non-empty value must be an absolute path
+	// Multiline values may hold line breaks (a private key, allowed_signers lines); NUL
+	// never.
+	Multiline bool
+	Min, Max  *int64 // bounds of an int option
+	Items     string // list items: "" (non-empty strings) or "unit" (systemd unit names)
+	field     []int
 }
 
 // MaxStringLen bounds a string option (PATH_MAX on Linux); MaxSecretLen a secret one.
@@ -105,6 +108,8 @@ func specsOf(t reflect.Type) ([]OptionSpec, error) {
 				s.Secret = true
 			case "abspath":
 				s.AbsPath = true
+			case "multiline":
+				s.Multiline = true
 			default:
 				return nil, fmt.Errorf("ansiblemod: field %s: unknown tag flag %q", f.Name, p)
 			}
@@ -475,7 +480,11 @@ func checkString(s *OptionSpec, str string) error {
 	if len(str) > max {
 		return paramErrorf("%s is %d bytes long; the limit is %d", s.Name, len(str), max)
 	}
-	if i := strings.IndexAny(str, "\x00\r\n"); i >= 0 {
+	refused := "\x00\r\n"
+	if s.Multiline {
+		refused = "\x00"
+	}
+	if i := strings.IndexAny(str, refused); i >= 0 {
 		what := map[byte]string{0: "a NUL byte", '\r': "a carriage return", '\n': "a newline"}[str[i]]
 		if s.Secret {
 			return paramErrorf("%s contains %s: give the value on one line, without the trailing newline of a file", s.Name, what)

@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"flightctl.dr/internal/encrypt"
 )
 
 // FormatVersion is the version of the extra metadata this package writes
@@ -56,6 +58,18 @@ type Metadata struct {
 	// Estate says which installation the archive was made on; nil in upstream's archives
 	// and in archives made before estates were recorded.
 	Estate *Estate `json:"estate,omitempty"`
+	// ArchiveEncryption says whom the archive file holding this metadata was encrypted
+	// to; nil for a plain archive. (Not the data-at-rest key of encryption/.)
+	ArchiveEncryption *ArchiveEncryption `json:"archiveEncryption,omitempty"`
+}
+
+// ArchiveEncryption records the recipients an encrypted archive was made for, so that a
+// restore plan can say which key it needs.
+type ArchiveEncryption struct {
+	// Format is "age" (age-encryption.org/v1).
+	Format string `json:"format"`
+	// Recipients are the public keys (age1…, age1pq1…), or "passphrase (scrypt)".
+	Recipients []string `json:"recipients"`
 }
 
 // Estate identifies the installation an archive was made on: the name the operator gives
@@ -103,6 +117,13 @@ const (
 func ArchiveName(t time.Time) string {
 	return fmt.Sprintf("flightctl-backup-%s.tar.gz", t.UTC().Format("20060102T150405Z"))
 }
+
+// EncryptedSuffix ends the name of an encrypted archive:
+// flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz.age, its checksum file <that>.sha256.
+const EncryptedSuffix = ".age"
+
+// EncryptedArchiveName is the name of an encrypted archive made at t.
+func EncryptedArchiveName(t time.Time) string { return ArchiveName(t) + EncryptedSuffix }
 
 // Result is what Commit produced.
 type Result struct {
@@ -191,6 +212,14 @@ type VerifyOptions struct {
 	// (internal/pgdump), so that verify refuses what restore would; a restore that loads
 	// the dump checks it itself as it loads it.
 	CheckDump bool
+	// Decryption are the identities an encrypted (age) archive is read with; the checksum
+	// and the signature are of the encrypted file. Without them an encrypted archive is
+	// refused, unless CiphertextOnly.
+	Decryption *encrypt.Identities
+	// CiphertextOnly lets Verify pass an encrypted archive given no Decryption on its
+	// checksum, signature and age header alone; the report says its contents were not
+	// checked. Nothing else accepts an archive that way.
+	CiphertextOnly bool
 }
 
 // Entry is one archive entry as read back.
@@ -226,4 +255,17 @@ type Report struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Signature is what the signature check found (Verify only).
 	Signature *SignatureReport `json:"signature,omitempty"`
+	// ArchiveEncryption is set for an encrypted archive.
+	ArchiveEncryption *EncryptionReport `json:"archive_encryption,omitempty"`
+}
+
+// EncryptionReport says what reading an encrypted archive found.
+type EncryptionReport struct {
+	Encrypted bool `json:"encrypted"`
+	// RecipientTypes describes the age header's recipient stanzas ("2 X25519 keys (age1…)"):
+	// the file does not show the keys, metadata.json (inside) records them.
+	RecipientTypes string `json:"recipient_types"`
+	// ContentsVerified: decrypted and verified in full; false when no identity was given
+	// and only the encrypted file's checksum was checked.
+	ContentsVerified bool `json:"contents_verified"`
 }

@@ -22,6 +22,7 @@ const (
 	KindDeploymentType ErrorKind = "deployment-type" // metadata.deploymentType differs from the expected one
 	KindDump           ErrorKind = "dump"            // db/dump.sql is not what pg_dump writes for a Flight Control database
 	KindSignature      ErrorKind = "signature"       // signature missing, not valid or not from a trusted key
+	KindEncryption     ErrorKind = "encryption"      // encrypted archive: no identity, a wrong one, or a damaged age file
 )
 
 // IntegrityError says why an archive cannot be trusted. Its message names the

@@ -59,6 +59,7 @@ func Extract(ctx context.Context, archivePath, destRoot string, opts VerifyOptio
 
 	s := newScanner(opts.Limits, sink)
 	s.checkDump = opts.CheckDump
+	s.decryption = opts.Decryption
 	// The second read is hashed too: a file changed since the first read is
 	// caught by the checksum comparison.
 	rep, err = runScan(ctx, f, archivePath, want, s)

@@ -88,10 +88,18 @@ type memberWriter struct {
 	err    error // first error, sticky
 	closed bool
 
-	// Owned by the output goroutine until done is closed.
+	// hold, when set, is told of a stored member about to be written (at that offset of
+	// the output) that will be rewritten in place: the encrypting output keeps it.
+	hold func(off, n int64) error
+
+	// Owned by the output goroutine until done is closed; hash is nil when the output
+	// hashes what is stored itself (encrypted archives).
 	hash    hash.Hash
 	written int64
 	discard bool
+	// rehashed: a header member that will be rewritten has been written; the archive is
+	// hashed again from it once it is (Writer.finalHash), so hashing the rest is waste.
+	rehashed bool
 }
 
 func newMemberWriter(out io.Writer, level, concurrency, blockSize int) *memberWriter {
@@ -187,20 +195,29 @@ func (m *memberWriter) outputLoop() {
 			m.discard = true
 		}
 		if job.out != nil && !m.discard {
-			if job.wantSnapshot {
+			if job.wantSnapshot && m.hold != nil {
+				// An encrypting output keeps this member unencrypted until it is patched.
+				if err := m.hold(m.written, int64(len(job.out))); err != nil {
+					m.setErr(err)
+					m.discard = true
+				}
+			} else if job.wantSnapshot {
 				state, err := m.hash.(encoding.BinaryMarshaler).MarshalBinary()
 				if err != nil {
 					m.setErr(err)
 					m.discard = true
 				}
 				job.snapshot = state
+				m.rehashed = true
 			}
 			job.offset = m.written
 			if _, err := m.out.Write(job.out); err != nil {
 				m.setErr(err)
 				m.discard = true
 			} else {
-				m.hash.Write(job.out)
+				if m.hash != nil && !m.rehashed {
+					m.hash.Write(job.out)
+				}
 				m.written += int64(len(job.out))
 			}
 		}

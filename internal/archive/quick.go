@@ -11,10 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/klauspost/compress/gzip"
+
+	"flightctl.dr/internal/encrypt"
 )
 
 // ErrNoQuickMetadata says ReadMetadata cannot find metadata.json without
@@ -39,12 +40,29 @@ type memberSpan struct {
 // verify the archive before relying on anything but the metadata. It returns
 // ErrNoQuickMetadata when the archive is not laid out that way.
 func ReadMetadata(ctx context.Context, path string) (*Metadata, error) {
+	return ReadMetadataWith(ctx, path, nil)
+}
+
+// ReadMetadataWith is ReadMetadata that also reads an encrypted archive with ids: only
+// the age file's last chunks are decrypted (and its final chunk authenticated), as only
+// the last gzip members are inflated.
+func ReadMetadataWith(ctx context.Context, path string, ids *encrypt.Identities) (*Metadata, error) {
 	f, size, err := openArchive(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	members, err := memberSpans(ctx, f, size)
+	var src io.ReaderAt = f
+	enc, err := encrypt.IsEncrypted(f)
+	if err != nil {
+		return nil, fmt.Errorf("read archive %q: %w", path, err)
+	}
+	if enc {
+		if src, size, err = encrypt.DecryptReaderAt(f, size, ids); err != nil {
+			return nil, encryptionError(err)
+		}
+	}
+	members, err := memberSpans(ctx, src, path, size)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +72,10 @@ func ReadMetadata(ctx context.Context, path string) (*Metadata, error) {
 		for first > 0 && total-members[first].uoff < want {
 			first--
 		}
-		tail, err := inflateMembers(f, members[first:])
+		tail, err := inflateMembers(src, members[first:])
+		if _, ok := encrypt.AsError(err); ok {
+			return nil, encryptionError(err)
+		}
 		if err != nil {
 			return nil, &IntegrityError{Kind: KindCompression, Detail: fmt.Sprintf("the end of the archive is damaged (%v): the archive is corrupt, do not restore from it", err), Err: err}
 		}
@@ -72,7 +93,7 @@ func ReadMetadata(ctx context.Context, path string) (*Metadata, error) {
 
 // memberSpans lists the gzip members of one of our archives by their headers
 // and trailers alone.
-func memberSpans(ctx context.Context, f *os.File, size int64) ([]memberSpan, error) {
+func memberSpans(ctx context.Context, f io.ReaderAt, name string, size int64) ([]memberSpan, error) {
 	var spans []memberSpan
 	var head [memberHeaderLen]byte
 	var isize [4]byte
@@ -83,14 +104,14 @@ func memberSpans(ctx context.Context, f *os.File, size int64) ([]memberSpan, err
 				return nil, err
 			}
 		}
-		if _, err := f.ReadAt(head[:], pos); err != nil {
+		if err := readFullAt(f, head[:], pos); err != nil {
 			if errors.Is(err, io.EOF) && len(spans) > 0 {
 				return nil, &IntegrityError{Kind: KindStructure, Detail: "the archive ends inside a gzip member header: it is truncated, do not restore from it"}
 			}
 			if errors.Is(err, io.EOF) {
 				return nil, ErrNoQuickMetadata
 			}
-			return nil, fmt.Errorf("read archive %q: %w", f.Name(), err)
+			return nil, fmt.Errorf("read archive %q: %w", name, classifyReaderAtError(err))
 		}
 		n, ok := parseMemberHeader(head[:])
 		if !ok {
@@ -99,8 +120,8 @@ func memberSpans(ctx context.Context, f *os.File, size int64) ([]memberSpan, err
 		if pos+int64(n) > size {
 			return nil, &IntegrityError{Kind: KindStructure, Detail: "the archive ends inside a gzip member: it is truncated, do not restore from it"}
 		}
-		if _, err := f.ReadAt(isize[:], pos+int64(n)-4); err != nil {
-			return nil, fmt.Errorf("read archive %q: %w", f.Name(), err)
+		if err := readFullAt(f, isize[:], pos+int64(n)-4); err != nil {
+			return nil, fmt.Errorf("read archive %q: %w", name, classifyReaderAtError(err))
 		}
 		us := int64(binary.LittleEndian.Uint32(isize[:]))
 		spans = append(spans, memberSpan{off: pos, len: int64(n), uoff: uoff, usize: us})
@@ -113,9 +134,22 @@ func memberSpans(ctx context.Context, f *os.File, size int64) ([]memberSpan, err
 	return spans, nil
 }
 
+// readFullAt fills b from off; reaching the end exactly is no error (a ReaderAt may say
+// io.EOF with a full read there, as the decrypting one does).
+func readFullAt(f io.ReaderAt, b []byte, off int64) error {
+	n, err := f.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
 // inflateMembers inflates consecutive members, checking each one's CRC and
 // length.
-func inflateMembers(f *os.File, spans []memberSpan) ([]byte, error) {
+func inflateMembers(f io.ReaderAt, spans []memberSpan) ([]byte, error) {
 	last := spans[len(spans)-1]
 	sr := io.NewSectionReader(f, spans[0].off, last.off+last.len-spans[0].off)
 	zr, err := gzip.NewReader(sr)
@@ -207,6 +241,7 @@ func VerifyWalk(ctx context.Context, path string, opts VerifyOptions, fn WalkFun
 	s := newScanner(opts.Limits, sink)
 	s.expectManifest(opts.Manifest)
 	s.checkDump = opts.CheckDump
+	s.decryption = opts.Decryption
 	rep, err := runScan(ctx, f, path, want, s)
 	sink.abort(err)
 	if sink.fnErr != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/gzip"
 
+	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/pgdump"
 )
 
@@ -79,6 +80,8 @@ type scanner struct {
 	total     int64
 	metadata  []byte
 	buf       []byte
+	// decryption reads an encrypted archive (nil: none given).
+	decryption *encrypt.Identities
 }
 
 func newScanner(limits Limits, sink entrySink) *scanner {
@@ -568,8 +571,22 @@ func Verify(ctx context.Context, path string, opts VerifyOptions) (*Report, erro
 		return nil, err
 	}
 	defer f.Close()
+	if enc, err := isEncrypted(f); err != nil {
+		return nil, err
+	} else if enc && opts.Decryption.Empty() && opts.CiphertextOnly {
+		rep, err := verifyCiphertext(ctx, f, path, want, opts)
+		if err != nil {
+			return nil, err
+		}
+		if sig.Checked {
+			rep.Signature = sig
+		}
+		rep.Warnings = append(rep.Warnings, warnings...)
+		return rep, nil
+	}
 	s := newScanner(opts.Limits, verifySink{})
 	s.checkDump = opts.CheckDump
+	s.decryption = opts.Decryption
 	rep, err := runScan(ctx, f, path, want, s)
 	if err != nil {
 		return nil, err
@@ -589,8 +606,44 @@ func Verify(ctx context.Context, path string, opts VerifyOptions) (*Report, erro
 // mismatch is reported in preference to whatever else broke, since it says
 // the file is not the one that was written.
 func runScan(ctx context.Context, f io.Reader, path, want string, s *scanner) (*Report, error) {
+	encrypted, err := isEncrypted(f)
+	if err != nil {
+		return nil, err
+	}
 	hr := newHashingReader(ctx, f)
-	scanErr := s.scan(ctx, hr)
+	var encRep *EncryptionReport
+	scanErr := func() error {
+		if !encrypted {
+			return s.scan(ctx, hr)
+		}
+		// tar, gzip, age, file: decrypted in the pass that hashes the file.
+		dec, rep, err := openPayload(hr, s.decryption)
+		if err != nil {
+			return err
+		}
+		encRep = rep
+		if err := s.scan(ctx, dec); err != nil {
+			if _, ok := encrypt.AsError(err); ok {
+				return encryptionError(err)
+			}
+			var ie *IntegrityError
+			if errors.As(err, &ie) && ie.Err != nil {
+				if _, ok := encrypt.AsError(ie.Err); ok {
+					return encryptionError(ie.Err)
+				}
+			}
+			return err
+		}
+		// The age file must end where its last chunk says.
+		if n, err := io.Copy(io.Discard, dec); err != nil || n != 0 {
+			if err == nil {
+				err = fmt.Errorf("%d bytes after the end of the gzip stream", n)
+				return &IntegrityError{Kind: KindStructure, Detail: "the encrypted archive holds data after the end of the archive: it was tampered with, do not restore from it", Err: err}
+			}
+			return encryptionError(err)
+		}
+		return nil
+	}()
 	if scanErr != nil && (ctx.Err() != nil || want == "") {
 		hr.close()
 		if ctx.Err() == nil {
@@ -609,13 +662,22 @@ func runScan(ctx context.Context, f io.Reader, path, want string, s *scanner) (*
 	if scanErr != nil {
 		return nil, fmt.Errorf("archive integrity check failed: %w", scanErr)
 	}
+	if encRep != nil {
+		encRep.ContentsVerified = true
+		if ra, ok := f.(io.ReaderAt); ok {
+			if r, err := stanzaReport(ra, size); err == nil {
+				encRep.RecipientTypes = r.RecipientTypes
+			}
+		}
+	}
 	return &Report{
-		Path:             path,
-		SHA256:           got,
-		Size:             size,
-		ChecksumVerified: want != "",
-		Entries:          s.entries,
-		Components:       components(s.entries),
+		Path:              path,
+		SHA256:            got,
+		Size:              size,
+		ChecksumVerified:  want != "",
+		Entries:           s.entries,
+		Components:        components(s.entries),
+		ArchiveEncryption: encRep,
 	}, nil
 }
 

@@ -18,6 +18,8 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"flightctl.dr/internal/encrypt"
 )
 
 var errUnnamedUnsupported = errors.New("unnamed temporary files (O_TMPFILE) are not supported here")
@@ -38,6 +40,10 @@ type WriterOptions struct {
 	Concurrency int
 	// Logger receives debug logs (nil: none).
 	Logger *slog.Logger
+	// Encryption, when not empty, encrypts the archive with age as it is written (tar,
+	// gzip, age, file): flightctl-backup-<time>.tar.gz.age, with the .sha256 of the
+	// encrypted file beside it. No plaintext byte reaches the disk.
+	Encryption *encrypt.Recipients
 
 	blockSize int // tests use small blocks
 }
@@ -100,6 +106,7 @@ type Writer struct {
 	f        *os.File
 	tempName string // only when O_TMPFILE is unsupported
 	mw       *memberWriter
+	enc      *encrypt.Writer   // nil: a plain archive
 	types    map[string]string // entry path -> TypeFile/TypeDir
 	parents  map[string]bool   // every ancestor of an entry
 	manifest []ManifestEntry
@@ -157,7 +164,22 @@ func NewWriter(ctx context.Context, opts WriterOptions) (*Writer, error) {
 		return nil, fmt.Errorf("archive writer: %w", err)
 	}
 	w.f = f
-	w.mw = newMemberWriter(f, level, opts.Concurrency, opts.blockSize)
+	var out io.Writer = f
+	if !opts.Encryption.Empty() {
+		enc, err := encrypt.NewWriter(f, opts.Encryption)
+		if err != nil {
+			f.Close()
+			if w.tempName != "" {
+				os.Remove(w.tempName)
+			}
+			return nil, fmt.Errorf("archive writer: %w", err)
+		}
+		w.enc, out = enc, enc
+	}
+	w.mw = newMemberWriter(out, level, opts.Concurrency, opts.blockSize)
+	if w.enc != nil {
+		w.mw.hold, w.mw.hash = w.enc.Hold, nil
+	}
 	w.stop = context.AfterFunc(ctx, func() { _ = w.Abort() })
 	return w, nil
 }
@@ -340,10 +362,17 @@ func (w *Writer) AddStream(name string, mode fs.FileMode, mtime time.Time, r io.
 	if err != nil {
 		return size, w.fail(fmt.Errorf("archive writer: %w", err))
 	}
-	if _, err := w.f.WriteAt(storedMember(final), hdrMember.offset); err != nil {
-		return size, w.fail(fmt.Errorf("archive writer: add %q: write its header: %w", name, err))
+	if w.enc != nil {
+		// Still unencrypted in memory: patched there, then encrypted once.
+		if err := w.enc.Patch(hdrMember.offset, storedMember(final)); err != nil {
+			return size, w.fail(fmt.Errorf("archive writer: add %q: write its header: %w", name, err))
+		}
+	} else {
+		if _, err := w.f.WriteAt(storedMember(final), hdrMember.offset); err != nil {
+			return size, w.fail(fmt.Errorf("archive writer: add %q: write its header: %w", name, err))
+		}
+		w.patches = append(w.patches, patchedMember{offset: hdrMember.offset, snapshot: hdrMember.snapshot})
 	}
-	w.patches = append(w.patches, patchedMember{offset: hdrMember.offset, snapshot: hdrMember.snapshot})
 	w.record(ManifestEntry{Path: name, Type: TypeFile, Size: size, Mode: modeString(mode), SHA256: hex.EncodeToString(h.Sum(nil))})
 	w.log.Debug("archive stream added", "entry", name, "bytes", size)
 	return size, nil
@@ -467,6 +496,9 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 	}
 	meta.Timestamp = meta.Timestamp.UTC()
 	meta.FormatVersion = FormatVersion
+	if w.enc != nil {
+		meta.ArchiveEncryption = &ArchiveEncryption{Format: "age", Recipients: append([]string(nil), w.opts.Encryption.Public...)}
+	}
 	meta.Manifest = append([]ManifestEntry(nil), w.manifest...)
 	if meta.Manifest == nil {
 		meta.Manifest = []ManifestEntry{}
@@ -488,6 +520,12 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 		return nil, fmt.Errorf("archive writer: write the archive: %w", err)
 	}
 	size := w.mw.Written()
+	if w.enc != nil {
+		if err := w.enc.Close(); err != nil {
+			return nil, fmt.Errorf("archive writer: write the archive: %w", err)
+		}
+		size = w.enc.Size()
+	}
 	start := time.Now()
 	sum, err := w.finalHash(size)
 	w.rehash = time.Since(start)
@@ -499,7 +537,7 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 	}
 	// The checksum file takes its space before the archive is named: a disk that fills
 	// up here fails the backup with nothing named.
-	pending, err := prepareChecksumFile(w.opts.Dir, ArchiveName(meta.Timestamp), sum)
+	pending, err := prepareChecksumFile(w.opts.Dir, w.archiveName(meta.Timestamp), sum)
 	if err != nil {
 		return nil, fmt.Errorf("archive writer: write the checksum file: %w", err)
 	}
@@ -528,6 +566,10 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 // hash computed while writing; otherwise the file is re-read from the first
 // rewritten member on, starting from the hash state saved there.
 func (w *Writer) finalHash(size int64) (string, error) {
+	if w.enc != nil {
+		sum, err := w.enc.Sum()
+		return hex.EncodeToString(sum), err
+	}
 	if len(w.patches) == 0 {
 		return hex.EncodeToString(w.mw.hash.Sum(nil)), nil
 	}
@@ -542,11 +584,19 @@ func (w *Writer) finalHash(size int64) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// archiveName is the archive's name for time t: ArchiveName, or EncryptedArchiveName.
+func (w *Writer) archiveName(t time.Time) string {
+	if w.enc != nil {
+		return EncryptedArchiveName(t)
+	}
+	return ArchiveName(t)
+}
+
 // link names the archive, never replacing an existing file: when the name for
 // t's second is taken, the next second's name is tried.
 func (w *Writer) link(t time.Time) (string, error) {
 	for i := range 3600 {
-		name := ArchiveName(t.Add(time.Duration(i) * time.Second))
+		name := w.archiveName(t.Add(time.Duration(i) * time.Second))
 		var err error
 		if w.tempName != "" {
 			err = os.Link(w.tempName, filepath.Join(w.opts.Dir, name))
@@ -566,7 +616,7 @@ func (w *Writer) link(t time.Time) (string, error) {
 			return "", fmt.Errorf("archive writer: name the archive %s: %w", name, err)
 		}
 	}
-	return "", fmt.Errorf("archive writer: every archive name for the hour after %s is taken in %s: clean up old archives", ArchiveName(t), w.opts.Dir)
+	return "", fmt.Errorf("archive writer: every archive name for the hour after %s is taken in %s: clean up old archives", w.archiveName(t), w.opts.Dir)
 }
 
 // Abort drops the archive: nothing it wrote stays on disk. It is idempotent

@@ -12,7 +12,7 @@ import (
 // Acceptance is embedded in a module's options; the sidecar docs document each option.
 type Acceptance struct {
 	TrustedKeysPath   string `ansible:"trusted_keys_path,abspath" help:"an allowed_signers file (or .pub lines) of the keys backups are signed with; with it the signature is checked before anything else and an unsigned or wrongly signed archive is refused"`
-	TrustedKeys       string `ansible:"trusted_keys" help:"trusted public keys given inline, one per line, in the same format"`
+	TrustedKeys       string `ansible:"trusted_keys,multiline" help:"trusted public keys given inline, one per line, in the same format"`
 	AllowUnsigned     bool   `ansible:"allow_unsigned" default:"false" help:"with trusted keys, accept an archive that has no signature (an upstream archive), with a warning"`
 	SignatureFile     string `ansible:"signature_file,abspath" help:"the signature (default: <path>.sig)"`
 	MaxExpansion      int    `ansible:"max_expansion" default:"200" min:"1" help:"how many times its compressed size the archive may inflate to (past the first 64 MiB)"`

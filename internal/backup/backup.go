@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/humanize"
 	"flightctl.dr/internal/runner"
@@ -53,6 +54,10 @@ type Options struct {
 	// Signer, when set, signs the archive: <archive>.sig beside it, an OpenSSH SSHSIG
 	// signature that restores with trusted keys check (and ssh-keygen -Y verify too).
 	Signer *signature.Signer
+	// Encryption, when set, encrypts the archive with age as it is written: no plaintext
+	// byte reaches the disk; flightctl-backup-<time>.tar.gz.age, its .sha256 (and
+	// signature) of the encrypted file, its metadata listing the recipients.
+	Encryption *encrypt.Recipients
 
 	Runner runner.Runner
 	Logger *slog.Logger
@@ -170,11 +175,24 @@ func Plan(ctx context.Context, opts Options) (*Preview, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	_, p, err := prepare(ctx, &opts)
+	est, p, err := prepare(ctx, &opts, false)
+	closeEstate(est)
 	return p, err
 }
 
-func prepare(ctx context.Context, opts *Options) (Estate, *Preview, error) {
+// closeEstate stops what an estate's Plan left running for WriteBackup (a dump started
+// early), when WriteBackup will not take it.
+func closeEstate(est Estate) {
+	if c, ok := est.(interface{ Close() error }); ok {
+		_ = c.Close()
+	}
+}
+
+// prepare resolves the deployment type, the server version and the estate's plan. With
+// dumpEarly (a backup, not a check-mode plan), a Podman estate starts its database dump
+// while the checks run; the caller closes the estate when it does not write the backup.
+// The server version is looked up beside the estate's checks: each is a podman call.
+func prepare(ctx context.Context, opts *Options, dumpEarly bool) (Estate, *Preview, error) {
 	log := opts.log()
 	typ, err := resolveType(ctx, opts)
 	if err != nil {
@@ -185,20 +203,30 @@ func prepare(ctx context.Context, opts *Options) (Estate, *Preview, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if pb, ok := est.(*estate.PodmanBackup); ok {
+		pb.DumpEarly = dumpEarly
+	}
 	var ver string
-	if typ != estate.Kubernetes {
-		ver, err = estate.DiscoverServerVersion(ctx, estate.VersionOptions{Explicit: opts.ServerVersion, Runner: opts.Runner, APIContainer: opts.Podman.APIContainer, Logger: log})
-		if err != nil {
-			return nil, nil, err
+	var verErr error
+	verDone := make(chan struct{})
+	go func() {
+		defer close(verDone)
+		if typ != estate.Kubernetes {
+			ver, verErr = estate.DiscoverServerVersion(ctx, estate.VersionOptions{Explicit: opts.ServerVersion, Runner: opts.Runner, APIContainer: opts.Podman.APIContainer, Logger: log})
 		}
-	}
+	}()
 	outDir, fresh, free, err := checkOutputDir(opts.OutputDir)
-	if err != nil {
-		return nil, nil, err
+	var plan *estate.BackupPlan
+	if err == nil {
+		plan, err = est.Plan(ctx)
 	}
-	plan, err := est.Plan(ctx)
-	if err != nil {
-		return nil, nil, err
+	<-verDone
+	// The errors in the order the checks had when they ran one after the other.
+	for _, e := range []error{verErr, err} {
+		if e != nil {
+			closeEstate(est)
+			return nil, nil, e
+		}
 	}
 	if typ == estate.Kubernetes {
 		// On Kubernetes the server version is the Helm release's chart appVersion.
@@ -206,11 +234,13 @@ func prepare(ctx context.Context, opts *Options) (Estate, *Preview, error) {
 			ver = plan.ServerVersion
 		}
 		if ver == "" {
+			closeEstate(est)
 			return nil, nil, errors.New("cannot find the Flight Control server version: the Helm release's chart has no appVersion: set server_version to the release this server runs")
 		}
 	}
 	need := EstimateArchiveSize(plan)
 	if !opts.ignoreFreeSpace && uint64(need) > free {
+		closeEstate(est)
 		return nil, nil, fmt.Errorf("not enough free space in %s: %s free, the archive needs about %s (the database is %s on disk, its compressed dump about half that at most, plus the files): free some space or choose another output_dir",
 			outDir, humanize.Bytes(int64(free)), humanize.Bytes(need), humanize.Bytes(plan.EstimatedSize))
 	}
@@ -337,10 +367,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	log := opts.log()
 	log.Info("Starting Flight Control backup operation")
 	log.Info("Output directory: " + opts.OutputDir)
-	est, preview, err := prepare(ctx, &opts)
+	est, preview, err := prepare(ctx, &opts, true)
 	if err != nil {
 		return nil, err
 	}
+	// A no-op once WriteBackup has taken the dump that started early.
+	defer closeEstate(est)
 	log.Info(fmt.Sprintf("Starting backup workflow (deployment type: %s)", preview.DeploymentType))
 	if err := os.MkdirAll(preview.OutputDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create output directory %s: %w: choose a writable output_dir", preview.OutputDir, err)
@@ -351,6 +383,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		CompressionLevel: opts.CompressionLevel,
 		Concurrency:      opts.Concurrency,
 		Logger:           opts.Logger,
+		Encryption:       opts.Encryption,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backup: %w", err)

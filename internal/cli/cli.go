@@ -198,9 +198,7 @@ func run[T any](parent context.Context, app App[T], options map[string]any, comm
 		ModuleName: app.Module.Name,
 	}
 	out := ansiblemod.Invoke(ctx, app.Module, raw, env, stderr)
-	if common.json {
-		return ansiblemod.Print(out, stdout)
-	}
+	// Under an upstream name the messages speak of that command line's flags, in --json too.
 	if translate != nil {
 		if msg, ok := out["msg"].(string); ok {
 			out["msg"] = translate(msg)
@@ -211,6 +209,9 @@ func run[T any](parent context.Context, app App[T], options map[string]any, comm
 			}
 			out["warnings"] = ws
 		}
+	}
+	if common.json {
+		return ansiblemod.Print(out, stdout)
 	}
 	if failed, _ := out["failed"].(bool); failed {
 		fmt.Fprintf(stderr, "Error: %v\n", out["msg"])

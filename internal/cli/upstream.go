@@ -77,16 +77,28 @@ func (u *UpstreamFlags) Apply(opts map[string]any) error {
 // flags of this command line, never the module's option names.
 func personalityCommand[T any](app App[T], p Personality, stdout, stderr io.Writer, code *int) *cobra.Command {
 	var common commonFlags
+	var showVersion bool
+	versionLine := func() string { return fmt.Sprintf(p.VersionLine, version.Upstream()) }
 	cmd := &cobra.Command{
-		Use:           p.Use,
-		Short:         app.Short,
-		Long:          p.Long,
-		Args:          p.Args,
+		Use:   p.Use,
+		Short: app.Short,
+		Long:  p.Long,
+		// --version needs none of the arguments the command otherwise wants.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if showVersion || p.Args == nil {
+				return nil
+			}
+			return p.Args(cmd, args)
+		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	fs := cmd.Flags()
 	build := p.Flags(fs)
+	// Not cobra's own --version: its output cannot be this line without a template.
+	if fs.Lookup("version") == nil {
+		fs.BoolVar(&showVersion, "version", false, "print the server release this build is for, and its own version")
+	}
 	words := map[string]string{}
 	for k, v := range UpstreamWords {
 		words[k] = v
@@ -119,6 +131,10 @@ func personalityCommand[T any](app App[T], p Personality, stdout, stderr io.Writ
 	common.register(fs)
 	translate := newWording(words).translate
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if showVersion {
+			fmt.Fprintln(stdout, versionLine())
+			return nil
+		}
 		raw, err := build(args)
 		if err != nil {
 			return err
@@ -140,7 +156,7 @@ func personalityCommand[T any](app App[T], p Personality, stdout, stderr io.Writ
 		Short: "print the server release this build is for, and its own version",
 		Args:  cobra.NoArgs,
 		Run: func(*cobra.Command, []string) {
-			fmt.Fprintf(stdout, p.VersionLine+"\n", version.Upstream())
+			fmt.Fprintln(stdout, versionLine())
 		},
 	})
 	return cmd

@@ -44,6 +44,15 @@ type Options struct {
 	// KeyBatchSize is the number of keys per pipeline (default DefaultKeyBatchSize).
 	KeyBatchSize int
 	Logger       *slog.Logger
+	// WithoutKV lets Plan (never Run) work without a KV store, as after the flush a
+	// restore does: every key counts as missing. A restore drill's scratch database has
+	// no KV store of its own.
+	WithoutKV bool
+	// Prepared says the database part already ran (DatabaseScript, on the database before
+	// it went live) with these counts: Run then updates no row and records no event, but
+	// clears the KV store (with FlushKV, whatever the rows say) and writes and checks the
+	// keys of the devices the database part annotated.
+	Prepared *DatabaseCounts
 }
 
 // Validate checks the options.
@@ -51,7 +60,7 @@ func (o *Options) Validate() error {
 	if o.DB == nil {
 		return errors.New("device preparation: no database connection given")
 	}
-	if o.KV == nil {
+	if o.KV == nil && !o.WithoutKV {
 		return errors.New("device preparation: no KV client given")
 	}
 	if o.KeyBatchSize < 0 {

@@ -64,6 +64,9 @@ func verify(ctx context.Context, opts *Options) error {
 			return fmt.Errorf("device preparation: the default organization %s is missing, so the SystemRestored event has nowhere to go: the database looks incomplete; restore it again or turn event creation off", DefaultOrgID)
 		}
 	}
+	if opts.KV == nil {
+		return nil // Plan WithoutKV
+	}
 	if err := opts.KV.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("device preparation: KV store: %w", describeKVError(err, opts.KV.Options().Addr))
 	}
@@ -126,9 +129,11 @@ func Plan(ctx context.Context, opts Options) (*Result, error) {
 	}
 	res.KVFlushed = opts.FlushKV && (toUpdate > 0 || erToUpdate > 0 || res.EventCreated)
 
-	present, err := countPresentKeys(ctx, tx, &opts)
-	if err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
+	present := 0
+	if opts.KV != nil {
+		if present, err = countPresentKeys(ctx, tx, &opts); err != nil {
+			return nil, fmt.Errorf("device preparation: %w", err)
+		}
 	}
 	if res.KVFlushed {
 		res.KeysWritten = res.KeysExpected
@@ -164,13 +169,22 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
+	if opts.KV == nil {
+		return nil, errors.New("device preparation: no KV client given: only a plan can do without the KV store")
+	}
 	log := opts.logger()
 	log.Debug("device preparation starting")
 	if err := verify(ctx, &opts); err != nil {
 		return nil, err
 	}
 	log.Debug("database and KV store verified")
-	res, err := runTransaction(ctx, &opts)
+	var res *Result
+	var err error
+	if opts.Prepared != nil {
+		res, err = finishPrepared(ctx, &opts)
+	} else {
+		res, err = runTransaction(ctx, &opts)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -193,6 +207,34 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.DevicesUpdated, res.EnrollmentRequestsUpdated, res.KeysWritten, res.Organizations),
 		"keys_verified", res.KeysVerified, "devices_already_awaiting", res.DevicesAlreadyAwaiting,
 		"devices_skipped_decommissioned", res.DevicesSkippedDecommissioned, "json_repaired", res.JSONRepaired)
+	return res, nil
+}
+
+// finishPrepared is Run's database step when DatabaseScript already ran: the counts are
+// the script's, the rows are left alone, and the KV store is cleared (with FlushKV).
+func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
+	log := opts.logger()
+	p := opts.Prepared
+	res := &Result{}
+	if _, _, err := readCounts(ctx, opts.DB, &res.Counts); err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
+	res.DevicesUpdated, res.TimestampsCleared, res.EnrollmentRequestsUpdated = p.DevicesUpdated, p.TimestampsCleared, p.EnrollmentRequestsUpdated
+	// What was already awaiting before the database part ran.
+	res.DevicesAlreadyAwaiting -= p.DevicesUpdated
+	res.EnrollmentRequestsAwaiting -= p.EnrollmentRequestsUpdated
+	res.JSONRepaired = p.JSONRepaired
+	res.EventCreated = p.EventCreated
+	if opts.CreateEvent {
+		res.EventName = eventName(opts.RestoreID)
+	}
+	if opts.FlushKV {
+		log.Info("Clearing KV store after restoration")
+		if err := opts.KV.FlushAll(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("device preparation: clear the KV store: %w", describeKVError(err, opts.KV.Options().Addr))
+		}
+		res.KVFlushed = true
+	}
 	return res, nil
 }
 

@@ -67,7 +67,12 @@ const organizationsCountSQL = `SELECT count(*) FROM organizations`
 
 // updateDevicesSQL updates the qualifying devices and, in the same statement, clears
 // last_seen for exactly those devices.
-var updateDevicesSQL = `WITH updated AS (
+var updateDevicesSQL = `WITH ` + updateDevicesCTE + `
+SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
+
+// updateDevicesCTE is the device update as the CTEs "updated" and "cleared", shared by
+// Run's transaction and DatabaseScript.
+var updateDevicesCTE = `updated AS (
 	UPDATE devices AS d SET
 		annotations = ` + asObject("d.annotations") + ` || ` + awaitingJSON + `,
 		status = ` + asObject("d.status") + ` || jsonb_build_object(
@@ -81,18 +86,25 @@ var updateDevicesSQL = `WITH updated AS (
 	FROM updated AS u
 	WHERE t.org_id = u.org_id AND t.name = u.name
 	RETURNING 1
-)
-SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
+)`
 
 var updateEnrollmentRequestsSQL = `UPDATE enrollment_requests AS e SET
 	annotations = ` + asObject("e.annotations") + ` || ` + awaitingJSON + `,
 	resource_version = COALESCE(e.resource_version, 0) + 1
 WHERE ` + erQualifies
 
+// insertEventColumns and insertEventValues are insertEventSQL's parts, shared by
+// DatabaseScript.
+const (
+	insertEventColumns = `INSERT INTO events (org_id, name, reason, source_component, actor, type, message, details,
+	involved_object_name, involved_object_kind, annotations, created_at, updated_at)`
+	insertEventFixed = `'SystemRestored', '', '', 'Normal'`
+	insertEventTail  = `'null'::jsonb, 'database', 'System', '{}'::jsonb, now(), now()`
+)
+
 // insertEventSQL writes the SystemRestored event as upstream does, once per name.
-const insertEventSQL = `INSERT INTO events (org_id, name, reason, source_component, actor, type, message, details,
-	involved_object_name, involved_object_kind, annotations, created_at, updated_at)
-VALUES ($1, $2, 'SystemRestored', '', '', 'Normal', $3, 'null'::jsonb, 'database', 'System', '{}'::jsonb, now(), now())
+const insertEventSQL = insertEventColumns + `
+VALUES ($1, $2, ` + insertEventFixed + `, $3, ` + insertEventTail + `)
 ON CONFLICT (org_id, name) DO NOTHING`
 
 const eventExistsSQL = `SELECT EXISTS (SELECT 1 FROM events WHERE org_id = $1 AND name = $2)`

@@ -3,7 +3,10 @@ package estate
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
+	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/units"
 )
 
@@ -49,4 +52,36 @@ func SystemdUnitState(ctx context.Context, scope, busAddress string) (active, in
 		return st.Exists(), nil
 	}
 	return active, installed, m.Close, nil
+}
+
+// RestoreTargetOptions say which estate a restore writes to and how to reach it: the one
+// place where a restore's target is built from options.
+type RestoreTargetOptions struct {
+	Type              Type
+	Podman            PodmanConfig
+	Kubernetes        KubernetesConfig
+	KubernetesRestore KubernetesRestoreConfig
+	Runner            runner.Runner
+	// RunningVersion, when set, is the running release (else discovered).
+	RunningVersion string
+	Logger         *slog.Logger
+}
+
+// OpenRestoreTarget builds the estate's restore target and opens it; close releases it.
+func OpenRestoreTarget(ctx context.Context, o RestoreTargetOptions) (restore.Target, func(), error) {
+	switch o.Type {
+	case Podman:
+		t := &PodmanRestore{Config: o.Podman, Runner: o.Runner, RunningVersion: o.RunningVersion, Logger: o.Logger}
+		if err := t.Open(ctx); err != nil {
+			return nil, nil, err
+		}
+		return t, t.Close, nil
+	case Kubernetes:
+		t := &KubernetesRestore{Config: o.Kubernetes, Restore: o.KubernetesRestore, Runner: o.Runner, RunningVersion: o.RunningVersion, Logger: o.Logger}
+		if err := t.Open(ctx); err != nil {
+			return nil, nil, err
+		}
+		return t, t.Close, nil
+	}
+	return nil, nil, fmt.Errorf("deployment type %q: must be %q or %q", o.Type, Podman, Kubernetes)
 }

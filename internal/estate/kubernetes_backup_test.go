@@ -89,3 +89,28 @@ func TestKubernetesPermissions(t *testing.T) {
 	b.Config.DBAccess = DBAccessDirect
 	assert.Len(t, b.Permissions(), 4, "direct access needs no exec")
 }
+
+func TestKubernetesRestorePermissions(t *testing.T) {
+	k := &KubernetesRestore{Config: WithKubernetesDefaults(KubernetesConfig{Namespace: "fc", InternalNamespace: "fc-int"}),
+		Restore: KubernetesRestoreConfig{DevprepAccess: DevprepPortForward}}
+	var names []string
+	for _, p := range k.Permissions() {
+		names = append(names, p.String())
+	}
+	for _, ns := range []string{"fc", "fc-int"} {
+		for _, want := range []string{"get secrets", "create secrets", "patch secrets", "update secrets", "delete secrets",
+			"get deployments.apps", "patch deployments.apps", "get deployments.apps/scale", "patch deployments.apps/scale", "list pods"} {
+			assert.Contains(t, names, want+" in namespace "+ns)
+		}
+	}
+	assert.Contains(t, names, "create pods/exec in namespace fc-int")
+	assert.Contains(t, names, "create pods/portforward in namespace fc-int")
+	assert.NotContains(t, names, "create pods/exec in namespace fc", "the database is in the internal namespace")
+	k.Config.DBAccess, k.Restore.DevprepAccess = DBAccessDirect, DevprepDirect
+	names = nil
+	for _, p := range k.Permissions() {
+		names = append(names, p.String())
+	}
+	assert.NotContains(t, names, "create pods/exec in namespace fc-int")
+	assert.NotContains(t, names, "create pods/portforward in namespace fc-int")
+}

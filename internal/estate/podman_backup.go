@@ -139,11 +139,20 @@ type PodmanBackup struct {
 	Config PodmanConfig
 	Runner runner.Runner
 	Logger *slog.Logger
+	// DumpEarly makes Plan start the database dump at once, beside its own checks (the
+	// password lookup, the preflight queries, the volume check), instead of after them:
+	// WriteBackup then reads a dump that is already running, and the checks cost no time
+	// before it. Close stops that dump when WriteBackup is not called. A backup sets it; a
+	// check-mode plan does not, and then nothing is dumped.
+	DumpEarly bool
 
 	once     sync.Once
 	password string
 	pwSource string
 	pwErr    error
+
+	mu      sync.Mutex
+	pending *cmdStream // the dump Plan started (DumpEarly), until WriteBackup takes it
 }
 
 // Type is Podman.
@@ -219,9 +228,34 @@ func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 	}
 	plan.Sources = append(plan.Sources, pki, enc, cfgSrc)
 
+	// The podman calls below each cost a process start (about 0.1 s of CPU): they run side
+	// by side, and the dump, when it starts early, beside them.
+	if !svc.DB.IsExternal() && b.DumpEarly {
+		b.startEarlyDump(ctx, b.dbName(svc))
+	}
+	var volExists bool
+	var volErr error
+	volDone := make(chan struct{})
+	go func() {
+		defer close(volDone)
+		if c.PAMVolume != "" {
+			volExists, volErr = b.podman().VolumeExists(ctx, c.PAMVolume)
+		}
+	}()
+	var db *DatabasePlan
+	var dbErr error
+	if !svc.DB.IsExternal() {
+		db, dbErr = b.planDatabase(ctx, svc)
+	}
+	<-volDone
+	if dbErr != nil {
+		_ = b.Close()
+		return nil, dbErr
+	}
+
 	if c.PAMVolume != "" {
 		vol := PlannedSource{Component: ComponentVolumes, Source: "podman volume " + c.PAMVolume, ArchivePath: EntryPAMVolumeTar}
-		exists, err := b.podman().VolumeExists(ctx, c.PAMVolume)
+		exists, err := volExists, volErr
 		switch {
 		case err != nil:
 			plan.Warnings = append(plan.Warnings, pamVolumeWarning(firstLine(err.Error())))
@@ -236,10 +270,6 @@ func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 	if svc.DB.IsExternal() {
 		plan.Warnings = append(plan.Warnings, ExternalDatabaseGuidance)
 	} else {
-		db, err := b.planDatabase(ctx, svc)
-		if err != nil {
-			return nil, err
-		}
 		plan.DatabaseIncluded = true
 		plan.Database = db
 		plan.EstimatedSize += db.Size
@@ -375,18 +405,22 @@ func (b *PodmanBackup) planDatabase(ctx context.Context, svc *serviceconfig.Conf
 	db.PasswordSource = source
 	cl := b.dbClient(db.Name, password)
 
-	ver, err := cl.pgDumpVersion(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("database: pg_dump is not usable %s: %w", cl.where(), err)
+	var pf preflight
+	if c.DBAccess == DBAccessContainer {
+		pf, err = cl.containerPreflight(ctx)
+	} else {
+		pf, err = cl.localPreflight(ctx)
 	}
-	db.PgDumpVersion = ver
-	out, err := cl.query(ctx, "select pg_database_size(current_database()), current_setting('server_version')")
-	if err != nil {
+	switch {
+	case err != nil && pf.pgDumpVersion == "":
+		return nil, fmt.Errorf("database: pg_dump is not usable %s: %w", cl.where(), err)
+	case err != nil:
 		return nil, fmt.Errorf("database: cannot connect %s: %w; check that the database runs and that db_user/db_password (or the podman secret %s) are right", cl.where(), err, orDefault(c.DBPasswordSecret, SecretDBUserPassword))
 	}
-	fields := strings.Split(strings.TrimSpace(out), "|")
+	db.PgDumpVersion = pf.pgDumpVersion
+	fields := strings.Split(pf.size, "|")
 	if len(fields) != 2 {
-		return nil, fmt.Errorf("database: unexpected answer %q to the size query %s", strings.TrimSpace(out), cl.where())
+		return nil, fmt.Errorf("database: unexpected answer %q to the size query %s", pf.size, cl.where())
 	}
 	if db.Size, err = strconv.ParseInt(fields[0], 10, 64); err != nil {
 		return nil, fmt.Errorf("database: unexpected size %q %s", fields[0], cl.where())
@@ -394,9 +428,8 @@ func (b *PodmanBackup) planDatabase(ctx context.Context, svc *serviceconfig.Conf
 	db.ServerVersion = fields[1]
 	// Row counts go into the metadata when the user may read the tables; they are a
 	// convenience, never a reason to fail.
-	out, err = cl.query(ctx, "select (select count(*) from devices), (select count(*) from fleets), (select count(*) from enrollment_requests)")
-	if err == nil {
-		if n := strings.Split(strings.TrimSpace(out), "|"); len(n) == 3 {
+	if pf.counts != "" {
+		if n := strings.Split(pf.counts, "|"); len(n) == 3 {
 			db.Counts = map[string]int64{}
 			for i, k := range []string{"devices", "fleets", "enrollment_requests"} {
 				if v, err := strconv.ParseInt(n[i], 10, 64); err == nil {
@@ -405,23 +438,147 @@ func (b *PodmanBackup) planDatabase(ctx context.Context, svc *serviceconfig.Conf
 			}
 		}
 	} else {
-		b.log().Debug("row counts unavailable", "err", firstLine(err.Error()))
+		b.log().Debug("row counts unavailable", "err", firstLine(pf.countsErr))
 	}
 	// Owner and database-level grants: pg_dump without --create does not carry them.
-	out, err = cl.query(ctx, "select json_build_object('owner', pg_get_userbyid(datdba), 'acl', datacl::text[]) from pg_database where datname = current_database()")
-	if err == nil {
+	if pf.grants != "" {
 		var g struct {
 			Owner string   `json:"owner"`
 			ACL   []string `json:"acl"`
 		}
-		if json.Unmarshal([]byte(strings.TrimSpace(out)), &g) == nil {
+		if json.Unmarshal([]byte(pf.grants), &g) == nil {
 			db.Owner, db.ACL = g.Owner, g.ACL
 		}
 	} else {
-		b.log().Debug("database owner and grants unavailable", "err", firstLine(err.Error()))
+		b.log().Debug("database owner and grants unavailable", "err", firstLine(pf.grantsErr))
 	}
 	return db, nil
 }
+
+// The preflight's questions: the database's size and server version (required), its row
+// counts and its owner and grants (both optional: the user may lack the rights).
+const (
+	sizeQuery   = "select pg_database_size(current_database()), current_setting('server_version')"
+	countsQuery = "select (select count(*) from devices), (select count(*) from fleets), (select count(*) from enrollment_requests)"
+	grantsQuery = "select json_build_object('owner', pg_get_userbyid(datdba), 'acl', datacl::text[]) from pg_database where datname = current_database()"
+)
+
+// preflight is what the checks before a dump learnt. pgDumpVersion is "" when pg_dump
+// itself could not run.
+type preflight struct {
+	pgDumpVersion string
+	size          string // "<bytes>|<server_version>"
+	counts        string // "<devices>|<fleets>|<enrollment_requests>", "" when unreadable
+	grants        string // JSON {"owner", "acl"}, "" when unreadable
+	countsErr     string
+	grantsErr     string
+}
+
+// localPreflight runs the host's pg_dump and psql, one short process per question.
+func (d dbClient) localPreflight(ctx context.Context) (preflight, error) {
+	var pf preflight
+	ver, err := d.pgDumpVersion(ctx)
+	if err != nil {
+		return pf, err
+	}
+	pf.pgDumpVersion = ver
+	out, err := d.query(ctx, sizeQuery)
+	if err != nil {
+		return pf, err
+	}
+	pf.size = strings.TrimSpace(out)
+	if out, err := d.query(ctx, countsQuery); err == nil {
+		pf.counts = strings.TrimSpace(out)
+	} else {
+		pf.countsErr = err.Error()
+	}
+	if out, err := d.query(ctx, grantsQuery); err == nil {
+		pf.grants = strings.TrimSpace(out)
+	} else {
+		pf.grantsErr = err.Error()
+	}
+	return pf, nil
+}
+
+// Tags of the preflight's answers in the container: each answer is one line that starts
+// with its tag, so that nothing else psql prints is taken for one.
+const (
+	tagSize   = "flightctl-dr-size|"
+	tagCounts = "flightctl-dr-counts|"
+	tagGrants = "flightctl-dr-grants|"
+)
+
+// The same questions, each answer one tagged line with its fields separated by |.
+const (
+	taggedSizeQuery   = "select '" + tagSize + "' || pg_database_size(current_database()) || '|' || current_setting('server_version')"
+	taggedCountsQuery = "select '" + tagCounts + "' || (select count(*) from devices) || '|' || (select count(*) from fleets) || '|' || (select count(*) from enrollment_requests)"
+	taggedGrantsQuery = "select '" + tagGrants + "' || json_build_object('owner', pg_get_userbyid(datdba), 'acl', datacl::text[])::text from pg_database where datname = current_database()"
+)
+
+// containerPreflight asks every question in one podman exec (each exec costs a process
+// start of podman, conmon and the runtime: about 0.1 s of CPU and more of wall time):
+// pg_dump --version, then psql for the size (required, ON_ERROR_STOP), then one more
+// psql for the optional answers, whose failure does not fail the script.
+func (d dbClient) containerPreflight(ctx context.Context) (preflight, error) {
+	var pf preflight
+	psql := "PGCONNECT_TIMEOUT=15 psql -X -w -A -t -q "
+	script := "export PGPASSWORD; pg_dump --version && " +
+		psql + "-v ON_ERROR_STOP=1 " + d.containerConn() + " -c " + shellQuote(taggedSizeQuery) + " && { " +
+		psql + d.containerConn() + " -c " + shellQuote(taggedCountsQuery) + " -c " + shellQuote(taggedGrantsQuery) + " || true; }"
+	var out bytes.Buffer
+	stderr := &limitedBuffer{max: 4096}
+	err := d.podman.Exec(ctx, podman.ExecOptions{
+		Container: d.cfg.DBContainer,
+		Command:   []string{"sh", "-c", "PGPASSWORD=$(cat -) " + script},
+		Stdin:     strings.NewReader(d.password),
+		Stdout:    &out,
+		Stderr:    stderr,
+	})
+	for _, line := range strings.Split(out.String(), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case pf.pgDumpVersion == "" && strings.HasPrefix(line, "pg_dump"):
+			pf.pgDumpVersion = line
+			if m := versionRE.FindString(line); m != "" {
+				pf.pgDumpVersion = m
+			}
+		case strings.HasPrefix(line, tagSize):
+			pf.size = strings.TrimPrefix(line, tagSize)
+		case strings.HasPrefix(line, tagCounts):
+			pf.counts = strings.TrimPrefix(line, tagCounts)
+		case strings.HasPrefix(line, tagGrants):
+			pf.grants = strings.TrimPrefix(line, tagGrants)
+		}
+	}
+	if err != nil {
+		return pf, err
+	}
+	if pf.pgDumpVersion == "" {
+		return pf, fmt.Errorf("pg_dump --version printed %q", firstLine(out.String()))
+	}
+	if pf.counts == "" {
+		pf.countsErr = stderr.String()
+	}
+	if pf.grants == "" {
+		pf.grantsErr = stderr.String()
+	}
+	return pf, nil
+}
+
+// limitedBuffer keeps the first max bytes written to it.
+type limitedBuffer struct {
+	max int
+	buf bytes.Buffer
+}
+
+func (l *limitedBuffer) Write(p []byte) (int, error) {
+	if room := l.max - l.buf.Len(); room > 0 {
+		l.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (l *limitedBuffer) String() string { return l.buf.String() }
 
 // WriteBackup streams the state into sink, following plan (from Plan). On error the
 // caller aborts the archive; nothing is ever staged on disk.
@@ -534,7 +691,20 @@ func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *Datab
 		return 0, nil, fmt.Errorf("back up database: %w", err)
 	}
 	b.log().Info("Dumping database " + cl.where())
-	stream := startStream(ctx, cl.dump)
+	b.mu.Lock()
+	stream := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	if stream != nil && stream.out != nil {
+		<-stream.out.decided
+		if stream.out.restart {
+			_ = stream.Close()
+			stream = nil
+		}
+	}
+	if stream == nil {
+		stream = startStream(ctx, cl.dump)
+	}
 	// The dump is read as a restore reads it, beside the archive writer: its rows per
 	// table go into the metadata, and a dump that a restore would refuse is reported now.
 	watch := pgdump.Watch()
@@ -556,6 +726,90 @@ func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *Datab
 		return n, nil, fmt.Errorf("back up database: pg_dump wrote nothing %s", cl.where())
 	}
 	return n, st, nil
+}
+
+// startEarlyDump starts the dump of database name before the checks have run (DumpEarly).
+// In the container, the exec starts at once and the password follows on its stdin when
+// the secret has been read, so that podman's exec set-up overlaps the secret lookup; on
+// this host, pg_dump starts when the password is known (it goes in its environment).
+func (b *PodmanBackup) startEarlyDump(ctx context.Context, name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pending != nil {
+		return
+	}
+	if b.Config.DBAccess != DBAccessContainer {
+		b.pending = startStream(ctx, func(ctx context.Context, w io.Writer) error {
+			password, _, err := b.dbPassword(ctx)
+			if err != nil {
+				return err
+			}
+			return b.dbClient(name, password).dump(ctx, w)
+		})
+		return
+	}
+	cl := b.dbClient(name, "")
+	inner, marker := newDumpNames()
+	pr, pw := io.Pipe()
+	stream := startStream(ctx, func(ctx context.Context, w io.Writer) error {
+		return cl.podman.Exec(ctx, podman.ExecOptions{
+			Container: cl.cfg.DBContainer,
+			Command:   []string{"sh", "-c", cl.pipedDumpScript(inner, marker)},
+			Stdin:     pr,
+			Stdout:    w,
+		})
+	})
+	out := &pipedOutput{stdout: stream.pr, marker: marker, decided: make(chan struct{}), logf: func(m string) { b.log().Debug(m, "container", cl.cfg.DBContainer) }}
+	stream.out = out
+	go func() {
+		var pipe *containerPipe
+		pipeDone := make(chan struct{})
+		go func() {
+			defer close(pipeDone)
+			p, err := openContainerPipe(ctx, cl.podman, cl.cfg.DBContainer, inner)
+			if err != nil {
+				b.log().Debug("the dump goes through podman exec's stdout", "reason", firstLine(err.Error()))
+				return
+			}
+			pipe = p
+		}()
+		password, _, err := b.dbPassword(ctx)
+		<-pipeDone
+		if err == nil && strings.ContainsAny(password, "\r\n") {
+			out.restart = true
+		}
+		if err != nil || out.restart {
+			if pipe != nil {
+				pipe.close()
+			}
+			close(out.decided)
+			// Stopped before pg_dump can connect without a password; Plan reports err.
+			stream.cancel()
+			pw.CloseWithError(errors.New("backup aborted"))
+			return
+		}
+		where := "stdout"
+		if pipe != nil {
+			where = "fifo"
+		}
+		out.pipe = pipe
+		close(out.decided)
+		_, _ = io.WriteString(pw, password+"\n"+where+"\n")
+		_ = pw.Close()
+	}()
+	b.pending = stream
+}
+
+// Close stops a dump that Plan started early (DumpEarly) and WriteBackup did not take.
+func (b *PodmanBackup) Close() error {
+	b.mu.Lock()
+	s := b.pending
+	b.pending = nil
+	b.mu.Unlock()
+	if s != nil {
+		_ = s.Close()
+	}
+	return nil
 }
 
 // recordDump puts what the dump holds into the metadata: rows per table as the dump
@@ -698,10 +952,15 @@ func (d dbClient) connArgs() []string {
 // script is a command line for sh inside the database container. The password reaches
 // it on stdin, read into PGPASSWORD: upstream's `sh -c "PGPASSWORD=$(cat -) ..."`.
 func (d dbClient) inContainer(ctx context.Context, script string, stdout io.Writer) error {
+	return d.inContainerWith(ctx, script, strings.NewReader(d.password), stdout)
+}
+
+// inContainerWith is inContainer with the password read from stdin.
+func (d dbClient) inContainerWith(ctx context.Context, script string, stdin io.Reader, stdout io.Writer) error {
 	return d.podman.Exec(ctx, podman.ExecOptions{
 		Container: d.cfg.DBContainer,
 		Command:   []string{"sh", "-c", "PGPASSWORD=$(cat -) " + script},
-		Stdin:     strings.NewReader(d.password),
+		Stdin:     stdin,
 		Stdout:    stdout,
 	})
 }
@@ -783,41 +1042,93 @@ func shellWord(s string) string {
 
 // cmdStream is a command's stdout as a reader. A command that fails makes Read return
 // its error instead of io.EOF, so a consumer can never take a failed dump for a whole one.
+//
+// The command writes into an OS pipe of dumpPipeSize bytes that Read reads directly: the
+// program (pg_dump, or podman relaying it) gets the pipe itself as its stdout, so no
+// goroutine copies the stream in 32 KiB pieces in between, and each Read takes up to a
+// whole pipe's worth.
 type cmdStream struct {
-	pr     *io.PipeReader
+	pr     *os.File
+	out    *pipedOutput // the early container dump: stdout, then maybe a FIFO
 	cancel context.CancelFunc
 	done   chan struct{}
 	mu     sync.Mutex
 	err    error
 }
 
+// dumpPipeSize is the capacity asked for the stream's pipe (Linux's default limit for
+// unprivileged processes, /proc/sys/fs/pipe-max-size); the kernel's 64 KiB stays when refused.
+const dumpPipeSize = 1 << 20
+
 func startStream(ctx context.Context, produce func(ctx context.Context, w io.Writer) error) *cmdStream {
 	ctx, cancel := context.WithCancel(ctx)
-	pr, pw := io.Pipe()
-	s := &cmdStream{pr: pr, cancel: cancel, done: make(chan struct{})}
+	s := &cmdStream{cancel: cancel, done: make(chan struct{})}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		s.pr, s.err = nil, fmt.Errorf("create a pipe for the stream: %w", err)
+		close(s.done)
+		return s
+	}
+	setPipeSize(pw, dumpPipeSize)
+	s.pr = pr
 	go func() {
-		defer close(s.done)
 		err := produce(ctx, pw)
+		_ = pw.Close()
 		s.mu.Lock()
 		s.err = err
 		s.mu.Unlock()
-		pw.CloseWithError(err) // nil closes with io.EOF
+		close(s.done)
 	}()
 	return s
 }
 
-func (s *cmdStream) Read(p []byte) (int, error) { return s.pr.Read(p) }
+// Read reads the command's output; at its end, the command's error if it failed.
+func (s *cmdStream) Read(p []byte) (int, error) {
+	if s.pr == nil {
+		return 0, s.CommandErr()
+	}
+	var n int
+	var err error
+	if s.out != nil {
+		n, err = s.out.Read(p)
+	} else {
+		n, err = s.pr.Read(p)
+	}
+	if err == io.EOF {
+		// Every writer has closed the pipe: the command has ended, or is ending.
+		<-s.done
+		if cerr := s.CommandErr(); cerr != nil {
+			return n, cerr
+		}
+	}
+	if errors.Is(err, os.ErrClosed) {
+		err = errors.New("backup aborted")
+	}
+	return n, err
+}
 
 // Close stops the command if it still runs, waits for it and returns its error.
 func (s *cmdStream) Close() error {
 	select {
 	case <-s.done:
 	default:
-		s.pr.CloseWithError(errors.New("backup aborted"))
+		// The command's next write fails (EPIPE), and it is signalled.
+		if s.pr != nil {
+			_ = s.pr.Close()
+		}
+		if s.out != nil {
+			s.out.close()
+		}
 		s.cancel()
 		<-s.done
 	}
+	if s.out != nil {
+		s.out.close()
+	}
 	s.cancel()
+	if s.pr != nil {
+		_ = s.pr.Close()
+	}
 	return s.CommandErr()
 }
 

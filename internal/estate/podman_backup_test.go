@@ -111,6 +111,16 @@ func fakeContainerHost(dump string) *runner.Fake {
 			return string(b), nil
 		case c.Name == "podman" && strings.HasPrefix(args, "volume exists"):
 			return "", &runner.ExitError{Cmd: "podman volume exists", ExitCode: 1}
+		case c.Name == "podman" && strings.Contains(args, "pg_dump --version && "):
+			// The preflight in one exec: pg_dump's version, then one tagged line per query.
+			out := "pg_dump (PostgreSQL) 16.4\n"
+			if strings.Contains(args, tagSize) {
+				out += tagSize + "8123456|16.4\n"
+			}
+			if strings.Contains(args, tagCounts) {
+				out += tagCounts + "3|1|2\n"
+			}
+			return out, nil
 		case c.Name == "podman" && args == "exec flightctl-db pg_dump --version":
 			return "pg_dump (PostgreSQL) 16.4\n", nil
 		case c.Name == "podman" && strings.Contains(args, "psql") && strings.Contains(args, "pg_database_size"):

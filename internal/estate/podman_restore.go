@@ -227,6 +227,12 @@ func (p *PodmanRestore) podman() *podman.Client {
 
 func (p *PodmanRestore) Devices() restore.DevicePreparer { return &podmanDevices{p: p} }
 
+// DevicesIn is device preparation against database db of the same server instead of the
+// live one (a restore drill's scratch database), with the same users and endpoints.
+func (p *PodmanRestore) DevicesIn(db string) restore.DevicePreparer {
+	return &podmanDevices{p: p, db: db}
+}
+
 // unitAdapter puts internal/units behind restore.UnitManager.
 type unitAdapter struct{ m *units.Manager }
 
@@ -301,7 +307,10 @@ func (v *podmanVolume) empty(ctx context.Context) error {
 
 // podmanDevices runs device preparation as the application user against the database
 // and the KV store of the host.
-type podmanDevices struct{ p *PodmanRestore }
+type podmanDevices struct {
+	p  *PodmanRestore
+	db string // "": the live database
+}
 
 // secrets reads the passwords once: the options, else the Podman secrets.
 func (p *PodmanRestore) secrets(ctx context.Context) (string, string, error) {
@@ -401,7 +410,11 @@ func (d *podmanDevices) connect(ctx context.Context) (*devprepConns, error) {
 		return nil, err
 	}
 	c := d.p.Config
-	co := devprep.ConnOptions{DBHost: dbAt.Host, DBPort: dbAt.Port, DBName: d.p.dbName, DBUser: c.DBUser, DBPassword: dbpw,
+	dbName := d.p.dbName
+	if d.db != "" {
+		dbName = d.db
+	}
+	co := devprep.ConnOptions{DBHost: dbAt.Host, DBPort: dbAt.Port, DBName: dbName, DBUser: c.DBUser, DBPassword: dbpw,
 		KVHost: kvAt.Host, KVPort: kvAt.Port, KVPassword: kvpw}
 	db, kv, err := co.Connect(ctx)
 	if err != nil {
@@ -430,6 +443,9 @@ func (d *podmanDevices) Check(ctx context.Context) error {
 	return nil
 }
 
+// FinishesPreparedDatabase: Prepare honours DevicePrepRequest.DatabasePrepared.
+func (d *podmanDevices) FinishesPreparedDatabase() bool { return true }
+
 func (d *podmanDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest) (any, bool, error) {
 	c, err := d.connect(ctx)
 	if err != nil {
@@ -438,6 +454,7 @@ func (d *podmanDevices) Prepare(ctx context.Context, req restore.DevicePrepReque
 	defer c.close()
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.p.Logger
+	opts.Prepared = req.DatabasePrepared
 	var res *devprep.Result
 	if req.DryRun {
 		res, err = devprep.Plan(ctx, opts)

@@ -90,6 +90,13 @@ func RunFile(t testing.TB, bin string, content []byte, env ...string) Result {
 	}
 	cmd := exec.Command(bin, path)
 	cmd.Env = append(os.Environ(), env...)
+	return RunCommand(t, cmd)
+}
+
+// RunCommand runs cmd, a module binary given its arguments file (perhaps behind a wrapper
+// such as unshare), and checks that stdout is exactly one JSON object.
+func RunCommand(t testing.TB, cmd *exec.Cmd) Result {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

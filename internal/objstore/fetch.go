@@ -130,7 +130,7 @@ func (s *Store) Download(ctx context.Context, estate, name, dir string) (path st
 		return "", false, err
 	}
 	if !retention.IsArchiveName(name) {
-		return "", false, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz)", name)
+		return "", false, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz, or .tar.gz.age encrypted)", name)
 	}
 	sum, err := s.Check(ctx, estate, name)
 	if err != nil {
@@ -228,8 +228,12 @@ const tailStart = 1 << 20
 // ReadMetadata reads metadata.json of a stored archive from its tail with
 // ranged reads, without downloading the rest. It returns
 // archive.ErrNoQuickMetadata for archives not laid out as this tool writes
-// them (upstream's): those must be downloaded to be read.
+// them (upstream's), and for encrypted ones (.tar.gz.age, read with their identity after
+// the download): those must be downloaded to be read.
 func (s *Store) ReadMetadata(ctx context.Context, estate, name string) (*archive.Metadata, int64, error) {
+	if strings.HasSuffix(name, archive.EncryptedSuffix) {
+		return nil, 0, archive.ErrNoQuickMetadata
+	}
 	key := s.Key(estate, name)
 	info, err := s.client.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
 	if err != nil {

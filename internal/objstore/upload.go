@@ -94,7 +94,7 @@ func (s *Store) Upload(ctx context.Context, estate, path string, opts UploadOpti
 	}
 	name := filepath.Base(path)
 	if !retention.IsArchiveName(name) {
-		return nil, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz): only backup archives are copied", name)
+		return nil, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz, or .tar.gz.age encrypted): only backup archives are copied", name)
 	}
 	want, err := ReadChecksumFile(path+".sha256", name)
 	if err != nil {

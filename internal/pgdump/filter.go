@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"sync/atomic"
 )
@@ -28,8 +27,7 @@ type FilterOptions struct {
 // dump's bytes unchanged. At the end of the input Read returns io.EOF only when the dump
 // is complete (pg_dump's completion line seen); a refusal is returned as the *Refusal.
 type Filter struct {
-	rd      *Reader
-	ck      *Checker
+	src     *Checked
 	opts    FilterOptions
 	out     []byte
 	buf     []byte
@@ -46,7 +44,7 @@ type Filter struct {
 func NewFilter(r io.Reader, opts FilterOptions) *Filter {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
-	return &Filter{rd: NewReader(r), ck: NewChecker(), opts: opts, key: hex.EncodeToString(b)}
+	return &Filter{src: NewChecked(r), opts: opts, key: hex.EncodeToString(b)}
 }
 
 // Err is the refusal or read error that ended the filter, if any.
@@ -56,10 +54,10 @@ func (f *Filter) Err() error { return f.err }
 func (f *Filter) Complete() bool { return f.done && f.err == nil }
 
 // Rows returns the COPY rows per table ("public.devices") and the tables in order.
-func (f *Filter) Rows() (map[string]int64, []string) { return f.rd.Rows() }
+func (f *Filter) Rows() (map[string]int64, []string) { return f.src.Rows() }
 
 // Statements is the number of statements accepted.
-func (f *Filter) Statements() int { return f.ck.Statements() }
+func (f *Filter) Statements() int { return f.src.Statements() }
 
 func (f *Filter) fail(err error) error {
 	if f.err == nil {
@@ -89,11 +87,8 @@ func (f *Filter) Read(p []byte) (int, error) {
 		if f.done {
 			return 0, io.EOF
 		}
-		it, err := f.rd.Next()
+		it, err := f.src.Next()
 		if errors.Is(err, io.EOF) {
-			if !f.rd.Complete() {
-				return 0, f.fail(f.incomplete())
-			}
 			if !f.started {
 				f.start(f.opts.ForceRestrict)
 			}
@@ -101,9 +96,6 @@ func (f *Filter) Read(p []byte) (int, error) {
 			continue
 		}
 		if err != nil {
-			return 0, f.fail(err)
-		}
-		if err := f.ck.Check(it, f.rd.Complete()); err != nil {
 			return 0, f.fail(err)
 		}
 		switch {
@@ -127,16 +119,6 @@ func (f *Filter) Read(p []byte) (int, error) {
 		f.out = f.buf[:0]
 	}
 	return n, nil
-}
-
-func (f *Filter) incomplete() error {
-	line := max(f.rd.Line(), 1)
-	switch {
-	case f.ck.Statements() == 0 && f.ck.data == 0:
-		return &Refusal{Line: line, Found: "no statement at all", Reason: "the dump is empty or holds only comments: pg_dump did not finish, do not restore from it"}
-	default:
-		return &Refusal{Line: line, Found: "the end of the dump without pg_dump's completion line", Reason: fmt.Sprintf("the dump is truncated after %d statements: pg_dump did not finish, do not restore from it", f.ck.Statements())}
-	}
 }
 
 // Stats is what Watch saw of a dump.

@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"flightctl.dr/internal/runner"
+	"flightctl.dr/internal/wrap"
 )
 
 // ErrNotFound is wrapped by errors about a container, secret or volume that does not exist.
@@ -123,9 +124,11 @@ func (c *Client) Exec(ctx context.Context, opts ExecOptions) error {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = opts.Stdin, opts.Stdout, opts.Stderr
 	if err := c.runner().Run(ctx, cmd); err != nil {
 		if isNoSuch(err, "container") {
-			return fmt.Errorf("podman exec in %s: container %w (is its unit running?): %v", opts.Container, ErrNotFound, err)
+			return fmt.Errorf("container %s %w (is its unit running?): %v", opts.Container, ErrNotFound, err)
 		}
-		return fmt.Errorf("podman exec in %s: %w", opts.Container, err)
+		// The runner's error names the command already ("podman exec -i <container> psql …:
+		// exit status 2: …"); only an error that does not (podman missing) gets the prefix.
+		return wrap.Prefix(cmd.Name+" exec", err)
 	}
 	return nil
 }
@@ -447,4 +450,21 @@ func (c *Client) Version(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("podman version: %w", err)
 	}
 	return string(bytes.TrimSpace(out)), nil
+}
+
+// ContainerPID returns the host PID of a running container's main process (0 when the
+// container is not running). A missing container gives an error wrapping ErrNotFound.
+func (c *Client) ContainerPID(ctx context.Context, name string) (int, error) {
+	out, err := c.output(ctx, "container", "inspect", "--format", "{{.State.Pid}}", name)
+	if err != nil {
+		if isNoSuch(err, "container") {
+			return 0, fmt.Errorf("inspect container %s: %w", name, ErrNotFound)
+		}
+		return 0, fmt.Errorf("inspect container %s: %w", name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || pid < 0 {
+		return 0, fmt.Errorf("inspect container %s: unexpected process id %q", name, strings.TrimSpace(string(out)))
+	}
+	return pid, nil
 }

@@ -21,8 +21,12 @@ import (
 // BenchmarkRestoreVsPsqlLoad compares a whole restore (checksum and metadata, load and verify the dump
 // into a temporary database, stop units, swap, files, device preparation, start, finalise) with
 // `psql -f` of the same dump into an empty database, on a database of about
-// FLIGHTCTL_DR_BENCH_RESTORE_MB MiB of SQL (default 64) with 20,000 devices. bench/restore/run.sh
-// runs it at 1 GiB. Run with -benchtime 1x: each iteration restores once.
+// FLIGHTCTL_DR_BENCH_RESTORE_MB MiB of SQL (default 64) with FLIGHTCTL_DR_BENCH_RESTORE_DEVICES
+// devices (default 100,000). bench/restore/run.sh runs it at 1 GiB. Each iteration runs
+// psql -f, archive.Verify, a whole restore with the default number of load sessions, and,
+// with FLIGHTCTL_DR_BENCH_RESTORE_SERIAL=1, a whole restore with db_load_connections 1 (the
+// serial path), side by side. downtime-s is from the units being stopped to the last one
+// started again.
 func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	ctx := context.Background()
 	mb := 64
@@ -31,6 +35,13 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		require.NoError(b, err)
 		mb = n
 	}
+	devices := 100000
+	if v := os.Getenv("FLIGHTCTL_DR_BENCH_RESTORE_DEVICES"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(b, err)
+		devices = n
+	}
+	serialToo := os.Getenv("FLIGHTCTL_DR_BENCH_RESTORE_SERIAL") == "1"
 	testbed.Need(b, "psql", "/usr/lib/postgresql/15/bin/pg_dump")
 	pg := testbed.PostgresForTest(b)
 	rd := testbed.RedisForTest(b)
@@ -38,7 +49,6 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	require.NoError(b, pg.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
 	conn, err := pg.SuperuserConn(ctx, "flightctl")
 	require.NoError(b, err)
-	const devices = 20000
 	_, err = conn.Exec(ctx, fmt.Sprintf(`INSERT INTO devices (org_id, name, labels, generation, resource_version, created_at, updated_at, spec, status)
 		SELECT '%s', 'dev-' || i, '{"site":"a"}', 1, 1, now(), now(), '{}',
 		       jsonb_build_object('summary', jsonb_build_object('status', 'Online'), 'lifecycle', jsonb_build_object('status', 'Enrolled'), 'pad', md5(i::text))
@@ -92,7 +102,27 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	dumpInfo, _ := os.Stat(dumpPath)
 	b.Logf("dump %.0f MiB, archive %.0f MiB", float64(dumpInfo.Size())/(1<<20), float64(ar.Size)/(1<<20))
 
-	var psqlTotal, restoreTotal, verifyTotal time.Duration
+	var psqlTotal, restoreTotal, verifyTotal, downTotal, serialTotal, serialDown time.Duration
+	restoreOnce := func(conns int) (time.Duration, time.Duration) {
+		var stopAt, startAt time.Time
+		opts := restore.Options{Logger: benchLogger(), ArchivePath: ar.Path, Target: target(ctx, b, cfg, benchLogger()), StateDir: cfg.StateDir, FlushKV: true, Force: true,
+			LoadConnections: conns, Checkpoint: func(name string) error {
+				switch name {
+				case "stop_units:recorded":
+					stopAt = time.Now()
+				case restore.StepStartUnits:
+					startAt = time.Now()
+				}
+				return nil
+			}}
+		start := time.Now()
+		res, err := restore.Run(ctx, opts)
+		require.NoError(b, err)
+		total := time.Since(start)
+		require.Contains(b, res.Steps, restore.StepFinalize)
+		require.False(b, stopAt.IsZero() || startAt.IsZero(), "units stopped and started")
+		return total, startAt.Sub(stopAt)
+	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
@@ -116,12 +146,14 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		require.NoError(b, err)
 		verifyTotal += time.Since(start)
 
-		start = time.Now()
-		opts := restore.Options{Logger: benchLogger(), ArchivePath: ar.Path, Target: target(ctx, b, cfg, benchLogger()), StateDir: cfg.StateDir, FlushKV: true, Force: true}
-		res, err := restore.Run(ctx, opts)
-		require.NoError(b, err)
-		restoreTotal += time.Since(start)
-		require.Contains(b, res.Steps, restore.StepFinalize)
+		total, down := restoreOnce(0)
+		restoreTotal += total
+		downTotal += down
+		if serialToo {
+			total, down = restoreOnce(1)
+			serialTotal += total
+			serialDown += down
+		}
 
 		b.StopTimer()
 		c, err = pg.SuperuserConn(ctx, "postgres")
@@ -136,6 +168,13 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	b.ReportMetric(verifyTotal.Seconds()/n, "verify-s")
 	b.ReportMetric(restoreTotal.Seconds()/n, "restore-s")
 	b.ReportMetric(restoreTotal.Seconds()/psqlTotal.Seconds(), "restore/psql")
+	b.ReportMetric(downTotal.Seconds()/n, "downtime-s")
+	b.ReportMetric(float64(devices), "devices")
+	if serialToo {
+		b.ReportMetric(serialTotal.Seconds()/n, "serial-restore-s")
+		b.ReportMetric(serialTotal.Seconds()/psqlTotal.Seconds(), "serial-restore/psql")
+		b.ReportMetric(serialDown.Seconds()/n, "serial-downtime-s")
+	}
 	b.ReportMetric(float64(dumpInfo.Size())/(1<<20), "dump-MiB")
 	b.ReportMetric(float64(ar.Size)/(1<<20), "archive-MiB")
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"flightctl.dr/internal/devprep"
 )
 
 // JournalFile is the journal's name inside the state directory.
@@ -37,23 +39,35 @@ const (
 // can be finished or undone by a later run. It is rewritten atomically and fsync'd on
 // every step transition.
 type Journal struct {
-	FormatVersion int       `json:"format_version"`
-	ID            string    `json:"id"`
-	ArchivePath   string    `json:"archive_path"`
-	ArchiveSHA256 string    `json:"archive_sha256"`
-	State         string    `json:"state"`
-	Started       time.Time `json:"started"`
-	Updated       time.Time `json:"updated"`
+	FormatVersion int    `json:"format_version"`
+	ID            string `json:"id"`
+	ArchivePath   string `json:"archive_path"`
+	ArchiveSHA256 string `json:"archive_sha256"`
+	// DeploymentType is the estate restored ("podman", "kubernetes"), so that a re-run
+	// without an explicit type finds it although the stopped server cannot be detected.
+	DeploymentType string    `json:"deployment_type,omitempty"`
+	State          string    `json:"state"`
+	Started        time.Time `json:"started"`
+	Updated        time.Time `json:"updated"`
 
 	// ActiveUnits are the units that were active before the restore stopped them; exactly
 	// these are started again.
 	ActiveUnits []string `json:"active_units"`
 	// UnitsRecorded is true once ActiveUnits holds the state from before any stop.
 	UnitsRecorded bool `json:"units_recorded"`
+	// Scales are the replicas of the active workloads before the stop (Kubernetes
+	// Deployments); they are brought back to exactly these.
+	Scales map[string]int32 `json:"scales,omitempty"`
 
 	Database *JournalDatabase `json:"database,omitempty"`
 	Files    []JournalFileSet `json:"files,omitempty"`
 	Volume   *JournalVolume   `json:"volume,omitempty"`
+	// Items are the objects (Kubernetes Secrets) staged, and the live ones they replace.
+	Items *JournalItems `json:"items,omitempty"`
+	// DevicesPrepared is set when the database part of device preparation ran on the
+	// temporary database during its load: device preparation in the downtime then does
+	// only the KV part.
+	DevicesPrepared *devprep.DatabaseCounts `json:"devices_prepared,omitempty"`
 
 	Done     []string `json:"done"`
 	Warnings []string `json:"warnings,omitempty"`

@@ -92,6 +92,9 @@ func (r *run) liveState(ctx context.Context, j *Journal) (*LiveState, error) {
 		}
 		st.Files[t.Path] = treeDigest(tree)
 	}
+	if err := r.liveItems(ctx, j, st); err != nil {
+		return nil, err
+	}
 	st.KV = j.isDone(StepDevicePrep) && r.target.Devices() != nil
 	return st, nil
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/wrap"
 )
 
@@ -47,6 +48,10 @@ type Options struct {
 	AllowVersionMismatch bool
 	// KeepOldDB keeps the previous database as <db>_old_<id> after success.
 	KeepOldDB bool
+	// LoadConnections is the number of database sessions the dump loads over, when the
+	// Database is a ParallelLoader (0: its default from the CPUs and the server's free
+	// connections; 1: one psql reading the dump, as psql -f).
+	LoadConnections int
 	// StateDir holds the journal (DefaultStateDir).
 	StateDir string
 	// FlushKV clears the KV store before device preparation (upstream does).
@@ -80,6 +85,9 @@ type Options struct {
 	// Signature: with trusted keys, the archive's signature is checked before anything
 	// else and an unsigned archive is refused unless AllowUnsigned.
 	Signature archive.SignatureOptions
+	// Decryption reads an encrypted (age) archive, decrypted in the passes that verify
+	// and load it; an encrypted archive without it is refused before anything changes.
+	Decryption *encrypt.Identities
 }
 
 // Validate checks the options.
@@ -120,6 +128,9 @@ type ArchiveSummary struct {
 	Estate *archive.Estate `json:"estate,omitempty"`
 	// Signature says whether the archive's signature was checked, and whose it is.
 	Signature *archive.SignatureReport `json:"signature,omitempty"`
+	// ArchiveEncryption, for an encrypted archive, lists the recipients it was made for
+	// (their public keys): the keys that can restore it.
+	ArchiveEncryption *archive.ArchiveEncryption `json:"archive_encryption,omitempty"`
 }
 
 // DatabasePlan says what happens to the database.
@@ -143,6 +154,11 @@ type Plan struct {
 	Database     *DatabasePlan `json:"database,omitempty"`
 	Files        []FileChanges `json:"files"`
 	Volume       string        `json:"volume,omitempty"`
+	// Objects are the components restored into objects (Kubernetes Secrets).
+	Objects []string `json:"objects,omitempty"`
+	// EstateChecks are what the estate's own preflight found (controllers that would
+	// undo the quiesce and how they are handled, missing optional workloads).
+	EstateChecks []string `json:"estate_checks,omitempty"`
 }
 
 // Diff is Ansible's before/after.
@@ -196,7 +212,8 @@ type run struct {
 	report   *archive.Report
 	verified bool // report comes from a full archive.Verify; else from quickCheck
 	res      *Result
-	files    []FileTarget // targets present in the archive
+	files    []FileTarget    // targets present in the archive
+	items    []ItemComponent // object components present in the archive
 	hasDump  bool
 	volume   bool // the archive has the PAM volume and the target has one
 }
@@ -326,7 +343,7 @@ func (r *run) restore(ctx context.Context) error {
 	if !quick {
 		r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
 		report, err = archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true})
+			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true, Decryption: r.opts.Decryption})
 		if err != nil {
 			return wrap.Prefix("archive integrity check failed", err)
 		}
@@ -335,7 +352,7 @@ func (r *run) restore(ctx context.Context) error {
 	r.verified = !quick
 	md := report.Metadata
 	r.res.Archive = &ArchiveSummary{Path: r.opts.ArchivePath, SHA256: report.SHA256, Size: report.Size,
-		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded, Estate: md.Estate, Signature: sig}
+		Version: md.Version, DeploymentType: md.DeploymentType, Timestamp: md.Timestamp, DatabaseIncluded: md.DatabaseIncluded, Estate: md.Estate, Signature: sig, ArchiveEncryption: md.ArchiveEncryption}
 	msg := "archive verified"
 	if quick {
 		msg = "archive checksum verified, metadata read"
@@ -429,7 +446,7 @@ func (r *run) quickCheck(ctx context.Context) (*archive.Report, error) {
 	if err != nil {
 		return nil, wrap.Prefix("archive integrity check failed", err)
 	}
-	md, err := archive.ReadMetadata(ctx, r.opts.ArchivePath)
+	md, err := archive.ReadMetadataWith(ctx, r.opts.ArchivePath, r.opts.Decryption)
 	if errors.Is(err, archive.ErrNoQuickMetadata) {
 		return nil, err
 	}
@@ -512,6 +529,9 @@ func (r *run) selectComponents() error {
 		}
 		r.files = append(r.files, t)
 	}
+	if err := r.selectItems(entries); err != nil {
+		return err
+	}
 	if v := r.target.Volume(); v != nil {
 		if _, ok := entries[volumeEntry]; ok {
 			r.volume = true
@@ -528,6 +548,12 @@ const volumeEntry = "volumes/pam-issuer-etc.tar"
 // the plan. A failure here changes nothing and stops nothing.
 func (r *run) preflight(ctx context.Context) (*Plan, error) {
 	plan := &Plan{UnitsToStop: []string{}, UnitsMissing: []string{}, Files: []FileChanges{}}
+	if err := r.estatePreflight(ctx, plan); err != nil {
+		return nil, err
+	}
+	if len(r.items) > 0 {
+		plan.Objects = itemPlan(r.items)
+	}
 	units := r.target.Units()
 	for _, u := range r.target.UnitNames() {
 		st, err := units.UnitState(ctx, u)
@@ -634,7 +660,7 @@ func (r *run) scanArchive(ctx context.Context, plan *Plan) error {
 	for i := range after {
 		after[i] = map[string]FileState{}
 	}
-	err := streamArchive(ctx, r.opts.ArchivePath, r.report.SHA256, r.opts.Limits, func(hdr *tar.Header, name string, rd io.Reader) error {
+	err := streamArchive(ctx, r.opts.ArchivePath, r.report.SHA256, r.opts.Limits, r.opts.Decryption, func(hdr *tar.Header, name string, rd io.Reader) error {
 		if name == archive.DatabaseDump && r.hasDump {
 			return planDump(rd, counter.Counts, r.report.Metadata, r.res, r.logger)
 		}
@@ -681,7 +707,7 @@ func newID() string {
 func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	id := newID()
 	j := &Journal{FormatVersion: 1, ID: id, ArchivePath: r.opts.ArchivePath, ArchiveSHA256: r.report.SHA256,
-		State: StateRunning, Started: time.Now().UTC(), Done: []string{}}
+		DeploymentType: r.target.DeploymentType(), State: StateRunning, Started: time.Now().UTC(), Done: []string{}}
 	if db := r.target.Database(); db != nil && r.hasDump {
 		jd := &JournalDatabase{Live: db.Name(), Temp: db.Name() + "_restore_" + id, Old: db.Name() + "_old_" + id,
 			LiveExisted: plan.Database.LiveExists}
@@ -707,6 +733,9 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	}
 	if r.volume {
 		j.Volume = &JournalVolume{Name: r.target.Volume().VolumeName()}
+	}
+	if len(r.items) > 0 {
+		j.Items = &JournalItems{Components: itemComponentNames(r.items)}
 	}
 	r.journal = j
 	r.res.RestoreID = id

@@ -64,8 +64,8 @@ func (r *run) apply(ctx context.Context) error {
 	defer cancel()
 	if !j.isDone(StepStartUnits) {
 		if err := r.startUnits(ctx); err != nil {
-			return fmt.Errorf("the restore is complete but units failed to start: %w; start them by hand (systemctl start %s) or run the restore again to retry",
-				err, strings.Join(j.ActiveUnits, " "))
+			return fmt.Errorf("the restore is complete but units failed to start: %w; start them by hand (%s) or run the restore again to retry",
+				err, r.manualStart(j))
 		}
 		if err := r.checkpoint(StepStartUnits); err != nil {
 			return err
@@ -99,6 +99,12 @@ func (r *run) stopUnits(ctx context.Context) error {
 			}
 			if st.Exists && st.Active {
 				active = append(active, u)
+				if st.Scale > 0 {
+					if j.Scales == nil {
+						j.Scales = map[string]int32{}
+					}
+					j.Scales[u] = st.Scale
+				}
 			}
 		}
 		j.ActiveUnits, j.UnitsRecorded = active, true
@@ -125,7 +131,8 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	needLoad := j.Database != nil && !j.isDone(StepLoadDatabase) && !j.isDone(StepSwapDatabase)
 	needStage := len(j.Files) > 0 && !j.isDone(StepStageFiles)
 	needVolume := j.Volume != nil && !j.isDone(StepStageFiles)
-	if !needLoad && !needStage && !needVolume {
+	needItems := j.Items != nil && !j.isDone(StepStageFiles)
+	if !needLoad && !needStage && !needVolume && !needItems {
 		if err := r.verifyNow(ctx); err != nil {
 			return err
 		}
@@ -151,6 +158,10 @@ func (r *run) loadAndStage(ctx context.Context) error {
 			return err
 		}
 	}
+	var items *itemBuffer
+	if needItems {
+		items = newItemBuffer(r.items)
+	}
 	var volFile *os.File
 	if needVolume {
 		f, err := os.OpenFile(r.volumeStagePath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -173,6 +184,8 @@ func (r *run) loadAndStage(ctx context.Context) error {
 				return fmt.Errorf("stage the PAM volume: %w", err)
 			}
 			return volFile.Sync()
+		case items != nil && items.wants(name) && hdr.Typeflag == tar.TypeReg:
+			return items.add(name, rd)
 		case st != nil:
 			return st.entry(hdr, name, rd)
 		}
@@ -180,7 +193,7 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	}
 	var err error
 	if r.verified {
-		err = streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, r.opts.Limits, load)
+		err = streamArchive(ctx, r.opts.ArchivePath, j.ArchiveSHA256, r.opts.Limits, r.opts.Decryption, load)
 	} else {
 		// This pass is also the archive's verification: any failure drops what it loaded
 		// and staged (rollback), and nothing has been stopped yet.
@@ -188,7 +201,7 @@ func (r *run) loadAndStage(ctx context.Context) error {
 		var rep *archive.Report
 		rep, err = archive.VerifyWalk(ctx, r.opts.ArchivePath, archive.VerifyOptions{
 			ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits,
-			Manifest: r.report.Metadata.Manifest, CheckDump: !needLoad}, load)
+			Manifest: r.report.Metadata.Manifest, CheckDump: !needLoad, Decryption: r.opts.Decryption}, load)
 		if err == nil {
 			err = r.acceptReport(rep)
 		}
@@ -216,6 +229,11 @@ func (r *run) loadAndStage(ctx context.Context) error {
 			r.res.Plan.Database.CountsArchive = counter.Counts
 		}
 	}
+	if items != nil {
+		if err := r.stageItems(ctx, items); err != nil {
+			return err
+		}
+	}
 	r.journal.markDone(StepStageFiles)
 	return r.done(StepLoadDatabase)
 }
@@ -227,7 +245,7 @@ func (r *run) verifyNow(ctx context.Context) error {
 	}
 	r.logger.Info("verifying archive", "archive", r.opts.ArchivePath)
 	rep, err := archive.Verify(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true})
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits, CheckDump: true, Decryption: r.opts.Decryption})
 	if err != nil {
 		return wrap.Prefix("archive integrity check failed", err)
 	}
@@ -319,6 +337,9 @@ func (r *run) swapFiles(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := r.applyItems(ctx); err != nil {
+		return err
+	}
 	return r.done(StepSwapFiles)
 }
 
@@ -391,7 +412,11 @@ func (r *run) prepareDevices(ctx context.Context) error {
 			return err
 		}
 	}
-	counts, _, err := dev.Prepare(ctx, DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV})
+	req := DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV}
+	if f, ok := dev.(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() && r.journal.DevicesPrepared != nil {
+		req.DatabasePrepared = r.journal.DevicesPrepared
+	}
+	counts, _, err := dev.Prepare(ctx, req)
 	if err != nil {
 		return wrap.Prefix("device preparation", err)
 	}
@@ -403,7 +428,7 @@ func (r *run) startUnits(ctx context.Context) error {
 	j := r.journal
 	if len(j.ActiveUnits) > 0 {
 		r.logger.Info("starting units", "units", j.ActiveUnits)
-		if err := r.target.Units().StartUnits(ctx, j.ActiveUnits); err != nil {
+		if err := r.startRecorded(ctx, j); err != nil {
 			return err
 		}
 	}
@@ -467,6 +492,9 @@ func (r *run) rollback(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := r.rollbackItems(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(j.Files) - 1; i >= 0; i-- {
 		if err := rollbackFileSet(j.Files[i]); err != nil {
 			errs = append(errs, err)
@@ -484,7 +512,7 @@ func (r *run) rollback(ctx context.Context) error {
 		r.rollbackKV(ctx)
 	}
 	if j.UnitsRecorded && len(j.ActiveUnits) > 0 {
-		if err := r.target.Units().StartUnits(ctx, j.ActiveUnits); err != nil {
+		if err := r.startRecorded(ctx, j); err != nil {
 			errs = append(errs, fmt.Errorf("start units %v: %w", j.ActiveUnits, err))
 		}
 	}

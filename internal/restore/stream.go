@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/devprep"
+	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/pgdump"
 )
 
@@ -29,8 +31,8 @@ type entryFunc func(hdr *tar.Header, name string, r io.Reader) error
 // plan), and checks that the bytes read hash to
 // wantSHA256 (the digest verification accepted), so that what is loaded is exactly what
 // was verified.
-func streamArchive(ctx context.Context, archivePath, wantSHA256 string, limits archive.Limits, fn entryFunc) error {
-	_, err := archive.VerifyWalk(ctx, archivePath, archive.VerifyOptions{ExpectedSHA256: wantSHA256, Limits: limits}, archive.WalkFunc(fn))
+func streamArchive(ctx context.Context, archivePath, wantSHA256 string, limits archive.Limits, ids *encrypt.Identities, fn entryFunc) error {
+	_, err := archive.VerifyWalk(ctx, archivePath, archive.VerifyOptions{ExpectedSHA256: wantSHA256, Limits: limits, Decryption: ids}, archive.WalkFunc(fn))
 	if ie, ok := archive.IsIntegrityError(err); ok && ie.Kind == archive.KindChecksum {
 		return errArchiveChanged
 	}
@@ -137,6 +139,17 @@ func copyTable(line []byte) string {
 // the first refusal. It fills counts (CountedTables) and compares the rows loaded with
 // those the metadata records.
 func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Reader, counts map[string]int64) error {
+	// A fresh load: whatever an earlier load of the temporary database prepared is gone.
+	r.journal.DevicesPrepared = nil
+	if pl, ok := db.(ParallelLoader); ok {
+		n, err := pl.LoadConnections(ctx, r.opts.LoadConnections)
+		if err != nil {
+			return err
+		}
+		if n > 1 {
+			return r.loadParallel(ctx, pl, n, temp, rd, counts)
+		}
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	force := false
@@ -162,6 +175,53 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 		r.logger.Info("this psql has no restricted mode (before 15.14): the dump was loaded with every statement checked, without it")
 	}
 	rows, _ := f.Rows()
+	fillCounts(counts, rows)
+	return compareRows(rows, r.report.Metadata, r.res, r.logger)
+}
+
+// loadParallel is loadDump over n sessions: the checked stream goes to the parallel
+// loader, which stops at the first refusal or error (the caller's rollback drops the
+// temporary database).
+func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp string, rd io.Reader, counts map[string]int64) error {
+	r.logger.Info("loading the dump over several database sessions", "sessions", n)
+	src := pgdump.NewChecked(rd)
+	popts := ParallelLoadOptions{Connections: n}
+	if f, ok := r.target.Devices().(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() {
+		// The database part of device preparation, on the temporary database once its data
+		// is in and before its indexes exist, while the server still runs on the live one.
+		popts.AfterData = func(ctx context.Context) error {
+			r.logger.Info("preparing devices in the temporary database", "database", temp)
+			out, err := pl.RunSQL(ctx, temp, devprep.DatabaseScript(r.journal.ID))
+			if err != nil {
+				return fmt.Errorf("device preparation in %s: %w", temp, err)
+			}
+			counts, err := devprep.ParseDatabaseCounts(out)
+			if err != nil {
+				return err
+			}
+			r.journal.DevicesPrepared = counts
+			r.logger.Info("database prepared in the temporary database", "devices_updated", counts.DevicesUpdated,
+				"timestamps_cleared", counts.TimestampsCleared, "enrollment_requests_updated", counts.EnrollmentRequestsUpdated, "event_created", counts.EventCreated)
+			return nil
+		}
+	}
+	st, err := pl.LoadChecked(ctx, temp, src, popts)
+	if ferr := src.Err(); ferr != nil {
+		var ref *pgdump.Refusal
+		if errors.As(ferr, &ref) {
+			return archive.DumpRefused(ferr)
+		}
+		return fmt.Errorf("read the database dump: %w", ferr)
+	}
+	if err != nil {
+		return err
+	}
+	if !src.Complete() {
+		return fmt.Errorf("load the dump into %s: the load stopped before the end of the dump: %w", temp, errArchiveChanged)
+	}
+	r.logger.Info("dump loaded over several sessions", "sessions", st.Sessions, "serial", st.Serial, "data_pieces", st.Data,
+		"post_data", st.Post, "pre_data_s", st.PreData.Seconds(), "data_s", st.DataPhase.Seconds(), "post_data_s", st.PostData.Seconds())
+	rows, _ := src.Rows()
 	fillCounts(counts, rows)
 	return compareRows(rows, r.report.Metadata, r.res, r.logger)
 }

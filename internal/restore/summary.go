@@ -131,6 +131,9 @@ func (r *run) doneSummary() string {
 	if j.Volume != nil {
 		parts = append(parts, "volume "+j.Volume.Name+" re-imported")
 	}
+	if j.Items != nil && len(j.Items.Staged) > 0 {
+		parts = append(parts, joinAnd(j.Items.Components)+" Secrets applied")
+	}
 	if r.target.Devices() != nil {
 		parts = append(parts, "devices prepared")
 	}

@@ -3,23 +3,31 @@ package restore
 import (
 	"context"
 	"io"
+
+	"flightctl.dr/internal/devprep"
 )
 
-// Target is the installation a restore writes to. The Podman estate implements it
-// (internal/estate); tests assemble one from real components.
+// Target is the installation a restore writes to, whatever estate it is: workloads to
+// quiesce and bring back (systemd units on a Podman host, Deployments on Kubernetes), a
+// database to load and swap, state items to stage and swap (files, or objects such as
+// Kubernetes Secrets through ItemTarget), and the endpoints device preparation reaches.
+// The Podman and Kubernetes estates implement it (internal/estate); tests assemble one from
+// real components. Optional abilities are further interfaces a Target may implement:
+// ItemTarget, Preflighter, PasswordSyncer, Relabeler; a UnitManager may be a ScaledUnits.
 type Target interface {
 	// DeploymentType is "podman" or "kubernetes", compared with the archive's.
 	DeploymentType() string
 	// ServerVersion is the running server's release, compared with the archive's.
 	ServerVersion(ctx context.Context) (string, error)
-	// Units stops and starts the application units.
+	// Units stops and starts the application workloads (systemd units, Deployments).
 	Units() UnitManager
-	// UnitNames are the application units to stop, in order. Units missing on this host are
-	// skipped.
+	// UnitNames are the application workloads to stop, in order. Those missing on this
+	// estate are skipped.
 	UnitNames() []string
 	// Database administers the server's database; nil when it is external.
 	Database() Database
-	// Files are the files and directories replaced from the archive.
+	// Files are the files and directories replaced from the archive (none on an estate
+	// whose state lives in objects: see ItemTarget).
 	Files() []FileTarget
 	// Volume re-imports the PAM issuer volume; nil when there is none.
 	Volume() VolumeManager
@@ -31,13 +39,34 @@ type Target interface {
 type UnitState struct {
 	Exists bool
 	Active bool
+	// Scale is the number of replicas a workload runs (Kubernetes Deployments; 0 for a
+	// systemd unit). It is recorded in the journal before anything is stopped, and a
+	// ScaledUnits manager brings the workload back to it.
+	Scale int32
 }
 
-// UnitManager stops and starts units (systemd over D-Bus on a Podman host).
+// UnitManager stops and starts workloads (systemd over D-Bus on a Podman host, Deployments
+// scaled to zero and back on Kubernetes). StopUnits returns once the workloads no longer
+// run (their units are inactive, their pods gone).
 type UnitManager interface {
 	UnitState(ctx context.Context, unit string) (UnitState, error)
 	StopUnits(ctx context.Context, units []string) error
 	StartUnits(ctx context.Context, units []string) error
+}
+
+// ScaledUnits is a UnitManager whose workloads come back at the scale recorded before
+// the stop (the journal's scales), rather than simply started.
+type ScaledUnits interface {
+	StartScaled(ctx context.Context, scales map[string]int32) error
+	// ManualStart is the command an operator runs to bring them back by hand.
+	ManualStart(scales map[string]int32) string
+}
+
+// Preflighter is a Target with checks of its own (permissions, tools, controllers that
+// would undo the quiesce), run before the plan and before anything is touched: an error
+// stops the restore with nothing changed; notes are reported in the plan and as warnings.
+type Preflighter interface {
+	Preflight(ctx context.Context) (notes []string, err error)
 }
 
 // DatabaseInfo is what the swap keeps from the live database: owner, database-level
@@ -116,6 +145,11 @@ type DevicePrepRequest struct {
 	FlushKV   bool
 	// DryRun reports the counts and changes nothing.
 	DryRun bool
+	// DatabasePrepared says the database part already ran on the restored database
+	// before it went live (devprep.DatabaseScript, with these counts): only the KV part is
+	// left (clear, keys, check). Sent only to a DevicePreparer that is a
+	// PreparedDatabaseFinisher.
+	DatabasePrepared *devprep.DatabaseCounts
 }
 
 // DevicePreparer runs device preparation (SPEC §5) through the device-preparation engine.

@@ -137,14 +137,15 @@ func (s Status) String() string {
 
 // Archive is one archive of the estate, as the caller listed it.
 type Archive struct {
-	Name   string // base name, flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz
+	Name   string // base name, flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz (.tar.gz.age encrypted)
 	Status Status
 	Detail string // why the status is not Good
 	Size   int64
 	Time   time.Time // from the name; filled by Plan
 }
 
-var nameRE = regexp.MustCompile(`^flightctl-backup-(\d{8}T\d{6}Z)\.tar\.gz$`)
+// nameRE matches the archives this tool writes: plain, and encrypted with age (.age).
+var nameRE = regexp.MustCompile(`^flightctl-backup-(\d{8}T\d{6}Z)\.tar\.gz(\.age)?$`)
 
 // ParseName returns the time an archive name carries, and false for a name
 // this tool does not write (those are never touched).

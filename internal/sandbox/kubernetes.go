@@ -2,11 +2,17 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"flightctl.dr/internal/testbed"
 )
@@ -45,41 +51,18 @@ func UpKubernetes(ctx context.Context, opts Options) (st *State, err error) {
 		return nil, err
 	}
 	log := opts.Logger
-	for _, sub := range []string{"kube", "pg", "kv"} {
-		p := filepath.Join(opts.Dir, sub)
-		if _, err := os.Stat(p); err == nil {
-			return nil, fmt.Errorf("sandbox: %s already exists: use an empty directory or run sandbox down --dir %s", p, opts.Dir)
-		}
-	}
 	if _, err := testbed.KubeBinDir(); err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
+	if err := prepareDir(opts.Dir, "kube", "pg", "kv"); err != nil {
+		return nil, err
 	}
 	start := time.Now()
-	st = &State{
-		Dir:           opts.Dir,
-		Created:       time.Now().UTC(),
-		ServerVersion: opts.Version,
-		VersionSource: "the Helm release's chart appVersion",
-		LogDir:        filepath.Join(opts.Dir, "logs"),
-		DB: DBState{
-			Access: "container", Host: "127.0.0.1", Name: "flightctl", User: "flightctl_app", Password: testbed.RandomPassword(),
-			AdminUser: "admin", AdminPassword: testbed.RandomPassword(), MigratorPassword: testbed.RandomPassword(),
-		},
-		KV:         KVState{Host: "127.0.0.1", Password: testbed.RandomPassword()},
-		Kubernetes: &KubeState{Dir: filepath.Join(opts.Dir, "kube"), Namespace: KubeNamespace, InternalNamespace: KubeInternalNamespace, Release: KubeRelease},
-	}
-	defer func() {
-		if err != nil {
-			_ = st.save()
-			log.Error("sandbox up failed; stopping what was started", "err", err)
-			if derr := Down(context.Background(), opts.Dir, log); derr != nil {
-				err = errors.Join(err, derr)
-			}
-		}
-	}()
+	st = newState(opts)
+	st.VersionSource = "the Helm release's chart appVersion"
+	st.DB.Access = "container"
+	st.Kubernetes = &KubeState{Dir: filepath.Join(opts.Dir, "kube"), Namespace: KubeNamespace, InternalNamespace: KubeInternalNamespace, Release: KubeRelease}
+	defer stopOnFailure(st, log, &err)
 	if err := os.MkdirAll(st.LogDir, 0o755); err != nil {
 		return st, err
 	}
@@ -89,17 +72,8 @@ func UpKubernetes(ctx context.Context, opts Options) (st *State, err error) {
 		return st, fmt.Errorf("sandbox: %w", err)
 	}
 	st.DB.Port, st.DB.SocketDir, st.DB.DataDir = pg.Port, pg.SocketDir, pg.DataDir
-	if err := pg.CreateFlightctlDB(ctx, st.DB.Name, testbed.FlightctlPasswords{Admin: st.DB.AdminPassword, Migrator: st.DB.MigratorPassword, App: st.DB.Password}); err != nil {
-		return st, fmt.Errorf("sandbox: %w", err)
-	}
-	conn, err := pg.SuperuserConn(ctx, st.DB.Name)
-	if err != nil {
-		return st, fmt.Errorf("sandbox: %w", err)
-	}
-	st.Seed, err = seedDatabase(ctx, conn, opts.Devices)
-	conn.Close(context.Background())
-	if err != nil {
-		return st, fmt.Errorf("sandbox: seed database: %w", err)
+	if err := st.createAndSeedDB(ctx, pg, opts.Devices); err != nil {
+		return st, err
 	}
 
 	kvDir := filepath.Join(opts.Dir, "kv")
@@ -126,18 +100,18 @@ func UpKubernetes(ctx context.Context, opts Options) (st *State, err error) {
 	est, err := k.SeedHelmEstate(ctx, testbed.HelmEstateOptions{
 		Namespace: ks.Namespace, InternalNamespace: ks.InternalNamespace, Release: ks.Release, AppVersion: opts.Version,
 		DBUser: st.DB.User, DBPassword: st.DB.Password, KVPassword: st.KV.Password,
+		// psql in the database pod reaches the server through its socket, as in the real
+		// pod; a port-forward to the pod's port 5432 (the chart's) and to the KV pod's 6379
+		// reach them on loopback.
+		DBPodEnv:         map[string]string{"PGHOST": pg.SocketDir, "PGPORT": strconv.Itoa(pg.Port)},
+		DBPodAnnotations: map[string]string{"kubenode.flightctl.dr/forward-5432": "127.0.0.1:" + strconv.Itoa(pg.Port)},
+		KVAddr:           "127.0.0.1:" + strconv.Itoa(rd.Port),
 	})
 	if err != nil {
 		return st, fmt.Errorf("sandbox: %w", err)
 	}
 	ks.ReleaseSecret, ks.DBPod = est.ReleaseSecret, est.DBPod
-	if err := st.save(); err != nil {
-		return st, err
-	}
-	if err := writeEnvFile(st); err != nil {
-		return st, err
-	}
-	if err := writeInventory(st); err != nil {
+	if err := st.record(); err != nil {
 		return st, err
 	}
 	log.Info("sandbox up (kubernetes)", "dir", st.Dir, "took", time.Since(start).Round(time.Millisecond), "api", ks.Host)
@@ -157,6 +131,80 @@ func downKubernetes(st *State) {
 	}
 }
 
+// KubeReport is what Status found in the test cluster of the Kubernetes form.
+type KubeReport struct {
+	APIServer      string `json:"api_server"`
+	APIReady       bool   `json:"api_ready"`
+	APIError       string `json:"api_error,omitempty"`
+	NodeReady      bool   `json:"node_ready"`
+	DBPod          string `json:"db_pod,omitempty"`
+	DBPodReady     bool   `json:"db_pod_ready"`
+	ReleaseSecrets int    `json:"deployed_releases"`
+	// Deployments are the application and database Deployments by namespace/name, with
+	// their spec replicas ("absent" when missing).
+	Deployments map[string]string `json:"deployments"`
+}
+
+// kubeStatus asks the test cluster of the Kubernetes form: the API server's readiness, the
+// exec node, the database pod, the deployed release and the Deployments of the install.
+func kubeStatus(ctx context.Context, st *State) (r *KubeReport, ok bool) {
+	ks := st.Kubernetes
+	r = &KubeReport{APIServer: ks.Host, DBPod: ks.DBPod, Deployments: map[string]string{}}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rc, err := clientcmd.BuildConfigFromFlags("", ks.Kubeconfig)
+	if err == nil {
+		rc.Timeout = 5 * time.Second
+	}
+	var cs kubernetes.Interface
+	if err == nil {
+		cs, err = kubernetes.NewForConfig(rc)
+	}
+	if err == nil {
+		var body []byte
+		body, err = cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && strings.TrimSpace(string(body)) != "ok" {
+			err = fmt.Errorf("readyz: %s", strings.TrimSpace(string(body)))
+		}
+	}
+	if err != nil {
+		r.APIError = err.Error()
+		return r, false
+	}
+	r.APIReady = true
+	if n, err := cs.CoreV1().Nodes().Get(ctx, ks.NodeName, metav1.GetOptions{}); err == nil {
+		for _, c := range n.Status.Conditions {
+			r.NodeReady = r.NodeReady || (c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue)
+		}
+	}
+	if ks.DBPod != "" {
+		if p, err := cs.CoreV1().Pods(ks.InternalNamespace).Get(ctx, ks.DBPod, metav1.GetOptions{}); err == nil {
+			r.DBPodReady = testbed.PodReady(p)
+		}
+	}
+	if l, err := cs.CoreV1().Secrets(ks.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "owner=helm,status=deployed,name=" + ks.Release}); err == nil {
+		r.ReleaseSecrets = len(l.Items)
+	}
+	allThere := true
+	check := func(ns string, names []string) {
+		for _, name := range names {
+			d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+			switch {
+			case err != nil:
+				r.Deployments[ns+"/"+name] = "absent"
+				allThere = false
+			case d.Spec.Replicas == nil:
+				r.Deployments[ns+"/"+name] = "1"
+			default:
+				r.Deployments[ns+"/"+name] = strconv.Itoa(int(*d.Spec.Replicas))
+			}
+		}
+	}
+	check(ks.Namespace, testbed.HelmReleaseDeployments)
+	check(ks.InternalNamespace, append(append([]string{}, testbed.HelmInternalDeployments...), "flightctl-db"))
+	return r, r.NodeReady && r.DBPodReady && r.ReleaseSecrets == 1 && allThere
+}
+
 // kubeVars are the inventory variables of the Kubernetes form.
 func (s *State) kubeVars(v map[string]any) {
 	k := s.Kubernetes
@@ -166,7 +214,7 @@ func (s *State) kubeVars(v map[string]any) {
 	v["flightctl_dr_internal_namespace"] = k.InternalNamespace
 	v["flightctl_dr_helm_release"] = k.Release
 	v["flightctl_dr_pam_volume"] = ""
-	for _, n := range []string{"flightctl_dr_pki_dir", "flightctl_dr_encryption_dir", "flightctl_dr_config_file", "flightctl_dr_systemd_scope", "flightctl_dr_systemd_bus_address", "flightctl_dr_xdg_runtime_dir", "flightctl_dr_units", "flightctl_dr_app_units"} {
+	for _, n := range []string{"flightctl_dr_pki_dir", "flightctl_dr_encryption_dir", "flightctl_dr_config_file", "flightctl_dr_systemd_scope", "flightctl_dr_systemd_bus_address", "sandbox_xdg_runtime_dir", "sandbox_units", "flightctl_dr_app_units"} {
 		delete(v, n)
 	}
 }

@@ -12,6 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"flightctl.dr/internal/backup"
 	"flightctl.dr/internal/estate"
@@ -77,6 +80,30 @@ func TestSandboxKubernetesForm(t *testing.T) {
 	assert.True(t, res.Components.Database)
 	assert.Equal(t, sandbox.DefaultVersion, res.Metadata.Version)
 
+	// status speaks of the cluster: API server, exec node, database pod, release, Deployments.
+	r, err := sandbox.Status(ctx, dir)
+	require.NoError(t, err)
+	require.NotNil(t, r.Kubernetes)
+	assert.True(t, r.Up, "%+v %+v", r, r.Kubernetes)
+	assert.True(t, r.Kubernetes.APIReady)
+	assert.True(t, r.Kubernetes.NodeReady)
+	assert.True(t, r.Kubernetes.DBPodReady)
+	assert.Equal(t, 1, r.Kubernetes.ReleaseSecrets)
+	assert.Equal(t, "1", r.Kubernetes.Deployments["flightctl-internal/flightctl-db"])
+	assert.True(t, r.DBReachable)
+	assert.True(t, r.KVReachable)
+	assert.Positive(t, r.KVKeys)
+	// A Deployment gone: not up, and named.
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	require.NoError(t, err)
+	admin, err := kubernetes.NewForConfig(rc)
+	require.NoError(t, err)
+	require.NoError(t, admin.AppsV1().Deployments("flightctl-internal").Delete(ctx, "flightctl-worker", metav1.DeleteOptions{}))
+	r, err = sandbox.Status(ctx, dir)
+	require.NoError(t, err)
+	assert.False(t, r.Up)
+	assert.Equal(t, "absent", r.Kubernetes.Deployments["flightctl-internal/flightctl-worker"])
+
 	// Down stops every process by its PID file.
 	var pids []int
 	for _, name := range []string{"etcd", "kube-apiserver", "kubenode"} {
@@ -92,6 +119,11 @@ func TestSandboxKubernetesForm(t *testing.T) {
 	}
 	assert.False(t, portOpen(st.DB.Port))
 	assert.False(t, portOpen(st.KV.Port))
+	r, err = sandbox.Status(ctx, dir)
+	require.NoError(t, err)
+	assert.False(t, r.Up)
+	assert.False(t, r.Kubernetes.APIReady)
+	assert.NotEmpty(t, r.Kubernetes.APIError)
 }
 
 func toString(v any) string {

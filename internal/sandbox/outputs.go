@@ -25,7 +25,7 @@ func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''
 // the same values (env names upper-cased).
 func (s *State) Vars() map[string]any {
 	v := map[string]any{
-		"flightctl_dr_sandbox_dir":         s.Dir,
+		"sandbox_dir":                      s.Dir,
 		"flightctl_dr_deployment_type":     "podman",
 		"flightctl_dr_server_version":      s.ServerVersion,
 		"flightctl_dr_pki_dir":             s.PKIDir,
@@ -39,14 +39,14 @@ func (s *State) Vars() map[string]any {
 		"flightctl_dr_db_password":         s.DB.Password,
 		"flightctl_dr_db_admin_user":       s.DB.AdminUser,
 		"flightctl_dr_db_admin_password":   s.DB.AdminPassword,
-		"flightctl_dr_db_socket_dir":       s.DB.SocketDir,
+		"sandbox_db_socket_dir":            s.DB.SocketDir,
 		"flightctl_dr_kv_host":             s.KV.Host,
 		"flightctl_dr_kv_port":             s.KV.Port,
 		"flightctl_dr_kv_password":         s.KV.Password,
 		"flightctl_dr_systemd_scope":       s.Systemd.Scope,
 		"flightctl_dr_systemd_bus_address": s.Systemd.BusAddress,
-		"flightctl_dr_xdg_runtime_dir":     s.Systemd.RuntimeDir,
-		"flightctl_dr_units":               s.Units,
+		"sandbox_xdg_runtime_dir":          s.Systemd.RuntimeDir,
+		"sandbox_units":                    s.Units,
 		"flightctl_dr_app_units":           ApplicationUnits,
 	}
 	if s.Podman {
@@ -54,9 +54,9 @@ func (s *State) Vars() map[string]any {
 		v["flightctl_dr_kv_container"] = s.KV.Container
 		v["flightctl_dr_api_container"] = s.APIContainer
 		v["flightctl_dr_pam_volume"] = s.PAMVolume
-		v["flightctl_dr_db_user_secret"] = s.DB.UserSecret
-		v["flightctl_dr_kv_secret"] = s.KV.Secret
-		v["flightctl_dr_containers_conf"] = s.ContainersConf
+		v["sandbox_db_user_secret"] = s.DB.UserSecret
+		v["sandbox_kv_secret"] = s.KV.Secret
+		v["sandbox_containers_conf"] = s.ContainersConf
 	} else {
 		v["flightctl_dr_pam_volume"] = ""
 	}
@@ -143,7 +143,10 @@ type Report struct {
 	KVError        string            `json:"kv_error,omitempty"`
 	KVKeys         int64             `json:"kv_keys"`
 	Containers     map[string]string `json:"containers,omitempty"`
-	// Up is true when the manager runs, every unit is active and DB and KV answer.
+	// Kubernetes is set for the Kubernetes form: the test cluster and the install in it.
+	Kubernetes *KubeReport `json:"kubernetes,omitempty"`
+	// Up is true when the manager runs (the Kubernetes form: the API server, the exec node,
+	// the database pod and every Deployment), every unit is active and DB and KV answer.
 	Up bool `json:"up"`
 }
 
@@ -154,10 +157,16 @@ func Status(ctx context.Context, dir string) (*Report, error) {
 		return nil, err
 	}
 	r := &Report{Dir: st.Dir, ServerVersion: st.ServerVersion, Units: map[string]string{}}
-	if sd, err := testbed.AttachSystemd(st.Systemd.Dir, nil); err == nil {
-		r.SystemdRunning = sd.Running()
+	if st.Systemd.Dir != "" {
+		if sd, err := testbed.AttachSystemd(st.Systemd.Dir, nil); err == nil {
+			r.SystemdRunning = sd.Running()
+		}
 	}
 	allActive := r.SystemdRunning
+	if st.Kubernetes != nil {
+		// No systemd in the Kubernetes form: the cluster stands in for the units.
+		r.Kubernetes, allActive = kubeStatus(ctx, st)
+	}
 	if r.SystemdRunning {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		m, err := units.Connect(cctx, units.ConnectOptions{Scope: units.ScopeUser, BusAddress: st.Systemd.BusAddress})

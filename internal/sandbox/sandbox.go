@@ -226,44 +226,20 @@ func Up(ctx context.Context, opts Options) (st *State, err error) {
 			return nil, fmt.Errorf("sandbox in %s is already up: run sandbox down --dir %s first", opts.Dir, opts.Dir)
 		}
 	}
-	for _, sub := range []string{"root", "systemd", "pg", "kv", "podman", "logs"} {
-		p := filepath.Join(opts.Dir, sub)
-		if _, err := os.Stat(p); err == nil {
-			return nil, fmt.Errorf("sandbox: %s already exists: use an empty directory or run sandbox down --dir %s", p, opts.Dir)
-		}
-	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox: %w", err)
+	if err := prepareDir(opts.Dir, "root", "systemd", "pg", "kv", "podman", "logs"); err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	etc := filepath.Join(opts.Dir, "root", "etc", "flightctl")
-	st = &State{
-		Dir:           opts.Dir,
-		Created:       time.Now().UTC(),
-		ServerVersion: opts.Version,
-		Podman:        !opts.NoPodman,
-		Root:          filepath.Join(opts.Dir, "root"),
-		PKIDir:        filepath.Join(etc, "pki"),
-		EncryptionDir: filepath.Join(etc, "encryption"),
-		ConfigFile:    filepath.Join(etc, "service-config.yaml"),
-		LogDir:        filepath.Join(opts.Dir, "logs"),
-		DB: DBState{
-			Host: "127.0.0.1", Name: "flightctl", User: "flightctl_app", Password: testbed.RandomPassword(),
-			AdminUser: "admin", AdminPassword: testbed.RandomPassword(), MigratorPassword: testbed.RandomPassword(),
-		},
-		KV:    KVState{Host: "127.0.0.1", Password: testbed.RandomPassword()},
-		Units: append([]string{"flightctl-db.service", "flightctl-kv.service"}, ApplicationUnits...),
-	}
+	st = newState(opts)
+	st.Podman = !opts.NoPodman
+	st.Root = filepath.Join(opts.Dir, "root")
+	st.PKIDir = filepath.Join(etc, "pki")
+	st.EncryptionDir = filepath.Join(etc, "encryption")
+	st.ConfigFile = filepath.Join(etc, "service-config.yaml")
+	st.Units = append([]string{"flightctl-db.service", "flightctl-kv.service"}, ApplicationUnits...)
 	// Whatever happens next, sandbox.json says what to stop.
-	defer func() {
-		if err != nil {
-			_ = st.save()
-			log.Error("sandbox up failed; stopping what was started", "err", err)
-			if derr := Down(context.Background(), opts.Dir, log); derr != nil {
-				err = errors.Join(err, derr)
-			}
-		}
-	}()
+	defer stopOnFailure(st, log, &err)
 	if err := os.MkdirAll(st.LogDir, 0o755); err != nil {
 		return st, err
 	}
@@ -332,17 +308,8 @@ func Up(ctx context.Context, opts Options) (st *State, err error) {
 	} else if pg, err = waitPlainPostgres(ctx, st); err != nil {
 		return st, err
 	}
-	if err := pg.CreateFlightctlDB(ctx, st.DB.Name, testbed.FlightctlPasswords{Admin: st.DB.AdminPassword, Migrator: st.DB.MigratorPassword, App: st.DB.Password}); err != nil {
-		return st, fmt.Errorf("sandbox: %w", err)
-	}
-	conn, err := pg.SuperuserConn(ctx, st.DB.Name)
-	if err != nil {
-		return st, fmt.Errorf("sandbox: connect to the database: %w", err)
-	}
-	st.Seed, err = seedDatabase(ctx, conn, opts.Devices)
-	conn.Close(context.Background())
-	if err != nil {
-		return st, fmt.Errorf("sandbox: seed database: %w", err)
+	if err := st.createAndSeedDB(ctx, pg, opts.Devices); err != nil {
+		return st, err
 	}
 	kv := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("%s:%d", st.KV.Host, st.KV.Port), Password: st.KV.Password})
 	defer kv.Close()
@@ -368,17 +335,82 @@ func Up(ctx context.Context, opts Options) (st *State, err error) {
 			return st, err
 		}
 	}
-	if err := st.save(); err != nil {
-		return st, err
-	}
-	if err := writeEnvFile(st); err != nil {
-		return st, err
-	}
-	if err := writeInventory(st); err != nil {
+	if err := st.record(); err != nil {
 		return st, err
 	}
 	log.Info("sandbox up", "dir", st.Dir, "took", time.Since(start).Round(time.Millisecond), "devices", st.Seed.Devices)
 	return st, nil
+}
+
+// prepareDir refuses a sandbox directory in which any of subs exists (another sandbox's)
+// and creates it.
+func prepareDir(dir string, subs ...string) error {
+	for _, sub := range subs {
+		p := filepath.Join(dir, sub)
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("sandbox: %s already exists: use an empty directory or run sandbox down --dir %s", p, dir)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	return nil
+}
+
+// newState is where both forms start: the directory, the version, and fresh credentials
+// for the database and the KV store.
+func newState(opts Options) *State {
+	return &State{
+		Dir:           opts.Dir,
+		Created:       time.Now().UTC(),
+		ServerVersion: opts.Version,
+		LogDir:        filepath.Join(opts.Dir, "logs"),
+		DB: DBState{
+			Host: "127.0.0.1", Name: "flightctl", User: "flightctl_app", Password: testbed.RandomPassword(),
+			AdminUser: "admin", AdminPassword: testbed.RandomPassword(), MigratorPassword: testbed.RandomPassword(),
+		},
+		KV: KVState{Host: "127.0.0.1", Password: testbed.RandomPassword()},
+	}
+}
+
+// stopOnFailure is deferred by both forms' up: when *err is set, sandbox.json records what
+// was started and Down stops it.
+func stopOnFailure(st *State, log *slog.Logger, err *error) {
+	if *err == nil {
+		return
+	}
+	_ = st.save()
+	log.Error("sandbox up failed; stopping what was started", "err", *err)
+	if derr := Down(context.Background(), st.Dir, log); derr != nil {
+		*err = errors.Join(*err, derr)
+	}
+}
+
+// createAndSeedDB creates the flightctl database with its roles on pg and seeds devices.
+func (s *State) createAndSeedDB(ctx context.Context, pg *testbed.Postgres, devices int) error {
+	if err := pg.CreateFlightctlDB(ctx, s.DB.Name, testbed.FlightctlPasswords{Admin: s.DB.AdminPassword, Migrator: s.DB.MigratorPassword, App: s.DB.Password}); err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	conn, err := pg.SuperuserConn(ctx, s.DB.Name)
+	if err != nil {
+		return fmt.Errorf("sandbox: connect to the database: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if s.Seed, err = seedDatabase(ctx, conn, devices); err != nil {
+		return fmt.Errorf("sandbox: seed database: %w", err)
+	}
+	return nil
+}
+
+// record writes sandbox.json, sandbox.env and inventory.yml.
+func (s *State) record() error {
+	if err := s.save(); err != nil {
+		return err
+	}
+	if err := writeEnvFile(s); err != nil {
+		return err
+	}
+	return writeInventory(s)
 }
 
 // upPodman prepares the containers (created, started by their units), secrets, volume

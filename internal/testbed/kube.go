@@ -143,43 +143,37 @@ func (k *Kube) start(ctx context.Context, bin string, opts KubeOptions) error {
 	}
 	k.pki, k.CAFile = pki, pki.CAFile
 
-	// etcd
 	etcd, err := etcdBinary(bin)
 	if err != nil {
 		return err
 	}
 	var etcdURL string
-	err = startOnPort(0, k.logger, "etcd", func(port int) error {
+	err = k.startProc(ctx, "etcd", etcd, 30*time.Second, func(port int) ([]string, error) {
 		peer, err := FreePort()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		etcdURL = fmt.Sprintf("http://127.0.0.1:%d", port)
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
-		p, err := startBg(k.Dir, "etcd", etcd, []string{
+		return []string{
 			"--name", "default", "--data-dir", filepath.Join(k.Dir, "etcd"),
 			"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
 			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
 			"--initial-cluster", "default=" + peerURL, "--log-level", "warn",
-		}, nil)
-		if err != nil {
-			return err
-		}
-		if err := waitHTTP(ctx, p, &http.Client{Timeout: time.Second}, etcdURL+"/health", 30*time.Second); err != nil {
-			p.stop()
-			return err
-		}
-		k.procs = append(k.procs, p)
-		return nil
+		}, nil
+	}, func(ctx context.Context) (bool, error) {
+		return httpOK(ctx, &http.Client{Timeout: time.Second}, etcdURL+"/health")
 	})
 	if err != nil {
 		return fmt.Errorf("etcd: %w", err)
 	}
 
-	// kube-apiserver
-	err = startOnPort(0, k.logger, "kube-apiserver", func(port int) error {
+	err = k.startProc(ctx, "kube-apiserver", filepath.Join(bin, "kube-apiserver"), 90*time.Second, func(port int) ([]string, error) {
 		k.Host = fmt.Sprintf("https://127.0.0.1:%d", port)
-		p, err := startBg(k.Dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"), []string{
+		if err := k.connect(); err != nil {
+			return nil, err
+		}
+		return []string{
 			"--etcd-servers", etcdURL,
 			"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port", strconv.Itoa(port),
 			"--tls-cert-file", pki.APIServerCert, "--tls-private-key-file", pki.APIServerKey,
@@ -191,42 +185,13 @@ func (k *Kube) start(ctx context.Context, bin string, opts KubeOptions) error {
 			"--kubelet-certificate-authority", pki.CAFile, "--kubelet-preferred-address-types=InternalIP",
 			"--disable-admission-plugins=ServiceAccount",
 			"--profiling=false", "--enable-priority-and-fairness=false",
-		}, nil)
-		if err != nil {
-			return err
-		}
-		if err := k.writeAdminKubeconfig(); err != nil {
-			p.stop()
-			return err
-		}
-		c, err := kube.New(kube.Config{Kubeconfig: k.Kubeconfig})
-		if err != nil {
-			p.stop()
-			return err
-		}
-		k.Client = c
-		rc, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
-		if err != nil {
-			p.stop()
-			return err
-		}
-		if k.Clientset, err = kubernetes.NewForConfig(rc); err != nil {
-			p.stop()
-			return err
-		}
-		if err := waitAPIReady(ctx, p, k.Clientset, 90*time.Second); err != nil {
-			p.stop()
-			return err
-		}
-		k.procs = append(k.procs, p)
-		return nil
-	})
+		}, nil
+	}, k.apiReady)
 	if err != nil {
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
 
-	// The exec node.
-	err = startOnPort(0, k.logger, "kubenode", func(port int) error {
+	err = k.startProc(ctx, "kubenode", filepath.Join(bin, "kubenode"), 60*time.Second, func(port int) ([]string, error) {
 		args := []string{
 			"--kubeconfig", k.Kubeconfig, "--name", k.NodeName, "--listen", fmt.Sprintf("127.0.0.1:%d", port),
 			"--tls-cert", pki.NodeCert, "--tls-key", pki.NodeKey, "--client-ca", pki.CAFile,
@@ -234,17 +199,8 @@ func (k *Kube) start(ctx context.Context, bin string, opts KubeOptions) error {
 		if opts.Podman != "" {
 			args = append(args, "--podman", opts.Podman)
 		}
-		p, err := startBg(k.Dir, "kubenode", filepath.Join(bin, "kubenode"), args, nil)
-		if err != nil {
-			return err
-		}
-		if err := k.waitNodeReady(ctx, p, 60*time.Second); err != nil {
-			p.stop()
-			return err
-		}
-		k.procs = append(k.procs, p)
-		return nil
-	})
+		return args, nil
+	}, k.nodeReady)
 	if err != nil {
 		return fmt.Errorf("exec node: %w", err)
 	}
@@ -252,27 +208,106 @@ func (k *Kube) start(ctx context.Context, bin string, opts KubeOptions) error {
 	return nil
 }
 
+// startProc starts one program of the cluster on a free loopback port (args builds its
+// command line for that port) and waits up to limit until ready says it serves. A program
+// that exits or does not get ready is stopped and the next port tried; one that gets ready
+// is kept for Stop.
+func (k *Kube) startProc(ctx context.Context, name, path string, limit time.Duration, args func(port int) ([]string, error), ready func(context.Context) (bool, error)) error {
+	return startOnPort(0, k.logger, name, func(port int) error {
+		argv, err := args(port)
+		if err != nil {
+			return err
+		}
+		p, err := startBg(k.Dir, name, path, argv, nil)
+		if err != nil {
+			return err
+		}
+		if err := p.waitReady(ctx, limit, ready); err != nil {
+			p.stop()
+			return err
+		}
+		k.procs = append(k.procs, p)
+		return nil
+	})
+}
+
+// connect writes the administrator's kubeconfig for k.Host and builds the clients on it.
+func (k *Kube) connect() error {
+	if err := k.writeAdminKubeconfig(); err != nil {
+		return err
+	}
+	c, err := kube.New(kube.Config{Kubeconfig: k.Kubeconfig})
+	if err != nil {
+		return err
+	}
+	k.Client = c
+	rc, err := clientcmd.BuildConfigFromFlags("", k.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	k.Clientset, err = kubernetes.NewForConfig(rc)
+	return err
+}
+
+// apiReady says whether the API server answers /readyz with ok.
+func (k *Kube) apiReady(ctx context.Context) (bool, error) {
+	body, err := k.Clientset.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(body)) == "ok", nil
+}
+
+// nodeReady says whether the exec node reports the Ready condition.
+func (k *Kube) nodeReady(ctx context.Context) (bool, error) {
+	n, err := k.Clientset.CoreV1().Nodes().Get(ctx, k.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// httpOK says whether a GET of url answers 200.
+func httpOK(ctx context.Context, client *http.Client, url string) (bool, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return false, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK, nil
+}
+
 func (k *Kube) writeAdminKubeconfig() error {
 	k.Kubeconfig = filepath.Join(k.Dir, "admin.kubeconfig")
-	return os.WriteFile(k.Kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: flightctl-dr-test
-  cluster:
-    server: %s
-    certificate-authority: %s
-users:
-- name: admin
-  user:
-    client-certificate: %s
-    client-key: %s
-contexts:
-- name: admin
-  context:
-    cluster: flightctl-dr-test
-    user: admin
-current-context: admin
-`, k.Host, k.CAFile, k.pki.AdminCert, k.pki.AdminKey)), 0o600)
+	return k.writeKubeconfig(k.Kubeconfig, "admin", "", "client-certificate: "+k.pki.AdminCert, "client-key: "+k.pki.AdminKey)
+}
+
+// writeKubeconfig writes a kubeconfig of the test cluster for user, authenticating with
+// the user fields auth ("token: ...", or the client certificate and key), in namespace ns
+// ("" for none).
+func (k *Kube) writeKubeconfig(path, user, ns string, auth ...string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Config\nclusters:\n- name: flightctl-dr-test\n  cluster:\n    server: %s\n    certificate-authority: %s\n", k.Host, k.CAFile)
+	fmt.Fprintf(&b, "users:\n- name: %s\n  user:\n", user)
+	for _, f := range auth {
+		fmt.Fprintf(&b, "    %s\n", f)
+	}
+	fmt.Fprintf(&b, "contexts:\n- name: %s\n  context:\n    cluster: flightctl-dr-test\n    user: %s\n", user, user)
+	if ns != "" {
+		fmt.Fprintf(&b, "    namespace: %s\n", ns)
+	}
+	fmt.Fprintf(&b, "current-context: %s\n", user)
+	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
 // TokenKubeconfig creates (if needed) the service account ns/name, asks the API server
@@ -294,25 +329,7 @@ func (k *Kube) TokenKubeconfig(ctx context.Context, ns, name string) (path, toke
 	}
 	token = tr.Status.Token
 	path = filepath.Join(k.Dir, "sa-"+ns+"-"+name+".kubeconfig")
-	err = os.WriteFile(path, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: flightctl-dr-test
-  cluster:
-    server: %s
-    certificate-authority: %s
-users:
-- name: %s
-  user:
-    token: %s
-contexts:
-- name: %s
-  context:
-    cluster: flightctl-dr-test
-    user: %s
-    namespace: %s
-current-context: %s
-`, k.Host, k.CAFile, name, token, name, name, ns, name)), 0o600)
+	err = k.writeKubeconfig(path, name, ns, "token: "+token)
 	return path, token, err
 }
 
@@ -361,66 +378,22 @@ func PodReady(p *corev1.Pod) bool {
 	return false
 }
 
-func (k *Kube) waitNodeReady(ctx context.Context, p *bgProc, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	for {
-		n, err := k.Clientset.CoreV1().Nodes().Get(ctx, k.NodeName, metav1.GetOptions{})
-		if err == nil {
-			for _, c := range n.Status.Conditions {
-				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-					return nil
-				}
-			}
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("kubenode exited during start: %s", lastLines(p.logFile, 20))
-		case <-ctx.Done():
-			return fmt.Errorf("node %s not Ready within %s: %s", k.NodeName, limit, lastLines(p.logFile, 20))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func waitAPIReady(ctx context.Context, p *bgProc, cs kubernetes.Interface, limit time.Duration) error {
+// waitReady polls ready every 50 ms until it says so, the process exits (its log's last
+// lines say why) or limit passes (with ready's last error).
+func (p *bgProc) waitReady(ctx context.Context, limit time.Duration, ready func(context.Context) (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
-		body, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		if err == nil && strings.TrimSpace(string(body)) == "ok" {
+		ok, err := ready(ctx)
+		if ok {
 			return nil
-		}
-		select {
-		case <-p.exited:
-			return fmt.Errorf("exited during start: %s", lastLines(p.logFile, 20))
-		case <-ctx.Done():
-			return fmt.Errorf("not ready within %s (%v): %s", limit, err, lastLines(p.logFile, 20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-func waitHTTP(ctx context.Context, p *bgProc, client *http.Client, url string, limit time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
 		}
 		select {
 		case <-p.exited:
 			return fmt.Errorf("%s exited during start: %s", p.name, lastLines(p.logFile, 20))
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready within %s: %s", p.name, limit, lastLines(p.logFile, 20))
-		case <-time.After(20 * time.Millisecond):
+			return fmt.Errorf("%s not ready within %s (%v): %s", p.name, limit, err, lastLines(p.logFile, 20))
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }

@@ -64,6 +64,10 @@ type HelmEstateOptions struct {
 	DBPodAnnotations map[string]string
 	// NodeName binds the database pod to the exec node ("" = the cluster's node).
 	NodeName string
+	// KVAddr, when set, adds a Ready pod behind Service flightctl-kv whose port 6379 the
+	// exec node forwards to this address (host:port of the KV store on this machine), so
+	// that a port-forward through the API server reaches it.
+	KVAddr string
 }
 
 // HelmEstate is what SeedHelmEstate created.
@@ -274,6 +278,11 @@ func (k *Kube) SeedHelmEstate(ctx context.Context, o HelmEstateOptions) (*HelmEs
 	}, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create Service flightctl-kv: %w", err)
 	}
+	if o.KVAddr != "" {
+		if err := k.createKVPod(ctx, o.InternalNamespace, o.NodeName, o.KVAddr); err != nil {
+			return nil, err
+		}
+	}
 	if o.ExternalDB {
 		return est, nil
 	}
@@ -290,6 +299,27 @@ func (k *Kube) SeedHelmEstate(ctx context.Context, o HelmEstateOptions) (*HelmEs
 	}
 	est.DBPod = pod
 	return est, nil
+}
+
+// KVPodName is the KV store's pod that SeedHelmEstate creates with KVAddr.
+const KVPodName = "flightctl-kv-0"
+
+// createKVPod creates the KV store's pod, behind Service flightctl-kv, its port 6379
+// forwarded by the exec node to addr, and waits until it is Ready.
+func (k *Kube) createKVPod(ctx context.Context, ns, node, addr string) error {
+	if node == "" {
+		node = k.NodeName
+	}
+	_, err := k.Clientset.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: KVPodName, Namespace: ns, Labels: map[string]string{"flightctl.service": "flightctl-kv"},
+			Annotations: map[string]string{"kubenode.flightctl.dr/forward-6379": addr}},
+		Spec: corev1.PodSpec{NodeName: node, AutomountServiceAccountToken: new(bool),
+			Containers: []corev1.Container{{Name: "kv", Image: "docker.io/valkey/valkey:8"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create pod %s/%s: %w", ns, KVPodName, err)
+	}
+	return k.WaitPodReady(ctx, ns, KVPodName)
 }
 
 // CreateDBPod creates a pod of the database Deployment, bound to the exec node, and waits

@@ -10,7 +10,7 @@ var Version = "0.0.0-dev"
 
 // Collection is the flightctl.dr collection release this build belongs to (galaxy.yml's
 // version, or the release tag), set with -ldflags "-X flightctl.dr/internal/version.Collection=...".
-// The default is kept equal to galaxy.yml by a test, so that a plain go build reports it too.
+// The default is kept equal to galaxy.yml's by a test, so that a plain go build reports it too.
 var Collection = "0.1.0"
 
 // String is what the version command prints: the collection release, and the source

@@ -13,7 +13,7 @@ import (
 func TestCollectionDefaultIsGalaxyVersion(t *testing.T) {
 	b, err := os.ReadFile("../../galaxy.yml")
 	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^version:\s*(\S+)`).FindSubmatch(b)
+	m := regexp.MustCompile(`(?m)^version:\s*"?([0-9][0-9.]*)`).FindSubmatch(b)
 	require.NotNil(t, m, "galaxy.yml has no version line")
 	require.Equal(t, string(m[1]), Collection, "internal/version.Collection must follow galaxy.yml's version")
 }

@@ -182,7 +182,7 @@ func fetch(ctx context.Context, env *ansiblemod.Env, s *objstore.Store, o *Optio
 		case err == nil:
 			values["metadata"], values["bytes_read"] = md, read
 		case errors.Is(err, archive.ErrNoQuickMetadata):
-			env.Warn("the metadata of %s cannot be read from its tail (an archive not written by this tool): the restore will read it after the download", name)
+			env.Warn("the metadata of %s cannot be read from its tail (an encrypted archive, or one not written by this tool): the restore will read it after the download", name)
 		default:
 			return nil, fmt.Errorf("read the metadata of %s: %w", name, err)
 		}

@@ -15,12 +15,13 @@ import (
 
 // Options are the module's options; the sidecar flightctl_archive_verify.yml documents them.
 type Options struct {
-	Path                   string `ansible:"path,required,abspath" help:"the archive (.tar.gz) to verify"`
+	Path                   string `ansible:"path,required,abspath" help:"the archive (.tar.gz, or .tar.gz.age encrypted) to verify"`
 	ChecksumFile           string `ansible:"checksum_file,abspath" help:"the checksum file (default: <path>.sha256)"`
 	RequireChecksum        bool   `ansible:"require_checksum" default:"true" help:"fail when the checksum file is missing"`
 	ExpectedVersion        string `ansible:"expected_version" help:"fail unless the archive was made from this server release"`
 	ExpectedDeploymentType string `ansible:"expected_deployment_type" choices:"podman,kubernetes" help:"fail unless the archive was made on this deployment type"`
 	archiveopts.Acceptance
+	archiveopts.Decryption
 }
 
 // Validate checks what the tags cannot.
@@ -37,7 +38,15 @@ func verify(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.R
 	if err != nil {
 		return nil, fmt.Errorf("verify archive %s: %w", o.Path, err)
 	}
+	ids, err := o.Identities(nil)
+	if err != nil {
+		return nil, fmt.Errorf("verify archive %s: %w", o.Path, err)
+	}
 	report, err := archive.Verify(ctx, o.Path, archive.VerifyOptions{
+		// Without an identity an encrypted archive is checked as a file: checksum,
+		// signature and age header, and the result says its contents were not.
+		Decryption:             ids,
+		CiphertextOnly:         true,
 		ChecksumFile:           o.ChecksumFile,
 		RequireChecksum:        o.RequireChecksum,
 		ExpectedVersion:        o.ExpectedVersion,
@@ -58,9 +67,13 @@ func verify(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.R
 	if !report.HasManifest {
 		env.Log.Info("archive has no manifest (as upstream writes them): entries checked for structure only")
 	}
+	msg := fmt.Sprintf("archive %s is intact: %d entries, server %s, %s, %s", o.Path, len(report.Entries), report.Metadata.Version, report.Metadata.DeploymentType, estateLabel(report.Metadata.Estate))
+	if e := report.ArchiveEncryption; e != nil && !e.ContentsVerified {
+		msg = fmt.Sprintf("encrypted archive %s (to %s): its checksum and age header are intact; its contents were not checked (no identity given)", o.Path, e.RecipientTypes)
+	}
 	return &ansiblemod.Result{
 		Changed: false,
-		Msg:     fmt.Sprintf("archive %s is intact: %d entries, server %s, %s, %s", o.Path, len(report.Entries), report.Metadata.Version, report.Metadata.DeploymentType, estateLabel(report.Metadata.Estate)),
+		Msg:     msg,
 		Values: map[string]any{
 			"path":              report.Path,
 			"sha256":            report.SHA256,
@@ -73,6 +86,9 @@ func verify(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.R
 			"components":        report.Components,
 			"estate":            report.Metadata.Estate,
 			"signature":         report.Signature,
+			// Set for an encrypted archive: whom it is encrypted to, and whether its
+			// contents were decrypted and verified.
+			"archive_encryption": report.ArchiveEncryption,
 		},
 	}, nil
 }

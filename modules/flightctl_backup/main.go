@@ -16,10 +16,12 @@ import (
 
 	"flightctl.dr/internal/ansiblemod"
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archiveopts"
 	"flightctl.dr/internal/backup"
 	"flightctl.dr/internal/cli"
+	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/estate"
-	"flightctl.dr/internal/kube"
+	"flightctl.dr/internal/kubeopts"
 	"flightctl.dr/internal/signature"
 )
 
@@ -45,21 +47,15 @@ type Options struct {
 	PAMVolume         string `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume (optional); empty to skip it"`
 	CompressionLevel  int    `ansible:"compression_level" default:"2" min:"1" max:"9" help:"gzip level, 1 (fastest) to 9 (smallest); 2 nearly keeps up with pg_dump on a 2-CPU host"`
 	EstateName        string `ansible:"estate_name" help:"the estate's name recorded in metadata.json, with the API endpoint and CA fingerprint the server gives (default: the host name)"`
-	SigningKey        string `ansible:"signing_key,secret" help:"an OpenSSH private key (its content) that signs the archive: <archive>.sig beside it, checked by restores with trusted keys"`
+	SigningKey        string `ansible:"signing_key,secret,multiline" help:"an OpenSSH private key (its content) that signs the archive: <archive>.sig beside it, checked by restores with trusted keys"`
 	SigningKeyPath    string `ansible:"signing_key_path,abspath" help:"a file on the host holding that private key, instead of signing_key"`
 	SigningPassphrase string `ansible:"signing_key_passphrase,secret" help:"the signing key's passphrase, when it has one"`
+	// Encryption of the archive with age: encryption_recipients, encryption_recipients_file,
+	// encryption_passphrase.
+	archiveopts.Encryption
 
 	// Kubernetes / Helm (deployment_type kubernetes); names as in kubernetes.core.
-	Namespace         string `ansible:"namespace" default:"flightctl" help:"Kubernetes: the Helm release namespace (PKI, encryption and release Secrets)"`
-	InternalNamespace string `ansible:"internal_namespace" help:"Kubernetes: the namespace of the database and the internal services (default: namespace)"`
-	HelmRelease       string `ansible:"helm_release" help:"Kubernetes: the Helm release to back up when several are deployed in namespace"`
-	Kubeconfig        string `ansible:"kubeconfig" help:"Kubernetes: path of a kubeconfig (default: K8S_AUTH_KUBECONFIG, KUBECONFIG, ~/.kube/config, else the in-cluster service account)"`
-	Context           string `ansible:"context" help:"Kubernetes: the kubeconfig context (default: K8S_AUTH_CONTEXT, else the current context)"`
-	Host              string `ansible:"host" help:"Kubernetes: the API server URL (default: K8S_AUTH_HOST)"`
-	APIKey            string `ansible:"api_key,secret" help:"Kubernetes: a bearer token (default: K8S_AUTH_API_KEY)"`
-	CACert            string `ansible:"ca_cert" aliases:"ssl_ca_cert" help:"Kubernetes: the CA bundle that signed the API server's certificate (default: K8S_AUTH_SSL_CA_CERT)"`
-	ValidateCerts     bool   `ansible:"validate_certs" aliases:"verify_ssl" default:"true" help:"Kubernetes: verify the API server's certificate (false: also when K8S_AUTH_VERIFY_SSL=false)"`
-	ExecProtocol      string `ansible:"exec_protocol" default:"auto" choices:"auto,websocket,spdy" help:"Kubernetes: the pods/exec transport; auto tries WebSocket, then SPDY"`
+	kubeopts.Connection
 }
 
 // Validate checks what the tags cannot.
@@ -101,16 +97,10 @@ func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
 // With db_access direct, the default db_host means the Service flightctl-db.<internal_namespace>.svc.
 func (o *Options) kubernetesConfig() estate.KubernetesConfig {
 	k := estate.KubernetesConfig{
-		Connection: kube.Config{
-			Kubeconfig: o.Kubeconfig, Context: o.Context, Host: o.Host, APIKey: o.APIKey, CACert: o.CACert,
-		},
-		Namespace: o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
+		Connection: o.KubeConfig(),
+		Namespace:  o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
 		DBAccess: estate.DBAccess(o.DBAccess), DBHost: o.DBHost, DBPort: o.DBPort, DBName: o.DBName,
 		ExecProtocol: o.ExecProtocol,
-	}
-	if !o.ValidateCerts {
-		f := false
-		k.Connection.ValidateCerts = &f
 	}
 	if o.DBPassword != "" {
 		k.DBUser, k.DBPassword = o.DBUser, o.DBPassword
@@ -128,6 +118,13 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 		return nil, fmt.Errorf("signing_key: %w", err)
 	}
 	opts.Signer = signer
+	if opts.Encryption, err = o.Recipients(); err != nil {
+		return nil, err
+	}
+	archiveName := "flightctl-backup-<time>.tar.gz"
+	if opts.Encryption != nil {
+		archiveName += archive.EncryptedSuffix
+	}
 	if env.CheckMode {
 		p, err := backup.Plan(ctx, opts)
 		if err != nil {
@@ -145,6 +142,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"estimated_size":  p.Estate.EstimatedSize,
 			"free_space":      p.FreeSpace,
 			"estate":          p.Identity,
+			"encrypted":       opts.Encryption != nil,
 		}
 		res := &ansiblemod.Result{
 			Changed: true,
@@ -152,7 +150,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			Values:  values,
 		}
 		if env.Diff {
-			res.Diff = &ansiblemod.Diff{Before: map[string]any{"output_dir": p.OutputDir}, After: map[string]any{"output_dir": p.OutputDir, "archive": "flightctl-backup-<time>.tar.gz", "components": p.Components}}
+			res.Diff = &ansiblemod.Diff{Before: map[string]any{"output_dir": p.OutputDir}, After: map[string]any{"output_dir": p.OutputDir, "archive": archiveName, "components": p.Components}}
 		}
 		return res, nil
 	}
@@ -178,8 +176,19 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"estate":        r.Metadata.Estate,
 			// The signature beside the archive; "" without a signing key.
 			"signature_file": r.SignatureFile,
+			// Encrypted with age (.tar.gz.age), to these public keys (or a passphrase).
+			"encrypted":  opts.Encryption != nil,
+			"recipients": recipientsOf(opts.Encryption),
 		},
 	}, nil
+}
+
+// recipientsOf lists the public keys an archive is encrypted to (empty: not encrypted).
+func recipientsOf(r *encrypt.Recipients) []string {
+	if r == nil {
+		return []string{}
+	}
+	return r.Public
 }
 
 // describe names the parts of the server a backup holds.

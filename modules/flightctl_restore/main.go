@@ -1,5 +1,6 @@
-// flightctl_restore restores a Flight Control server on a systemd/Podman host from an
-// archive made by flightctl_backup or upstream flightctl-backup: verified before anything
+// flightctl_restore restores a Flight Control server on a systemd/Podman host, or a
+// Kubernetes/Helm install through the Kubernetes API, from an archive made by
+// flightctl_backup or upstream flightctl-backup: verified before anything
 // is touched, journaled so that an interrupted restore can be finished or undone, and
 // rolled back on failure. Without an archive it runs device preparation only, as upstream's
 // older flightctl-restore did.
@@ -8,21 +9,21 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"flightctl.dr/internal/ansiblemod"
-	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/archiveopts"
 	"flightctl.dr/internal/cli"
 	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/kubeopts"
 	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
-	"flightctl.dr/internal/wrap"
 )
 
 // Options are the module's options; the sidecar flightctl_restore.yml documents them.
@@ -54,6 +55,7 @@ type Options struct {
 	ConfigFile           string   `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the live service configuration"`
 	PAMVolume            string   `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume; empty to leave it alone"`
 	KeepOldDB            bool     `ansible:"keep_old_db" default:"false" help:"keep the previous database as <db>_old_<id> after success"`
+	DBLoadConnections    int      `ansible:"db_load_connections" default:"0" min:"0" max:"64" help:"database sessions the dump loads over (0: one per CPU, 2 to 8, within the server's free connections; 1: one psql reading the dump, as psql -f)"`
 	StateDir             string   `ansible:"state_dir,abspath" default:"/var/lib/flightctl-dr" help:"where the restore journal is kept"`
 	FlushKV              bool     `ansible:"flush_kv" default:"true" help:"clear the KV store before device preparation (as upstream)"`
 	Units                []string `ansible:"units" items:"unit" help:"the application units to stop and start (default: upstream's list)"`
@@ -64,6 +66,19 @@ type Options struct {
 	SourceEstate         string   `ansible:"source_estate" help:"the estate the archive comes from, when it is not this server's (a replacement host taking over that estate)"`
 	Src                  string   `ansible:"src" help:"an archive on the controller instead of path: the action plugin puts it in the task's temporary directory on the server"`
 	archiveopts.Acceptance
+	// An encrypted archive's identity: decryption_identity_file, decryption_key,
+	// decryption_passphrase.
+	archiveopts.Decryption
+
+	// Kubernetes / Helm (deployment_type kubernetes): the connection as flightctl_backup
+	// takes it, then what only a restore needs.
+	kubeopts.Connection
+	Deployments    []string `ansible:"deployments" help:"Kubernetes: the application Deployments to scale to 0 and back, as name or namespace/name (default: upstream's seven, in the release or internal namespace)"`
+	DevprepAccess  string   `ansible:"devprep_access" default:"port-forward" choices:"port-forward,direct" help:"Kubernetes: how device preparation reaches the database and the KV store: a port-forward through the API server, or direct to devprep_db_host and kv_host"`
+	DevprepDBHost  string   `ansible:"devprep_db_host" help:"Kubernetes, devprep_access direct: the database host (default: the Service flightctl-db.<internal_namespace>.svc)"`
+	DevprepDBPort  int      `ansible:"devprep_db_port" min:"0" max:"65535" help:"Kubernetes, devprep_access direct: the database port (default 5432)"`
+	GitOpsPaused   bool     `ansible:"gitops_paused" default:"false" help:"Kubernetes: the GitOps controller (Argo CD, Flux) owning the Deployments has been suspended; without it such a restore is refused"`
+	QuiesceTimeout int      `ansible:"quiesce_timeout" default:"300" min:"1" help:"Kubernetes: seconds to wait for a Deployment's pods to go after it is scaled to 0"`
 }
 
 // Validate checks what the tags cannot.
@@ -106,16 +121,48 @@ func (o *Options) podmanConfig() estate.PodmanConfig {
 	return c
 }
 
+// kubernetesConfig maps the options onto a Helm install, as flightctl_backup does: the
+// database options keep their meaning inside the database pod; the credentials come from
+// the Secret flightctl-db-app-secret unless db_password is given (then with db_user).
+func (o *Options) kubernetesConfig() estate.KubernetesConfig {
+	k := estate.KubernetesConfig{
+		Connection: o.KubeConfig(),
+		Namespace:  o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
+		DBAccess: estate.DBAccess(o.DBAccess), DBHost: o.DBHost, DBPort: o.DBPort, DBName: o.DBName,
+		ExecProtocol: o.ExecProtocol,
+	}
+	if o.DBPassword != "" {
+		k.DBUser, k.DBPassword = o.DBUser, o.DBPassword
+	}
+	return k
+}
+
+// kubernetesRestoreConfig is what a Kubernetes restore needs beyond the backup's options.
+func (o *Options) kubernetesRestoreConfig() estate.KubernetesRestoreConfig {
+	return estate.KubernetesRestoreConfig{
+		Deployments: o.Deployments, DBAdminUser: o.DBAdminUser, DBAdminPassword: o.DBAdminPassword,
+		DevprepAccess: o.DevprepAccess, DevprepDBHost: o.DevprepDBHost, DevprepDBPort: o.DevprepDBPort,
+		KVHost: o.KVHost, KVPort: o.KVPort, KVPassword: o.KVPassword,
+		QuiesceTimeout: time.Duration(o.QuiesceTimeout) * time.Second, GitOpsPaused: o.GitOpsPaused,
+	}
+}
+
 // deploymentType resolves auto. A restore interrupted after stopping the API unit leaves
-// nothing for detection to see, so an unfinished journal (only Podman restores write one)
-// answers instead.
+// nothing for detection to see, so an unfinished journal answers instead (one written
+// before journals recorded the deployment type is a Podman one).
 func deploymentType(ctx context.Context, o *Options, env *ansiblemod.Env) (estate.Type, error) {
 	if o.DeploymentType != estate.AutoDetect {
 		return estate.ParseType(o.DeploymentType)
 	}
 	if j, err := restore.ReadJournal(o.StateDir); err == nil && j != nil && j.State == restore.StateRunning {
-		env.Warn("deployment_type auto: taken as podman from the unfinished restore %s recorded in %s (the stopped server cannot be detected); set deployment_type to override", j.ID, o.StateDir)
-		return estate.Podman, nil
+		typ := estate.Podman
+		if j.DeploymentType != "" {
+			if t, err := estate.ParseType(j.DeploymentType); err == nil {
+				typ = t
+			}
+		}
+		env.Warn("deployment_type auto: taken as %s from the unfinished restore %s recorded in %s (the stopped server cannot be detected); set deployment_type to override", typ, j.ID, o.StateDir)
+		return typ, nil
 	}
 	active, installed, closeFn, err := estate.SystemdUnitState(ctx, o.SystemdScope, o.SystemdBusAddress)
 	if err != nil {
@@ -139,50 +186,47 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	if err != nil {
 		return nil, err
 	}
-	if typ != estate.Podman {
-		if o.Path != "" {
-			rep, verr := archive.Verify(ctx, o.Path, archive.VerifyOptions{ChecksumFile: o.ChecksumFile, RequireChecksum: true})
-			if verr != nil {
-				return nil, wrap.Prefix("archive integrity check failed", verr)
-			}
-			if rep.Metadata.DeploymentType != string(typ) {
-				return nil, fmt.Errorf("deployment type mismatch: archive was created on a %q deployment but the current environment is %q; cross-deployment restore is not supported",
-					rep.Metadata.DeploymentType, typ)
-			}
-		}
-		return nil, fmt.Errorf("deployment type %s: this module restores systemd/Podman hosts; restore a Kubernetes installation with the Kubernetes restore", typ)
-	}
 	cfg := o.podmanConfig()
 	exec := runner.Exec{}
-	if cfg.DBAccess == estate.DBAccessDirect && cfg.DBAdminPassword == "" && o.Path != "" {
+	if typ == estate.Podman && cfg.DBAccess == estate.DBAccessDirect && cfg.DBAdminPassword == "" && o.Path != "" {
 		// The quadlet admin password lives in a Podman secret; a missing one is left to
 		// psql's own error (a .pgpass or trust may still let it in).
 		if pw, err := (&podman.Client{Runner: exec}).ReadSecret(ctx, estate.SecretDBMasterPassword); err == nil {
 			cfg.DBAdminPassword = pw
 		}
 	}
-	target := &estate.PodmanRestore{Config: cfg, Runner: exec, RunningVersion: o.ServerVersion, Logger: log}
-	if err := target.Open(ctx); err != nil {
+	target, closeTarget, err := estate.OpenRestoreTarget(ctx, estate.RestoreTargetOptions{
+		Type: typ, Podman: cfg, Kubernetes: o.kubernetesConfig(), KubernetesRestore: o.kubernetesRestoreConfig(),
+		Runner: exec, RunningVersion: o.ServerVersion, Logger: log,
+	})
+	if err != nil {
 		return nil, err
 	}
-	defer target.Close()
+	defer closeTarget()
 
 	sig, err := o.Signature()
+	if err != nil {
+		return nil, err
+	}
+	ids, err := o.Identities(nil)
 	if err != nil {
 		return nil, err
 	}
 	res, err := restore.Run(ctx, restore.Options{
 		Limits:      o.Limits(),
 		Signature:   sig,
+		Decryption:  ids,
 		ArchivePath: o.Path, ChecksumFile: o.ChecksumFile, Target: target,
 		ServerVersion: o.ServerVersion, AllowVersionMismatch: o.AllowVersionMismatch,
-		KeepOldDB: o.KeepOldDB, StateDir: o.StateDir, FlushKV: o.FlushKV,
+		KeepOldDB: o.KeepOldDB, StateDir: o.StateDir, FlushKV: o.FlushKV, LoadConnections: o.DBLoadConnections,
 		CheckMode: env.CheckMode, Diff: env.Diff, Rollback: o.Rollback, Force: o.Force,
 		AllowRunningUnits: o.AllowRunningUnits,
 		EstateName:        estateName(o.EstateName),
 		SourceEstate:      o.SourceEstate,
 		Logger:            log,
 	})
+	// A full file system gets advice on where room is needed.
+	err = restore.DiskFullAdvice(err, o.StateDir, o.PKIDir, o.EncryptionDir, filepath.Dir(o.ConfigFile))
 	if res == nil {
 		return nil, err
 	}
@@ -233,7 +277,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 var App = cli.App[Options]{
 	Module:     ansiblemod.Module[Options]{Name: "flightctl_restore", Run: run},
 	Short:      "Restore a Flight Control server from a backup archive",
-	Long:       "Restores a Flight Control server on a systemd/Podman host from an archive made by flightctl_backup or upstream flightctl-backup. The archive is verified before anything is touched; the restore is journaled (re-run it to finish an interrupted one, or use --rollback to undo it) and rolled back on failure. Without an archive it runs device preparation only.",
+	Long:       "Restores a Flight Control server on a systemd/Podman host, or a Kubernetes/Helm install through the Kubernetes API (deployment_type kubernetes), from an archive made by flightctl_backup or upstream flightctl-backup. The archive is verified before anything is touched; the restore is journaled (re-run it to finish an interrupted one, or use --rollback to undo it) and rolled back on failure. Without an archive it runs device preparation only.",
 	Positional: []string{"path"},
 	Human:      human,
 	Personalities: []cli.Personality{{
@@ -258,6 +302,12 @@ func upstreamFlags(fs *pflag.FlagSet) func(args []string) (map[string]any, error
 		opts := map[string]any{"keep_old_db": *keep, "kv_container": *shared.KVContainer}
 		if len(args) == 1 {
 			opts["path"] = args[0]
+		}
+		// Upstream's Kubernetes flags, registered with the shared ones.
+		for flag, option := range map[string]string{"namespace": "namespace", "internal-namespace": "internal_namespace"} {
+			if f := fs.Lookup(flag); f != nil && f.Changed && f.Value.String() != "" {
+				opts[option] = f.Value.String()
+			}
 		}
 		return opts, shared.Apply(opts)
 	}

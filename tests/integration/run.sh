@@ -14,7 +14,7 @@ installed=$ANSIBLE_COLLECTIONS_PATH/ansible_collections/flightctl/dr
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  for t in flightctl_archive_verify flightctl_backup flightctl_devprep flightctl_restore flightctl_timer; do
+  for t in flightctl_archive_verify flightctl_backup flightctl_drill flightctl_devprep flightctl_restore flightctl_timer; do
     if [ -f "$installed/plugins/modules/$t.yml" ] || [ -d "$installed/roles/${t#flightctl_}" ]; then
       targets+=("$t")
     else

@@ -15,9 +15,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
+
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.text.converters import to_text
+from ansible.module_utils.six import string_types
 from ansible.plugins.action import ActionBase
+
+from ansible_collections.flightctl.dr.plugins.plugin_utils.option_words import Wording, in_collection_role, reword_result, role_words
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - ansible-core requires PyYAML
+    yaml = None
 
 COLLECTION = "flightctl.dr"
 BINARY = "flightctl_dr_linux_%s"
@@ -32,6 +42,26 @@ GOARCH = {
 
 # A task variable that forces the architecture, for targets that cannot run uname.
 ARCH_OVERRIDE_VAR = "flightctl_dr_target_arch"
+
+# The modules' option names, read once from their sidecar documentation.
+_OPTIONS = {}
+
+
+def module_options(module_base):
+    """The option names of a module, from plugins/modules/<module>.yml."""
+    if module_base not in _OPTIONS:
+        names = []
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modules", module_base + ".yml")
+        try:
+            with open(path) as f:
+                doc = yaml.safe_load(f).get("DOCUMENTATION") or {}
+            if isinstance(doc, string_types):
+                doc = yaml.safe_load(doc) or {}
+            names = sorted((doc.get("options") or {}).keys())
+        except Exception:  # pylint: disable=broad-except
+            names = []
+        _OPTIONS[module_base] = names
+    return _OPTIONS[module_base]
 
 
 def goarch_for(machine):
@@ -123,6 +153,10 @@ class ArchDispatchAction(ActionBase):
             module_args = self._module_args(task_vars)
             result.update(self._execute_module(module_name=binary, module_args=module_args,
                                                task_vars=task_vars, wrap_async=wrap_async))
+            # A role's user sets role variables, not module options: say those.
+            if in_collection_role(self._task):
+                words = role_words(module_options(self.module_base), task_vars.get("flightctl_dr_known_variables"))
+                reword_result(result, Wording(words))
         finally:
             # An async job removes its own temporary directory when it ends.
             if not wrap_async:

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/encrypt"
 )
 
 // Dump is the smallest db/dump.sql a restore accepts: pg_dump's preamble, one table with
@@ -58,6 +59,8 @@ type Content struct {
 	Volume        []byte // volumes/pam-issuer-etc.tar
 	// Metadata is written as given; a zero Timestamp becomes now.
 	Metadata archive.Metadata
+	// Encryption, when set, encrypts the archive (flightctl-backup-<time>.tar.gz.age).
+	Encryption *encrypt.Recipients
 }
 
 // Write commits an archive with content into dir (created if missing) and returns it.
@@ -65,7 +68,7 @@ func Write(t testing.TB, dir string, c Content) *archive.Result {
 	t.Helper()
 	ctx := context.Background()
 	require.NoError(t, os.MkdirAll(dir, 0o700))
-	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: dir})
+	w, err := archive.NewWriter(ctx, archive.WriterOptions{Dir: dir, Encryption: c.Encryption})
 	require.NoError(t, err)
 	now := time.Now()
 	if c.Dump != nil {

@@ -1,0 +1,105 @@
+package restore_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/restore"
+)
+
+// logRecorder keeps the log lines of a restore beside the test log.
+type logRecorder struct {
+	t  testing.TB
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (w *logRecorder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	w.b.Write(p)
+	w.mu.Unlock()
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (w *logRecorder) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+func parallelOptions(ctx context.Context, e *env, path string, n int) (restore.Options, *logRecorder) {
+	rec := &logRecorder{t: e.t}
+	logger := slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return restore.Options{ArchivePath: path, Target: target(ctx, e.t, e.cfg, logger), StateDir: e.cfg.StateDir, FlushKV: true,
+		LoadConnections: n, Logger: logger}, rec
+}
+
+func TestRestoreOverSeveralSessions(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	path := e.writeArchive(ctx, filepath.Join(t.TempDir(), "out"), metadata(), e.dump(ctx))
+	e.damage(ctx)
+	opts, rec := parallelOptions(ctx, e, path, 3)
+	_, err := restore.Run(ctx, opts)
+	require.NoError(t, err)
+	e.assertRestored(ctx)
+	require.Contains(t, rec.String(), "dump loaded over several sessions")
+	require.Contains(t, rec.String(), "sessions=3")
+	// The database part of device preparation ran on the temporary database, before the
+	// units were stopped; only the KV part ran in the downtime.
+	log := rec.String()
+	early := strings.Index(log, "database prepared in the temporary database")
+	stop := strings.Index(log, "step=stop_units")
+	require.Positive(t, early)
+	require.Greater(t, stop, early)
+	require.Contains(t, log[early:], "devices_updated=18")
+}
+
+func TestRestoreOverOneSessionIsPsql(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	path := e.writeArchive(ctx, filepath.Join(t.TempDir(), "out"), metadata(), e.dump(ctx))
+	e.damage(ctx)
+	opts, rec := parallelOptions(ctx, e, path, 1)
+	_, err := restore.Run(ctx, opts)
+	require.NoError(t, err)
+	e.assertRestored(ctx)
+	require.NotContains(t, rec.String(), "several sessions")
+}
+
+func TestRestoreParallelLoadErrorHalfwayLeavesLiveDatabase(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	dump := e.dump(ctx)
+	// A devices row with too few fields in the middle of the data: the load stops there.
+	i := bytes.Index(dump, []byte("COPY public.devices "))
+	require.Positive(t, i)
+	nl := bytes.IndexByte(dump[i:], '\n') + i + 1
+	bad := append(append(append([]byte{}, dump[:nl]...), []byte("too\tfew\n")...), dump[nl:]...)
+	path := e.writeArchive(ctx, filepath.Join(t.TempDir(), "out"), metadata(), bad)
+	e.damage(ctx)
+	before := e.snapshot(ctx)
+
+	opts, rec := parallelOptions(ctx, e, path, 3)
+	stopped := false
+	opts.Checkpoint = func(name string) error {
+		stopped = stopped || name == "stop_units:recorded"
+		return nil
+	}
+	res, err := restore.Run(ctx, opts)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "load_database")
+	require.Contains(t, err.Error(), "devices")
+	require.False(t, stopped, "a dump that does not load stops nothing")
+	require.Contains(t, rec.String(), "loading the dump over several database sessions")
+	e.assertRolledBackUnchanged(ctx, res, before)
+	require.Equal(t, []string{"flightctl"}, e.databases(ctx), "the temporary database is dropped")
+}

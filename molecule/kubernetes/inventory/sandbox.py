@@ -1,0 +1,1 @@
+../../podman_host/inventory/sandbox.py
