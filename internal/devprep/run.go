@@ -161,6 +161,19 @@ func Plan(ctx context.Context, opts Options) (*Result, error) {
 	return res, nil
 }
 
+// PlanOrRun plans (dryRun) or runs device preparation, and says whether it changed anything.
+func PlanOrRun(ctx context.Context, opts Options, dryRun bool) (*Result, bool, error) {
+	run := Run
+	if dryRun {
+		run = Plan
+	}
+	res, err := run(ctx, opts)
+	if err != nil {
+		return res, false, err
+	}
+	return res, res.Changed, nil
+}
+
 // Run prepares the devices. The database part commits in one transaction; the KV store is
 // flushed (when it should be) before that commit, and the keys are written and checked
 // after it. On error the returned Result (non-nil once the commit happened) says how far

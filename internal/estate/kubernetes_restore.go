@@ -1058,14 +1058,5 @@ func (d *kubeDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest
 	defer c.close()
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.k.Logger
-	var res *devprep.Result
-	if req.DryRun {
-		res, err = devprep.Plan(ctx, opts)
-	} else {
-		res, err = devprep.Run(ctx, opts)
-	}
-	if err != nil {
-		return res, false, err
-	}
-	return res, res.Changed, nil
+	return devprep.PlanOrRun(ctx, opts, req.DryRun)
 }

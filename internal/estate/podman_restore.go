@@ -455,14 +455,5 @@ func (d *podmanDevices) Prepare(ctx context.Context, req restore.DevicePrepReque
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.p.Logger
 	opts.Prepared = req.DatabasePrepared
-	var res *devprep.Result
-	if req.DryRun {
-		res, err = devprep.Plan(ctx, opts)
-	} else {
-		res, err = devprep.Run(ctx, opts)
-	}
-	if err != nil {
-		return res, false, err
-	}
-	return res, res.Changed, nil
+	return devprep.PlanOrRun(ctx, opts, req.DryRun)
 }

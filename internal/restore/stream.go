@@ -159,11 +159,7 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 	f := pgdump.NewFilter(rd, pgdump.FilterOptions{ForceRestrict: force, OnRefusal: func(error) { cancel() }})
 	err := db.Load(lctx, temp, f)
 	if ferr := f.Err(); ferr != nil {
-		var ref *pgdump.Refusal
-		if errors.As(ferr, &ref) {
-			return archive.DumpRefused(ferr)
-		}
-		return fmt.Errorf("read the database dump: %w", ferr)
+		return dumpReadError(ferr)
 	}
 	if err != nil {
 		return err
@@ -207,11 +203,7 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	}
 	st, err := pl.LoadChecked(ctx, temp, src, popts)
 	if ferr := src.Err(); ferr != nil {
-		var ref *pgdump.Refusal
-		if errors.As(ferr, &ref) {
-			return archive.DumpRefused(ferr)
-		}
-		return fmt.Errorf("read the database dump: %w", ferr)
+		return dumpReadError(ferr)
 	}
 	if err != nil {
 		return err
@@ -289,4 +281,14 @@ func (r *run) checkSignature() (*archive.SignatureReport, error) {
 		r.logger.Info("archive signature verified", "key", sig.Signer.Fingerprint, "principal", sig.Signer.Principal)
 	}
 	return sig, nil
+}
+
+// dumpReadError is the error of a dump that could not be read to its end: the checker's
+// refusal as the archive's, anything else as a read error.
+func dumpReadError(err error) error {
+	var ref *pgdump.Refusal
+	if errors.As(err, &ref) {
+		return archive.DumpRefused(err)
+	}
+	return fmt.Errorf("read the database dump: %w", err)
 }
