@@ -93,6 +93,7 @@ test-ansible:: collection-install
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh podman_host
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/fleet.sh
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/trust.sh
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/encryption.sh
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash tests/integration/kubernetes.sh
 	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/$(COLLECTION_INSTALL) bash scripts/molecule.sh kubernetes
 	@$(MAKE) --no-print-directory lint-ansible
