@@ -22,7 +22,6 @@ logs=$work/logs
 . "$repo/scripts/demo-common.sh"
 demo_prepare
 export ANSIBLE_LOCALHOST_WARNING=0
-installed=$ANSIBLE_COLLECTIONS_PATH/ansible_collections/flightctl/dr
 
 say "Starting a test cluster holding a Helm install of Flight Control"
 t0=$(now)

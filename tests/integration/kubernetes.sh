@@ -14,7 +14,6 @@ cd "$repo"
 export PATH=/usr/local/go/bin:$PATH
 export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
 export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
-installed=$ANSIBLE_COLLECTIONS_PATH/ansible_collections/flightctl/dr
 
 work=$repo/build/itest-kubernetes
 sandbox=$repo/build/sandbox
