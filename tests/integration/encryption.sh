@@ -12,31 +12,9 @@
 # usage: tests/integration/encryption.sh
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
-export PATH=/usr/local/go/bin:$PATH
-export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_HOST_KEY_CHECKING=0
-here=$repo/tests/integration/fleet
-work=${ENCRYPTION_WORK:-$repo/build/encryption}
-sandbox=${ENCRYPTION_SANDBOX:-$repo/build/sandbox}
-
-fail() { echo "encryption: FAIL: $*" >&2; exit 1; }
-ok() { echo "encryption: ok: $*" >&2; }
-
-[ -x "$sandbox" ] || go build -o "$sandbox" ./hack/sandbox
-down() {
-  [ -f "$work/site-a/sandbox.json" ] && { "$sandbox" down --dir "$work/site-a" >/dev/null 2>&1 || echo "encryption: sandbox down failed" >&2; }
-  return 0
-}
-down
-rm -rf "$work"
-mkdir -p "$work/controller" "$work/logs" "$work/keys" "$work/state"
-trap down EXIT
-"$sandbox" up --dir "$work/site-a" --prefix enca- --devices 5 >&2
-python3 "$here/inventory.py" "$work/inventory.yml" site-a="$work/site-a"
-inv=$work/inventory.yml
-controller=$work/controller
+suite=encryption prefix=enca-
+# shellcheck source=tests/integration/onesite.sh
+. "$(dirname "$0")/onesite.sh"
 
 for k in ops breakglass wrong; do age-keygen -o "$work/keys/$k" 2>/dev/null; done
 pub() { age-keygen -y "$work/keys/$1"; }
@@ -49,17 +27,6 @@ for k in ("breakglass", "wrong"):
         json.dump({"flightctl_dr_decryption_key": open(os.path.join(d, k)).read()}, f)
     os.chmod(p, 0o600)
 PY
-
-play() { # play LOG ARGS... : ansible-playbook, output kept in $work/logs/LOG.log
-  local log=$1
-  shift
-  set +e
-  ansible-playbook -i "$inv" -e "flightctl_dr_backup_dir=$controller" "$@" >"$work/logs/$log.log" 2>&1
-  local rc=$?
-  set -e
-  return $rc
-}
-state() { play "state-$1" -e "fleet_state_dir=$work/state" "$here/state.yml" || fail "reading the server's state ($work/logs/state-$1.log)"; cp "$work/state/site-a.json" "$work/state/site-a.$1.json"; }
 
 # 1. Encrypted to two recipients.
 play backup flightctl.dr.dr_backup -e "{\"flightctl_dr_encryption_recipients\": [\"$(pub ops)\", \"$(pub breakglass)\"]}" ||

@@ -18,31 +18,9 @@
 # usage: tests/integration/trust.sh
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
-export PATH=/usr/local/go/bin:$PATH
-export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_HOST_KEY_CHECKING=0
-here=$repo/tests/integration/fleet
-work=${TRUST_WORK:-$repo/build/trust}
-sandbox=${TRUST_SANDBOX:-$repo/build/sandbox}
-
-fail() { echo "trust: FAIL: $*" >&2; exit 1; }
-ok() { echo "trust: ok: $*" >&2; }
-
-[ -x "$sandbox" ] || go build -o "$sandbox" ./hack/sandbox
-down() {
-  [ -f "$work/site-a/sandbox.json" ] && { "$sandbox" down --dir "$work/site-a" >/dev/null 2>&1 || echo "trust: sandbox down failed" >&2; }
-  return 0
-}
-down
-rm -rf "$work"
-mkdir -p "$work/controller" "$work/state" "$work/logs" "$work/keys"
-trap down EXIT
-"$sandbox" up --dir "$work/site-a" --prefix trusta- --devices 5 >&2
-python3 "$here/inventory.py" "$work/inventory.yml" site-a="$work/site-a"
-inv=$work/inventory.yml
-controller=$work/controller
+suite=trust prefix=trusta-
+# shellcheck source=tests/integration/onesite.sh
+. "$(dirname "$0")/onesite.sh"
 
 # Two keys, as an operator makes them (collection/docs/operations.md).
 for k in good other; do
@@ -57,16 +35,6 @@ os.chmod(sys.argv[2], 0o600)
 PY
 secret_line=$(sed -n 2p "$work/keys/good")
 
-play() { # play LOG ARGS... : ansible-playbook, output kept in $work/logs/LOG.log
-  local log=$1
-  shift
-  set +e
-  ansible-playbook -i "$inv" -e "flightctl_dr_backup_dir=$controller" "$@" >"$work/logs/$log.log" 2>&1
-  local rc=$?
-  set -e
-  return $rc
-}
-state() { play "state-$1" -e "fleet_state_dir=$work/state" "$here/state.yml" || fail "reading the server's state ($work/logs/state-$1.log)"; cp "$work/state/site-a.json" "$work/state/site-a.$1.json"; }
 archives() { find "$controller/site-a" -maxdepth 1 -name 'flightctl-backup-*.tar.gz' | sort; }
 newest_after() { archives | while read -r a; do [ "$a" \> "$1" ] && echo "$a"; done | tail -n1; }
 
