@@ -8,7 +8,8 @@
 #   BENCHES="restore backup" bench/run-all.sh # some of them (names below)
 #   NO_INSTALL=1 bench/run-all.sh             # skip the package check
 #
-# Names: restore backup backup-container devprep archive encryption drill objstore kubernetes.
+# Names: restore backup backup-container devprep archive encryption drill objstore kubernetes
+# kubernetes-restore.
 # The machine is shared: the load averages are printed beside every result, and every
 # benchmark measures its ratios side by side within one run. A benchmark that fails is
 # reported as failed in the section and the others still run. Needs root, like the
@@ -28,8 +29,9 @@ declare -A script=(
 	[drill]=bench/drill/run.sh
 	[objstore]=bench/objstore/run.sh
 	[kubernetes]=bench/kubernetes/run.sh
+	[kubernetes-restore]=bench/kubernetes/restore.sh
 )
-order="restore backup backup-container devprep archive encryption drill objstore kubernetes"
+order="restore backup backup-container devprep archive encryption drill objstore kubernetes kubernetes-restore"
 benches=${BENCHES:-$order}
 
 if [ -z "${NO_INSTALL:-}" ]; then

@@ -74,10 +74,15 @@ func TestGalaxyInstallFromGitFailsLoudly(t *testing.T) {
 // the ignore file it was given and exits 0 (ansible-test itself needs a built collection).
 func runSanity(t *testing.T, dir string) (string, int) {
 	t.Helper()
+	return runSanityScript(t, "ansible-sanity.sh", dir)
+}
+
+func runSanityScript(t *testing.T, script, dir string) (string, int) {
+	t.Helper()
 	bin := t.TempDir()
 	fake := "#!/bin/sh\necho \"fake ansible-test $*\"\ncat tests/sanity/ignore-2.14.txt 2>/dev/null | sed 's/^/ignore: /'\nexit 0\n"
 	require.NoError(t, os.WriteFile(filepath.Join(bin, "ansible-test"), []byte(fake), 0o755))
-	cmd := exec.Command("bash", "ansible-sanity.sh", dir)
+	cmd := exec.Command("bash", script, dir)
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	code := 0
@@ -89,19 +94,86 @@ func runSanity(t *testing.T, dir string) (string, int) {
 	return string(out), code
 }
 
+// fakeCheckout is a checkout holding ansible-sanity.sh and the given tests/sanity/ignore-2.14.txt.
+func fakeCheckout(t *testing.T, ignores string) string {
+	t.Helper()
+	repo := t.TempDir()
+	script, err := os.ReadFile("ansible-sanity.sh")
+	require.NoError(t, err)
+	require.NoError(t, os.MkdirAll(filepath.Join(repo, "scripts"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(repo, "scripts", "ansible-sanity.sh"), script, 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(repo, "tests", "sanity"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(repo, "tests", "sanity", "ignore-2.14.txt"), []byte(ignores), 0o644))
+	return filepath.Join(repo, "scripts", "ansible-sanity.sh")
+}
+
 // ansible-sanity.sh exited 1 without a word when the collection had no tests/sanity: it
 // says which ignore file it uses and runs the tests.
 func TestAnsibleSanityWithoutTestsSanity(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ansible_collections", "flightctl", "dr")
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "plugins", "modules"), 0o755))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "plugins", "modules", "flightctl_dr_linux_amd64"), []byte("x"), 0o644))
-	out, code := runSanity(t, dir)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "plugins", "modules", "flightctl_backup.py"), []byte("x"), 0o644))
+	script := fakeCheckout(t, "plugins/modules/flightctl_backup.py shebang\nplugins/modules/flightctl_restore.py shebang\n")
+	out, code := runSanityScript(t, script, dir)
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "ships no tests/sanity", out)
 	require.Contains(t, out, "fake ansible-test sanity", out)
 	// Only the lines for files the collection has are kept.
-	require.Contains(t, out, "ignore: plugins/modules/flightctl_dr_linux_amd64 validate-modules!skip", out)
-	require.NotContains(t, out, "flightctl_dr_linux_arm64", out)
+	require.Contains(t, out, "ignore: plugins/modules/flightctl_backup.py shebang", out)
+	require.NotContains(t, out, "flightctl_restore.py", out)
+}
+
+// The shipped ignore file held `validate-modules!skip` for the multicall binaries, which Red
+// Hat's certification does not accept (ansible-lint's sanity rule): an ignore off the
+// allow-list fails the run, naming the line, before ansible-test runs.
+func TestAnsibleSanityRefusesIgnoresOffTheAllowList(t *testing.T) {
+	for name, tc := range map[string]struct{ ignores, want string }{
+		"not allowed": {
+			"plugins/modules/flightctl_backup.py shebang\nplugins/modules/flightctl_dr_linux_amd64 validate-modules!skip\n",
+			"ignore-2.14.txt:2: validate-modules!skip is not on the certification allow-list",
+		},
+		"not allowed, a code": {
+			"plugins/action/flightctl_backup.py pylint:unused-import\n",
+			"ignore-2.14.txt:1: pylint:unused-import is not on the certification allow-list",
+		},
+		"no test": {"plugins/modules/flightctl_backup.py\n", "ignore-2.14.txt:1: 'plugins/modules/flightctl_backup.py' is not one path and one test"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "ansible_collections", "flightctl", "dr")
+			require.NoError(t, os.MkdirAll(filepath.Join(dir, "tests", "sanity"), 0o755))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "tests", "sanity", "ignore-2.14.txt"), []byte(tc.ignores), 0o644))
+			out, code := runSanity(t, dir)
+			require.NotEqual(t, 0, code, out)
+			require.Contains(t, out, tc.want, out)
+			require.NotContains(t, out, "fake ansible-test", out)
+			require.NotContains(t, out, ":1: shebang", out)
+		})
+	}
+}
+
+// Every ignore the collection ships (the checkout's tests/sanity, and the built collection's
+// when there is one) is on the certification allow-list.
+func TestShippedSanityIgnoresAreAllowListed(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("..", "tests", "sanity", "ignore-*.txt"))
+	require.NoError(t, err)
+	require.NotEmpty(t, files, "the checkout has no tests/sanity/ignore-*.txt")
+	sources := map[string][]string{"checkout": files}
+	if built, _ := filepath.Glob(filepath.Join("..", "build", "ansible_collections", "flightctl", "dr", "tests", "sanity", "ignore-*.txt")); len(built) > 0 {
+		sources["built collection"] = built
+	}
+	for name, files := range sources {
+		dir := filepath.Join(t.TempDir(), "ansible_collections", "flightctl", "dr")
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "tests", "sanity"), 0o755))
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "tests", "sanity", filepath.Base(f)), b, 0o644))
+		}
+		out, code := runSanity(t, dir)
+		require.Equal(t, 0, code, "%s: %s", name, out)
+		require.NotContains(t, out, "allow-list", "%s: %s", name, out)
+		require.Contains(t, out, "fake ansible-test sanity", "%s: %s", name, out)
+	}
 }
 
 // A collection directory that does not exist is an error that names it.

@@ -74,7 +74,7 @@ chmod 600 "$WORK/pw"
 mkdir -p "$WORK/out" "$WORK/wrap"
 cat >"$WORK/args.json" <<EOF
 {"output_dir": "$WORK/out", "deployment_type": "podman", "db_access": "container", "db_container": "$DB",
- "db_password_secret": "$FLIGHTCTL_DR_DB_USER_SECRET", "api_container": "$FLIGHTCTL_DR_API_CONTAINER",
+ "db_password_secret": "${SANDBOX_DB_USER_SECRET:-${FLIGHTCTL_DR_DB_USER_SECRET:-}}", "api_container": "$FLIGHTCTL_DR_API_CONTAINER",
  "pki_dir": "$FLIGHTCTL_DR_PKI_DIR", "encryption_dir": "$FLIGHTCTL_DR_ENCRYPTION_DIR", "config_file": "$FLIGHTCTL_DR_CONFIG_FILE",
  "pam_volume": "$FLIGHTCTL_DR_PAM_VOLUME", "systemd_scope": "user", "systemd_bus_address": "$FLIGHTCTL_DR_SYSTEMD_BUS_ADDRESS"}
 EOF

@@ -3,7 +3,8 @@
 #   1. pg_dump alone to /dev/null              (the floor)
 #   2. upstream's way: pg_dump to a staging file, then tar czf of the staging directory
 #   3. flightctl_backup (this project), direct database access, at every gzip level in
-#      BENCH_LEVELS (archive size against time, for the choice of the default level)
+#      BENCH_LEVELS with `compression: fixed` (archive size against time, for the choice of
+#      the default level), then with the defaults (`compression: adaptive`, level 2)
 # Wall times from hyperfine (BENCH_RUNS runs each, one warm-up before the first command);
 # peak RSS of every run from /usr/bin/time (the largest process of the command: pg_dump,
 # tar or flightctl_backup). Everything runs on a private PostgreSQL 15 cluster on a free
@@ -93,11 +94,12 @@ mkdir -p "$WORK/pki" && echo cert >"$WORK/pki/ca.crt" && printf 'db:\n  name: fl
 export PGPASSWORD=$APP_PW
 DUMP="pg_dump --clean --if-exists --no-password -h 127.0.0.1 -p $PORT -U flightctl_app -d flightctl"
 
-args() { # level
+args() { # id level mode
 	cat >"$WORK/args-$1.json" <<EOF
 {"output_dir": "$WORK/out", "deployment_type": "podman", "server_version": "bench", "db_access": "direct",
  "db_host": "127.0.0.1", "db_port": $PORT, "db_password": "$APP_PW", "pki_dir": "$WORK/pki",
- "encryption_dir": "$WORK/none", "config_file": "$WORK/service-config.yaml", "pam_volume": "", "compression_level": $1}
+ "encryption_dir": "$WORK/none", "config_file": "$WORK/service-config.yaml", "pam_volume": "",
+ "compression_level": $2, "compression": "$3"}
 EOF
 }
 
@@ -124,13 +126,19 @@ bench upstream "upstream: pg_dump to a file, then tar czf" "$UPSTREAM_RUNS" \
 	"$DUMP > $WORK/staging/db/dump.sql && tar czf $WORK/upstream.tar.gz -C $WORK/staging ."
 stat -c %s "$WORK/upstream.tar.gz" >"$WORK/upstream.size"
 rm -rf "$WORK/staging" "$WORK/upstream.tar.gz"
-for level in $LEVELS; do
-	args "$level"
-	bench "level$level" "flightctl_backup, level $level" "$RUNS" "rm -f $WORK/out/*" \
-		"$WORK/flightctl_backup $WORK/args-$level.json > $WORK/result.json"
+for level in $LEVELS adaptive; do
+	if [ "$level" = adaptive ]; then
+		id=adaptive label="flightctl_backup, defaults (adaptive from level 2)"
+		args "$id" 2 adaptive
+	else
+		id=level$level label="flightctl_backup, level $level (fixed)"
+		args "$id" "$level" fixed
+	fi
+	bench "$id" "$label" "$RUNS" "rm -f $WORK/out/*" \
+		"$WORK/flightctl_backup $WORK/args-$id.json > $WORK/result.json"
 	grep -Eq '"changed": *true' "$WORK/result.json" || { cat "$WORK/result.json" >&2; exit 1; }
 	(cd "$WORK/out" && sha256sum -c --quiet ./*.sha256)
-	stat -c %s "$WORK"/out/*.tar.gz >"$WORK/level$level.size"
+	stat -c %s "$WORK"/out/*.tar.gz >"$WORK/$id.size"
 	rm -f "$WORK"/out/*
 done
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Off-host copy and retention benchmarks on a private MinIO (scripts/build-minio.sh):
 #  - upload + verification of an archive (default 1 GiB) with each part size and
-#    concurrency, against a plain single PUT of the same file to the same server;
-#  - prune planning over 10,000 archives of an estate in a bucket (list, find the newest
-#    that checks out, plan), and over 10,000 names in memory.
+#    concurrency, against a plain single PUT of the same file to the same server and
+#    minio-go's own multipart upload; the previous implementation (CRC64NVME parts, the
+#    sha256 on the reading goroutine) beside; client-cpu-s and minio-cpu-s are the CPU
+#    seconds of the uploader and of the server, which the machine's load does not skew;
+#  - prune planning over 10,000 archives of an estate in a bucket (list in parallel key
+#    ranges, find the newest that checks out, plan; one listing as reference), and over
+#    10,000 names in memory.
 # Results go to bench/RESULTS.md by hand; this prints them with the machine's load.
 #   SIZE=bytes (default 1073741824)  COUNT=runs per benchmark (default 3)
 set -euo pipefail

@@ -27,6 +27,6 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 FLIGHTCTL_DR_BENCH_RESTORE_MB=$MB FLIGHTCTL_DR_BENCH_LOG=${LOG:-1} \
   FLIGHTCTL_DR_BENCH_RESTORE_DEVICES=$DEVICES FLIGHTCTL_DR_BENCH_RESTORE_SERIAL=$SERIAL \
   go test ./internal/restore/ -run '^$' -bench 'BenchmarkRestoreVsPsqlLoad$' -benchtime "$BENCHTIME" -count 1 -timeout 60m 2>&1 |
-  grep -E 'msg="(verifying archive|archive verified|checking the archive.s checksum|archive checksum verified, metadata read|verifying the archive while loading it|restore journal created|restore step|loading the dump|dump loaded|database prepared|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
+  grep -E 'msg="(verifying archive|archive verified|checking the archive.s checksum|archive checksum verified, metadata read|verifying the archive while loading it|restore journal created|restore step|loading the dump|dump loaded|database prepared|swapping the databases|sessions ended before the rename|databases swapped|unit jobs done|restore completed)"|Benchmark|bench_test|ns/op|^ok|FAIL' |
   sed -E 's/ (archive|journal|path|database)=[^ ]*//g'
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

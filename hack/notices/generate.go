@@ -60,7 +60,7 @@ func Generate(pkgs []string) (string, error) {
 	}
 	var b strings.Builder
 	b.WriteString("THIRD-PARTY NOTICES\n\n")
-	b.WriteString("The flightctl.dr binaries (plugins/modules/flightctl_dr_linux_*) are built with Go and\n")
+	b.WriteString("The flightctl.dr binaries (plugins/module_binaries/flightctl_dr_linux_*) are built with Go and\n")
 	b.WriteString("statically link the Go runtime and standard library and the Go modules listed below.\n")
 	b.WriteString("Each one's licence terms follow, as its source distribution ships them.\n\n")
 	b.WriteString("Modules:\n")

@@ -33,7 +33,9 @@ type sidecar struct {
 // CheckSidecar compares the sidecar documentation at path with the option specs of opts
 // (a pointer to the module's options struct) and returns every difference: an option
 // documented but not accepted or the reverse, a type, required flag, default, choices,
-// aliases or secrecy that differs, or a missing description, EXAMPLES or RETURN.
+// aliases or secrecy that differs, a bounded option whose description does not state its
+// bounds in the words of its out-of-range error ("1 to 65535", "1 or more", "15 or less"),
+// or a missing description, EXAMPLES or RETURN.
 func CheckSidecar(path, module string, opts any) ([]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -86,6 +88,9 @@ func CheckSidecar(path, module string, opts any) ([]string, error) {
 		if marked := strings.Contains(descriptionText(d.Desc), SecretDocMarker); marked != s.Secret {
 			add("option %s: secret=%v but its description %s %q", s.Name, s.Secret, map[bool]string{true: "says", false: "does not say"}[marked], SecretDocMarker)
 		}
+		if bounds := boundsText(&s); bounds != "" && !containsPhrase(descriptionText(d.Desc), bounds) {
+			add("option %s accepts %s but its description does not say %q", s.Name, bounds, bounds)
+		}
 		docDefault, hasDocDefault := normalizeDefault(d.Default)
 		if hasDocDefault != s.HasDef || (s.HasDef && !sameDefault(s, docDefault)) {
 			add("option %s: documented default %q, accepted default %q", s.Name, docDefault, s.Default)
@@ -126,6 +131,25 @@ func descriptionText(d any) string {
 		return strings.Join(parts, " ")
 	}
 	return fmt.Sprint(d)
+}
+
+// containsPhrase reports whether text holds phrase as words of their own: "1 to 64" is in
+// "use 1 to 64." but not in "11 to 64" nor in "1 to 640".
+func containsPhrase(text, phrase string) bool {
+	for i := 0; ; {
+		j := strings.Index(text[i:], phrase)
+		if j < 0 {
+			return false
+		}
+		start, end := i+j, i+j+len(phrase)
+		before := start == 0 || !strings.ContainsRune("0123456789-.", rune(text[start-1]))
+		after := end == len(text) || !strings.ContainsRune("0123456789", rune(text[end])) &&
+			!(text[end] == '.' && end+1 < len(text) && text[end+1] >= '0' && text[end+1] <= '9')
+		if before && after {
+			return true
+		}
+		i = start + 1
+	}
 }
 
 func normalizeDefault(v any) (string, bool) {

@@ -536,14 +536,22 @@ func CheckUnitName(name string) error {
 }
 
 func rangeText(s *OptionSpec) string {
+	return "use " + boundsText(s)
+}
+
+// boundsText says the values a bounded option accepts ("1 to 65535", "1 or more", "15 or
+// less"), in the words of its out-of-range error; "" for an option without bounds. The
+// sidecar documentation of a bounded option says the same words (CheckSidecar).
+func boundsText(s *OptionSpec) string {
 	switch {
 	case s.Min != nil && s.Max != nil:
-		return fmt.Sprintf("use %d to %d", *s.Min, *s.Max)
+		return fmt.Sprintf("%d to %d", *s.Min, *s.Max)
 	case s.Min != nil:
-		return fmt.Sprintf("use %d or more", *s.Min)
-	default:
-		return fmt.Sprintf("use %d or less", *s.Max)
+		return fmt.Sprintf("%d or more", *s.Min)
+	case s.Max != nil:
+		return fmt.Sprintf("%d or less", *s.Max)
 	}
+	return ""
 }
 
 // jsonType names a decoded JSON value's type as the task author wrote it.

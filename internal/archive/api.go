@@ -149,6 +149,25 @@ type Limits struct {
 	MaxEncryptionSize int64
 	MaxConfigSize     int64
 	MaxVolumeSize     int64
+	// Budgets bound the entries by where they go, below MaxTotalSize (the ceiling): a
+	// restore derives them, before it reads the archive, from the free space where the
+	// entries are written. An entry that brings a budget past its bytes is refused from
+	// its header, before its content is read.
+	Budgets []Budget
+}
+
+// Budget is what some of an archive's entries may inflate to in all, and why.
+type Budget struct {
+	// What names the entries bounded: "the database dump", "the files staged in /etc/flightctl".
+	What string
+	// Bytes is the bound.
+	Bytes int64
+	// From says where the bound comes from: "the free space of the file system holding /etc/flightctl".
+	From string
+	// Advice says what to do when an archive is past it.
+	Advice string
+	// Holds says whether an entry (its cleaned name) draws on the budget.
+	Holds func(name string) bool
 }
 
 // ExpansionFloor is how much tar an archive may inflate to before MaxExpansion applies.
@@ -205,6 +224,8 @@ type VerifyOptions struct {
 	ExpectedSHA256 string
 	// Manifest, when set, is the manifest read from the archive's tail before the walk:
 	// an entry it does not list, or lists with another size, is refused from its header.
+	// When not set, Verify, VerifyWalk and Extract read it from the tail themselves when
+	// the archive's layout allows it (see scanner.expectEarly).
 	Manifest []ManifestEntry
 	// Signature: the archive's signature is checked first when trusted keys are given.
 	Signature SignatureOptions

@@ -79,7 +79,7 @@ func TestEveryCompressionLevel(t *testing.T) {
 	sizes := map[int]int64{}
 	for level := 0; level <= 9; level++ {
 		out := t.TempDir()
-		w, err := NewWriter(context.Background(), WriterOptions{Dir: out, Now: func() time.Time { return fixedNow }, CompressionLevel: level, blockSize: 256 << 10})
+		w, err := NewWriter(context.Background(), WriterOptions{Dir: out, Now: func() time.Time { return fixedNow }, CompressionLevel: level, Compression: CompressionFixed, blockSize: 256 << 10})
 		require.NoError(t, err)
 		_, err = w.AddStream(DatabaseDump, 0o600, time.Time{}, bytes.NewReader(dump))
 		require.NoError(t, err)

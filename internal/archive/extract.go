@@ -58,6 +58,9 @@ func Extract(ctx context.Context, archivePath, destRoot string, opts VerifyOptio
 	}()
 
 	s := newScanner(opts.Limits, sink)
+	if err := s.expectEarly(ctx, archivePath, opts); err != nil {
+		return nil, err
+	}
 	s.checkDump = opts.CheckDump
 	s.decryption = opts.Decryption
 	// The second read is hashed too: a file changed since the first read is

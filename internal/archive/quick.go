@@ -239,7 +239,9 @@ func VerifyWalk(ctx context.Context, path string, opts VerifyOptions, fn WalkFun
 	defer f.Close()
 	sink := &walkSink{fn: fn}
 	s := newScanner(opts.Limits, sink)
-	s.expectManifest(opts.Manifest)
+	if err := s.expectEarly(ctx, path, opts); err != nil {
+		return nil, err
+	}
 	s.checkDump = opts.CheckDump
 	s.decryption = opts.Decryption
 	rep, err := runScan(ctx, f, path, want, s)

@@ -72,12 +72,11 @@ type scanner struct {
 	// the dump through it itself); dumpRows are the rows it counted.
 	checkDump bool
 	dumpRows  map[string]int64
-	comps     map[string]int64
 	sink      entrySink
 	entries   []Entry
 	types     map[string]string
 	parents   map[string]bool
-	total     int64
+	held      tally
 	metadata  []byte
 	buf       []byte
 	// decryption reads an encrypted archive (nil: none given).
@@ -85,7 +84,49 @@ type scanner struct {
 }
 
 func newScanner(limits Limits, sink entrySink) *scanner {
-	return &scanner{limits: limits, sink: sink, types: map[string]string{}, parents: map[string]bool{}, comps: map[string]int64{}, buf: make([]byte, 256<<10)}
+	return &scanner{limits: limits, sink: sink, types: map[string]string{}, parents: map[string]bool{}, held: newTally(limits), buf: make([]byte, 256<<10)}
+}
+
+// tally is what the file entries admitted so far hold, for the limits on sums.
+type tally struct {
+	total   int64
+	comps   map[string]int64
+	budgets []int64
+}
+
+func newTally(l Limits) tally {
+	return tally{comps: map[string]int64{}, budgets: make([]int64, len(l.Budgets))}
+}
+
+// admit checks a file entry of size bytes against the limits and counts it. It is the one
+// rule for sizes: the walk applies it to each header as it arrives, before the content is
+// read, and CheckMetadata to the manifest before the walk, so that both refuse with the
+// same words.
+func (l Limits) admit(t *tally, raw, name string, size int64) error {
+	if size < 0 || size > l.MaxEntrySize {
+		return entryError(KindLimit, raw, "archive entry %q is %d bytes, past the limit of %d per entry: the archive may be a decompression bomb, do not restore from it (a larger max_total_size raises the limit)", raw, size, l.MaxEntrySize)
+	}
+	if t.total+size > l.MaxTotalSize {
+		return entryError(KindLimit, raw, "archive entry %q brings the archive past the limit of %d bytes in total: the archive may be a decompression bomb, do not restore from it (the limit is the max_total_size option)", raw, l.MaxTotalSize)
+	}
+	if what, limit := l.componentLimit(name); limit > 0 && size > limit-t.comps[what] {
+		return entryError(KindLimit, raw, "archive entry %q brings %s to more than %d bytes, past its limit: a Flight Control server's is far smaller, the archive is a decompression bomb or was tampered with: do not restore from it", raw, what, limit)
+	}
+	for i, b := range l.Budgets {
+		if b.Holds != nil && b.Holds(name) && size > b.Bytes-t.budgets[i] {
+			return entryError(KindLimit, raw, "archive entry %q brings %s to more than %d bytes, past the budget of %s: %s", raw, b.What, b.Bytes, b.From, b.Advice)
+		}
+	}
+	if what, limit := l.componentLimit(name); limit > 0 {
+		t.comps[what] += size
+	}
+	for i, b := range l.Budgets {
+		if b.Holds != nil && b.Holds(name) {
+			t.budgets[i] += size
+		}
+	}
+	t.total += size
+	return nil
 }
 
 // expectManifest makes the scanner hold every entry to the manifest as its header shows.
@@ -292,19 +333,11 @@ func (s *scanner) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header) er
 			return entryError(KindManifest, name, "archive entry %q is %d bytes but the manifest says %d: the archive was altered, do not restore from it", name, hdr.Size, m.Size)
 		}
 	}
-	if hdr.Size < 0 || hdr.Size > s.limits.MaxEntrySize {
-		return entryError(KindLimit, raw, "archive entry %q is %d bytes, past the limit of %d per entry: the archive may be a decompression bomb, do not restore from it", raw, hdr.Size, s.limits.MaxEntrySize)
+	// The header says how many bytes follow, and the tar reader never yields more: the
+	// limits and budgets are held from it, before the content is read.
+	if err := s.limits.admit(&s.held, raw, name, hdr.Size); err != nil {
+		return err
 	}
-	if s.total+hdr.Size > s.limits.MaxTotalSize {
-		return entryError(KindLimit, raw, "archive entry %q brings the archive past the limit of %d bytes in total: the archive may be a decompression bomb, do not restore from it", raw, s.limits.MaxTotalSize)
-	}
-	if what, limit := s.limits.componentLimit(name); limit > 0 {
-		if hdr.Size > limit-s.comps[what] {
-			return entryError(KindLimit, raw, "archive entry %q brings %s to more than %d bytes, past its limit: a Flight Control server's is far smaller, the archive is a decompression bomb or was tampered with: do not restore from it", raw, what, limit)
-		}
-		s.comps[what] += hdr.Size
-	}
-	s.total += hdr.Size
 	if name == MetadataName && hdr.Size > maxMetadataSize {
 		return entryError(KindMetadata, raw, "archive entry %q is %d bytes, more than metadata can be (%d): do not restore from this archive", raw, hdr.Size, maxMetadataSize)
 	}
@@ -428,6 +461,7 @@ func (s *scanner) checkMetadata(rep *Report, opts VerifyOptions) error {
 		return err
 	}
 	if rep.HasManifest {
+		// Known before the walk (expectEarly) or only now: metadata.json comes last.
 		if err := checkManifest(meta.Manifest, byPath); err != nil {
 			return err
 		}
@@ -445,6 +479,35 @@ func (s *scanner) checkMetadata(rep *Report, opts VerifyOptions) error {
 	if opts.ExpectedVersion != "" && meta.Version != opts.ExpectedVersion {
 		return &IntegrityError{Kind: KindVersion, Entry: MetadataName, Detail: fmt.Sprintf("version mismatch: archive was created by server version %q but the expected version is %q; restore it on a server of the same version", meta.Version, opts.ExpectedVersion)}
 	}
+	return nil
+}
+
+// expectEarly holds the walk to the manifest before the data is read: opts.Manifest, or
+// the one metadata.json at the archive's tail lists (ReadMetadata: our archives, whose
+// gzip members say their lengths). An entry the manifest does not list, or lists with
+// another size, is then refused from its header, and the manifest's sizes are held to the
+// limits and budgets (CheckMetadata) before the first byte is inflated, as a restore does.
+// The total cannot then pass the manifest's: every entry is listed once, with its size.
+//
+// The tail is read before the checksum is known, so it only ever adds refusals: the walk
+// still checks metadata.json as it finds it against the entries (checkManifest). When the
+// tail cannot be read this way (upstream's archives, which have no manifest, another
+// layout, a damaged end), the manifest is only known once the walk reaches metadata.json,
+// which every writer puts last, after the data: the entries are then compared with it at
+// the end, and a damaged archive is reported in the walk's words, a wrong checksum first.
+func (s *scanner) expectEarly(ctx context.Context, path string, opts VerifyOptions) error {
+	m := opts.Manifest
+	if m == nil {
+		md, err := ReadMetadataWith(ctx, path, opts.Decryption)
+		if err != nil || md.FormatVersion < 1 || len(md.Manifest) == 0 {
+			return nil
+		}
+		if err := CheckMetadata(md, opts.Limits); err != nil {
+			return err
+		}
+		m = md.Manifest
+	}
+	s.expectManifest(m)
 	return nil
 }
 
@@ -585,6 +648,9 @@ func Verify(ctx context.Context, path string, opts VerifyOptions) (*Report, erro
 		return rep, nil
 	}
 	s := newScanner(opts.Limits, verifySink{})
+	if err := s.expectEarly(ctx, path, opts); err != nil {
+		return nil, err
+	}
 	s.checkDump = opts.CheckDump
 	s.decryption = opts.Decryption
 	rep, err := runScan(ctx, f, path, want, s)
@@ -701,11 +767,11 @@ func checkDatabaseIncluded(included, present bool) error {
 
 // CheckMetadata applies to metadata read on its own (ReadMetadata, before the archive is
 // walked) the rules a full verification applies to it: the manifest's names, its
-// component sizes against the limits, and databaseIncluded against the dump's presence.
+// sizes against the limits and budgets, and databaseIncluded against the dump's presence.
 // Its refusals are worded as Verify's.
 func CheckMetadata(md *Metadata, limits Limits) error {
 	limits = VerifyOptions{Limits: limits}.withDefaults("").Limits
-	comps := map[string]int64{}
+	held := newTally(limits)
 	present := false
 	for _, m := range md.Manifest {
 		name, err := cleanEntryName(m.Path)
@@ -721,14 +787,10 @@ func CheckMetadata(md *Metadata, limits Limits) error {
 		if m.Type != TypeFile {
 			continue
 		}
-		if m.Size < 0 || m.Size > limits.MaxEntrySize {
-			return fmt.Errorf("archive integrity check failed: %w", entryError(KindLimit, m.Path, "archive entry %q is %d bytes, past the limit of %d per entry: the archive may be a decompression bomb, do not restore from it", m.Path, m.Size, limits.MaxEntrySize))
-		}
-		if what, limit := limits.componentLimit(m.Path); limit > 0 {
-			if m.Size > limit-comps[what] {
-				return fmt.Errorf("archive integrity check failed: %w", entryError(KindLimit, m.Path, "archive entry %q brings %s to more than %d bytes, past its limit: a Flight Control server's is far smaller, the archive is a decompression bomb or was tampered with: do not restore from it", m.Path, what, limit))
-			}
-			comps[what] += m.Size
+		// The manifest lists the entries in the archive's order, so the entry refused here
+		// is the one the walk would refuse from its header.
+		if err := limits.admit(&held, m.Path, m.Path, m.Size); err != nil {
+			return fmt.Errorf("archive integrity check failed: %w", err)
 		}
 	}
 	if len(md.Manifest) > 0 {

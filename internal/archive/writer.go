@@ -12,12 +12,18 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/klauspost/compress/flate"
 
 	"flightctl.dr/internal/encrypt"
 )
@@ -34,8 +40,12 @@ type WriterOptions struct {
 	Dir string
 	// Now gives the archive's time (default time.Now).
 	Now func() time.Time
-	// CompressionLevel is a gzip level 1..9, or 0 for DefaultCompressionLevel.
+	// CompressionLevel is a gzip level 1..9, or 0 for DefaultCompressionLevel: with
+	// CompressionFixed every block's level, with CompressionAdaptive the level of the
+	// blocks compressed while the compressors keep up with the input.
 	CompressionLevel int
+	// Compression is CompressionAdaptive or CompressionFixed; "" is DefaultCompression.
+	Compression string
 	// Concurrency is the number of compressing goroutines (default GOMAXPROCS).
 	Concurrency int
 	// Logger receives debug logs (nil: none).
@@ -46,6 +56,8 @@ type WriterOptions struct {
 	Encryption *encrypt.Recipients
 
 	blockSize int // tests use small blocks
+	// beforeCompress, when set (tests), runs in a compressing goroutine before each block.
+	beforeCompress func(level int)
 }
 
 // Validate checks the options.
@@ -63,11 +75,30 @@ func (o *WriterOptions) Validate() error {
 	if o.CompressionLevel < 0 || o.CompressionLevel > 9 {
 		return fmt.Errorf("archive writer: compression level %d is out of range: use 1 (fastest) to 9 (smallest), or 0 for the default", o.CompressionLevel)
 	}
+	switch o.Compression {
+	case "", CompressionAdaptive, CompressionFixed:
+	default:
+		return fmt.Errorf("archive writer: compression %q is not valid: use %s or %s", o.Compression, CompressionAdaptive, CompressionFixed)
+	}
 	if o.Concurrency < 0 {
 		return fmt.Errorf("archive writer: concurrency %d is negative", o.Concurrency)
 	}
 	return nil
 }
+
+// Compression modes (WriterOptions.Compression).
+const (
+	// CompressionAdaptive compresses at the configured level while the compressors keep
+	// up with the input, and the next blocks faster (level 1, then Huffman-only coding)
+	// while they fall behind, so that the source of a stream (pg_dump) sets a backup's
+	// pace rather than its compression. The archive is the same kind of gzip stream.
+	CompressionAdaptive = "adaptive"
+	// CompressionFixed compresses every block at the configured level.
+	CompressionFixed = "fixed"
+)
+
+// DefaultCompression is the compression mode used when none is given.
+const DefaultCompression = CompressionAdaptive
 
 // DefaultCompressionLevel is the gzip level used when none is given. With the
 // deflate of github.com/klauspost/compress, level 2 nearly keeps up with
@@ -176,10 +207,16 @@ func NewWriter(ctx context.Context, opts WriterOptions) (*Writer, error) {
 		}
 		w.enc, out = enc, enc
 	}
-	w.mw = newMemberWriter(out, level, opts.Concurrency, opts.blockSize)
+	mode := opts.Compression
+	if mode == "" {
+		mode = DefaultCompression
+	}
+	w.mw = newMemberWriter(out, compressionLadder(level, mode == CompressionAdaptive), opts.Concurrency, opts.blockSize)
+	w.mw.beforeCompress = opts.beforeCompress
 	if w.enc != nil {
 		w.mw.hold, w.mw.hash = w.enc.Hold, nil
 	}
+	w.mw.start()
 	w.stop = context.AfterFunc(ctx, func() { _ = w.Abort() })
 	return w, nil
 }
@@ -325,6 +362,15 @@ func (w *Writer) addFileLocked(name string, mode fs.FileMode, mtime time.Time, s
 	return nil
 }
 
+// StreamDigester is a stream that computes the sha256 of the bytes it yields itself (to
+// check them against what their source says it sent): AddStream records that digest in the
+// manifest, asked for once Read has returned io.EOF, instead of hashing the bytes again.
+type StreamDigester interface {
+	io.Reader
+	// StreamSHA256 is the sha256 of every byte Read returned, valid after io.EOF.
+	StreamSHA256() []byte
+}
+
 // AddStream adds a regular file of unknown size (a pg_dump's stdout), read
 // from r until EOF, and returns its size. Its tar header is written as a
 // fixed-length stored gzip member and rewritten in place with the real size
@@ -347,9 +393,20 @@ func (w *Writer) AddStream(name string, mode fs.FileMode, mtime time.Time, r io.
 		return 0, w.fail(fmt.Errorf("archive writer: add %q: %w", name, err))
 	}
 	h := sha256.New()
-	size, err := w.mw.readFrom(ctxReader{w.ctx, r}, -1, h)
+	var tap io.Writer = h
+	digester, prehashed := r.(StreamDigester)
+	if prehashed {
+		tap = io.Discard
+	}
+	size, err := w.mw.readFrom(ctxReader{w.ctx, r}, -1, tap)
 	if err != nil {
 		return size, w.fail(fmt.Errorf("archive writer: add %q: read the stream after %d bytes: %w", name, size, err))
+	}
+	sum := h.Sum(nil)
+	if prehashed {
+		if sum = digester.StreamSHA256(); len(sum) != sha256.Size {
+			return size, w.fail(fmt.Errorf("archive writer: add %q: the stream gave no sha256 of its %d bytes", name, size))
+		}
 	}
 	if _, err := w.mw.Write(padding(size)); err != nil {
 		return size, w.fail(fmt.Errorf("archive writer: add %q: %w", name, err))
@@ -373,7 +430,7 @@ func (w *Writer) AddStream(name string, mode fs.FileMode, mtime time.Time, r io.
 		}
 		w.patches = append(w.patches, patchedMember{offset: hdrMember.offset, snapshot: hdrMember.snapshot})
 	}
-	w.record(ManifestEntry{Path: name, Type: TypeFile, Size: size, Mode: modeString(mode), SHA256: hex.EncodeToString(h.Sum(nil))})
+	w.record(ManifestEntry{Path: name, Type: TypeFile, Size: size, Mode: modeString(mode), SHA256: hex.EncodeToString(sum)})
 	w.log.Debug("archive stream added", "entry", name, "bytes", size)
 	return size, nil
 }
@@ -558,8 +615,40 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 	w.f = nil
 	w.state = stateCommitted
 	w.stop()
-	w.log.Debug("archive committed", "path", finalPath, "bytes", size, "sha256", sum, "entries", len(meta.Manifest))
+	w.log.Debug("archive committed", "path", finalPath, "bytes", size, "sha256", sum, "entries", len(meta.Manifest), "compression", w.compressionSummary())
 	return &Result{Path: finalPath, ChecksumPath: sumPath, SHA256: sum, Size: size, Metadata: meta}, nil
+}
+
+// CompressionLevels returns how many tar bytes were compressed at each gzip level
+// (HuffmanOnlyLevel for Huffman-only coding). Valid after Commit.
+func (w *Writer) CompressionLevels() map[int]int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return maps.Clone(w.mw.levelIn)
+}
+
+// HuffmanOnlyLevel is the level CompressionLevels reports for Huffman-only coding.
+const HuffmanOnlyLevel = flate.HuffmanOnly
+
+// compressionSummary says what share of the tar went through each level ("2:81% 1:19%").
+func (w *Writer) compressionSummary() string {
+	var total int64
+	levels := make([]int, 0, len(w.mw.levelIn))
+	for l, n := range w.mw.levelIn {
+		total += n
+		levels = append(levels, l)
+	}
+	slices.Sort(levels)
+	slices.Reverse(levels)
+	var b strings.Builder
+	for _, l := range levels {
+		name := strconv.Itoa(l)
+		if l == flate.HuffmanOnly {
+			name = "huffman-only"
+		}
+		fmt.Fprintf(&b, "%s:%.0f%% ", name, 100*float64(w.mw.levelIn[l])/float64(max(total, 1)))
+	}
+	return strings.TrimSpace(b.String())
 }
 
 // finalHash returns the archive's sha256. Without rewritten headers it is the

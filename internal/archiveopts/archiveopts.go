@@ -20,6 +20,7 @@ type Acceptance struct {
 	MaxEncryptionSize int64  `ansible:"max_encryption_size" default:"1048576" min:"1" help:"bytes the files under encryption/ may hold in all"`
 	MaxConfigSize     int64  `ansible:"max_config_size" default:"16777216" min:"1" help:"bytes the files under config/ may hold in all"`
 	MaxVolumeSize     int64  `ansible:"max_volume_size" default:"1073741824" min:"1" help:"bytes the PAM issuer volume archive may hold"`
+	MaxTotalSize      int64  `ansible:"max_total_size" default:"274877906944" min:"1" help:"bytes the archive may inflate to in all (256 GiB; above it, also the limit per entry): the ceiling under the budgets a restore derives from the free space"`
 }
 
 // Limits are the archive limits the options set.
@@ -27,6 +28,14 @@ func (a *Acceptance) Limits() archive.Limits {
 	l := archive.DefaultLimits()
 	l.MaxExpansion = float64(a.MaxExpansion)
 	l.MaxPKISize, l.MaxEncryptionSize, l.MaxConfigSize, l.MaxVolumeSize = a.MaxPKISize, a.MaxEncryptionSize, a.MaxConfigSize, a.MaxVolumeSize
+	if a.MaxTotalSize > 0 {
+		// Raising the ceiling raises the per-entry limit with it: the dump, one entry,
+		// is nearly all of a large server's archive.
+		if a.MaxTotalSize > l.MaxTotalSize {
+			l.MaxEntrySize = a.MaxTotalSize
+		}
+		l.MaxTotalSize = a.MaxTotalSize
+	}
 	return l
 }
 

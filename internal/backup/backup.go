@@ -1,7 +1,9 @@
-// Package backup makes a full, upstream-compatible backup of a Flight Control server: the
-// estate (a Podman / systemd host) yields its sources, which are streamed straight into
-// one archive (SPEC §2). Nothing is staged on disk: the database dump is compressed while
-// pg_dump still runs, and the archive only gets its name once complete and synced.
+// Package backup makes a full, upstream-compatible backup of a Flight Control server: a
+// Source (internal/backup/source: a Podman / systemd host or a Helm install, which
+// internal/estate builds with estate.OpenBackupSource) yields its sources, which are
+// streamed straight into one archive (SPEC §2). Nothing is staged on disk: the database
+// dump is compressed while pg_dump still runs, and the archive only gets its name once
+// complete and synced. The engine imports no estate.
 package backup
 
 import (
@@ -17,40 +19,26 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/backup/source"
 	"flightctl.dr/internal/encrypt"
-	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/humanize"
-	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/signature"
 	"flightctl.dr/internal/version"
 )
 
-// Estate is an installation a backup reads from.
-type Estate interface {
-	Type() estate.Type
-	// Plan checks every precondition and reports what would be captured; it writes nothing.
-	Plan(ctx context.Context) (*estate.BackupPlan, error)
-	// WriteBackup streams the sources into sink following plan.
-	WriteBackup(ctx context.Context, sink estate.BackupSink, plan *estate.BackupPlan) (*estate.BackupOutcome, error)
-}
+// Source is an installation a backup reads from (estate.OpenBackupSource builds one).
+type Source = source.Source
 
 // Options configure a backup.
 type Options struct {
-	// DeploymentType is "auto" (or ""), "podman" or "kubernetes".
-	DeploymentType string
-	// Podman locates the state of a Podman host; zero fields take upstream's defaults.
-	Podman estate.PodmanConfig
-	// Kubernetes locates the state of a Helm install; zero fields take upstream's defaults.
-	Kubernetes estate.KubernetesConfig
-	// ServerVersion is recorded in metadata.json; "" discovers it from the host.
-	ServerVersion string
-	// EstateName names the installation in metadata.json (estate.name); "" is the host name.
-	EstateName string
 	// OutputDir receives the archive and its .sha256; created (0755) when missing.
 	OutputDir string
 	// CompressionLevel 1..9, 0 for archive.DefaultCompressionLevel; Concurrency 0 for every CPU.
 	CompressionLevel int
 	Concurrency      int
+	// Compression is archive.CompressionAdaptive or archive.CompressionFixed; "" is
+	// archive.DefaultCompression.
+	Compression string
 	// Signer, when set, signs the archive: <archive>.sig beside it, an OpenSSH SSHSIG
 	// signature that restores with trusted keys check (and ssh-keygen -Y verify too).
 	Signer *signature.Signer
@@ -59,16 +47,9 @@ type Options struct {
 	// signature) of the encrypted file, its metadata listing the recipients.
 	Encryption *encrypt.Recipients
 
-	Runner runner.Runner
 	Logger *slog.Logger
 	// Now gives the archive's time (default time.Now).
 	Now func() time.Time
-	// UnitActive answers deployment-type detection; nil asks systemd over D-Bus with
-	// Podman.SystemdScope and Podman.SystemdBusAddress.
-	UnitActive estate.UnitActiveFunc
-	// Getenv and HomeDir locate a kubeconfig during detection (nil: the process's).
-	Getenv  func(string) string
-	HomeDir func() (string, error)
 
 	// ignoreFreeSpace lets tests reach a full disk while writing.
 	ignoreFreeSpace bool
@@ -79,53 +60,13 @@ func (o *Options) Validate() error {
 	if strings.TrimSpace(o.OutputDir) == "" {
 		return errors.New("output_dir is required: the directory that receives the archive")
 	}
-	switch strings.TrimSpace(o.DeploymentType) {
-	case "", estate.AutoDetect, string(estate.Podman), string(estate.Kubernetes):
-	default:
-		return fmt.Errorf("invalid deployment type %q: must be \"auto\", \"kubernetes\" or \"podman\"", o.DeploymentType)
-	}
 	if o.CompressionLevel < 0 || o.CompressionLevel > 9 {
 		return fmt.Errorf("compression level %d is out of range: use 1 (fastest) to 9 (smallest), or 0 for the default", o.CompressionLevel)
-	}
-	switch o.Podman.SystemdScope {
-	case "", "system", "user":
-	default:
-		return fmt.Errorf("systemd_scope %q is not valid: use system or user", o.Podman.SystemdScope)
-	}
-	o.Podman = withPodmanDefaults(o.Podman)
-	if o.Runner == nil {
-		o.Runner = runner.Exec{}
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	return nil
-}
-
-// withPodmanDefaults fills empty fields with upstream's values. PAMVolume stays as given:
-// the caller that wants upstream's volume starts from estate.DefaultPodmanConfig.
-func withPodmanDefaults(c estate.PodmanConfig) estate.PodmanConfig {
-	d := estate.DefaultPodmanConfig()
-	set := func(dst *string, def string) {
-		if *dst == "" {
-			*dst = def
-		}
-	}
-	set(&c.PKIDir, d.PKIDir)
-	set(&c.EncryptionDir, d.EncryptionDir)
-	set(&c.ConfigFile, d.ConfigFile)
-	set(&c.DBContainer, d.DBContainer)
-	set(&c.KVContainer, d.KVContainer)
-	set(&c.DBHost, d.DBHost)
-	set(&c.DBUser, d.DBUser)
-	set(&c.SystemdScope, d.SystemdScope)
-	if c.DBAccess == "" {
-		c.DBAccess = d.DBAccess
-	}
-	if c.DBPort == 0 {
-		c.DBPort = d.DBPort
-	}
-	return c
 }
 
 func (o *Options) log() *slog.Logger {
@@ -137,14 +78,14 @@ func (o *Options) log() *slog.Logger {
 
 // Preview is what a backup would do, from Plan (check mode).
 type Preview struct {
-	DeploymentType estate.Type `json:"deployment_type"`
+	DeploymentType source.Type `json:"deployment_type"`
 	ServerVersion  string      `json:"server_version"`
 	OutputDir      string      `json:"output_dir"`
 	OutputDirFresh bool        `json:"output_dir_missing"`
 	FreeSpace      uint64      `json:"free_space"`
 	// EstimatedArchiveSize is what the free-space check wants (EstimateArchiveSize).
 	EstimatedArchiveSize int64              `json:"estimated_archive_size"`
-	Estate               *estate.BackupPlan `json:"plan"`
+	Estate               *source.Plan       `json:"plan"`
 	Components           archive.Components `json:"components"`
 	// Identity is the estate the archive records (metadata.json estate).
 	Identity *archive.Estate `json:"estate"`
@@ -159,7 +100,7 @@ type Result struct {
 	Size         int64                      `json:"size"`
 	Metadata     archive.Metadata           `json:"metadata"`
 	Components   archive.Components         `json:"components"`
-	Captured     []estate.CapturedComponent `json:"captured"`
+	Captured     []source.CapturedComponent `json:"captured"`
 	Warnings     []string                   `json:"warnings"`
 	Duration     time.Duration              `json:"duration"`
 
@@ -171,77 +112,63 @@ type Result struct {
 // writing nothing: the deployment type, the server version, the estate's sources and
 // credentials, the output directory's writability and its free space against the
 // estimated size.
-func Plan(ctx context.Context, opts Options) (*Preview, error) {
+func Plan(ctx context.Context, src Source, opts Options) (*Preview, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	est, p, err := prepare(ctx, &opts, false)
-	closeEstate(est)
+	if src == nil {
+		return nil, errors.New("backup: no source to back up")
+	}
+	p, err := prepare(ctx, src, &opts)
+	_ = src.Close()
 	return p, err
 }
 
-// closeEstate stops what an estate's Plan left running for WriteBackup (a dump started
-// early), when WriteBackup will not take it.
-func closeEstate(est Estate) {
-	if c, ok := est.(interface{ Close() error }); ok {
-		_ = c.Close()
-	}
-}
-
-// prepare resolves the deployment type, the server version and the estate's plan. With
-// dumpEarly (a backup, not a check-mode plan), a Podman estate starts its database dump
-// while the checks run; the caller closes the estate when it does not write the backup.
-// The server version is looked up beside the estate's checks: each is a podman call.
-func prepare(ctx context.Context, opts *Options, dumpEarly bool) (Estate, *Preview, error) {
+// prepare resolves the deployment type (the source detects it when asked to) and
+// establishes the server version, the source's plan, the output directory and the
+// identity. When the source reads early (a backup asked it to, Run), its dump started
+// with the checks; the caller closes the source when it does not write the backup. The
+// server version is looked up beside the source's checks: on a Podman host each is a
+// podman call.
+func prepare(ctx context.Context, src Source, opts *Options) (*Preview, error) {
 	log := opts.log()
-	typ, err := resolveType(ctx, opts)
+	typ, err := src.DeploymentType(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	log.Info("Deployment type: " + string(typ))
-	est, err := newEstate(typ, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	if pb, ok := est.(*estate.PodmanBackup); ok {
-		pb.DumpEarly = dumpEarly
-	}
 	var ver string
 	var verErr error
 	verDone := make(chan struct{})
 	go func() {
 		defer close(verDone)
-		if typ != estate.Kubernetes {
-			ver, verErr = estate.DiscoverServerVersion(ctx, estate.VersionOptions{Explicit: opts.ServerVersion, Runner: opts.Runner, APIContainer: opts.Podman.APIContainer, Logger: log})
-		}
+		ver, verErr = src.ServerVersion(ctx)
 	}()
 	outDir, fresh, free, err := checkOutputDir(opts.OutputDir)
-	var plan *estate.BackupPlan
+	var plan *source.Plan
 	if err == nil {
-		plan, err = est.Plan(ctx)
+		plan, err = src.Plan(ctx)
 	}
 	<-verDone
 	// The errors in the order the checks had when they ran one after the other.
 	for _, e := range []error{verErr, err} {
 		if e != nil {
-			closeEstate(est)
-			return nil, nil, e
+			_ = src.Close()
+			return nil, e
 		}
 	}
-	if typ == estate.Kubernetes {
-		// On Kubernetes the server version is the Helm release's chart appVersion.
-		if ver = strings.TrimSpace(opts.ServerVersion); ver == "" {
-			ver = plan.ServerVersion
-		}
-		if ver == "" {
-			closeEstate(est)
-			return nil, nil, errors.New("cannot find the Flight Control server version: the Helm release's chart has no appVersion: set server_version to the release this server runs")
-		}
+	if ver == "" {
+		// The plan gives it (on Kubernetes, the Helm release's chart appVersion).
+		ver = plan.ServerVersion
+	}
+	if ver == "" {
+		_ = src.Close()
+		return nil, errors.New("cannot find the Flight Control server version: set server_version to the release this server runs")
 	}
 	need := EstimateArchiveSize(plan)
 	if !opts.ignoreFreeSpace && uint64(need) > free {
-		closeEstate(est)
-		return nil, nil, fmt.Errorf("not enough free space in %s: %s free, the archive needs about %s (the database is %s on disk, its compressed dump about half that at most, plus the files): free some space or choose another output_dir",
+		_ = src.Close()
+		return nil, fmt.Errorf("not enough free space in %s: %s free, the archive needs about %s (the database is %s on disk, its compressed dump about half that at most, plus the files): free some space or choose another output_dir",
 			outDir, humanize.Bytes(int64(free)), humanize.Bytes(need), humanize.Bytes(plan.EstimatedSize))
 	}
 	p := &Preview{
@@ -255,45 +182,10 @@ func prepare(ctx context.Context, opts *Options, dumpEarly bool) (Estate, *Previ
 		Components:           planComponents(plan),
 		Warnings:             append([]string{}, plan.Warnings...),
 	}
-	if typ == estate.Podman {
-		var idWarnings []string
-		p.Identity, idWarnings = estate.Identity(opts.EstateName, opts.Podman.ConfigFile, opts.Podman.PKIDir)
-		p.Warnings = append(p.Warnings, idWarnings...)
-	} else {
-		p.Identity, _ = estate.Identity(opts.EstateName, "", "")
-	}
-	return est, p, nil
-}
-
-func resolveType(ctx context.Context, opts *Options) (estate.Type, error) {
-	requested := strings.TrimSpace(opts.DeploymentType)
-	detect := estate.DetectOptions{Requested: requested, UnitActive: opts.UnitActive, Getenv: opts.Getenv, HomeDir: opts.HomeDir}
-	if (requested == "" || requested == estate.AutoDetect) && detect.UnitActive == nil {
-		active, closeConn, err := estate.SystemdUnitActive(ctx, opts.Podman.SystemdScope, opts.Podman.SystemdBusAddress)
-		if err != nil {
-			// No systemd to ask: detection falls back on the kubeconfig alone.
-			opts.log().Debug("systemd unreachable for detection", "err", err)
-			detect.UnitActive = func(context.Context, string) (bool, error) { return false, err }
-		} else {
-			defer closeConn()
-			detect.UnitActive = active
-		}
-	}
-	typ, err := estate.DetectType(ctx, detect)
-	if err != nil {
-		return "", fmt.Errorf("deployment type: %w", err)
-	}
-	return typ, nil
-}
-
-func newEstate(typ estate.Type, opts *Options) (Estate, error) {
-	switch typ {
-	case estate.Podman:
-		return &estate.PodmanBackup{Config: opts.Podman, Runner: opts.Runner, Logger: opts.Logger}, nil
-	case estate.Kubernetes:
-		return &estate.KubernetesBackup{Config: opts.Kubernetes, Runner: opts.Runner, Logger: opts.Logger}, nil
-	}
-	return nil, fmt.Errorf("deployment type %q is not supported", typ)
+	var idWarnings []string
+	p.Identity, idWarnings = src.Identity()
+	p.Warnings = append(p.Warnings, idWarnings...)
+	return p, nil
 }
 
 // checkOutputDir returns the absolute output directory, whether it would be created, and
@@ -340,17 +232,17 @@ func checkOutputDir(dir string) (string, bool, uint64, error) {
 	return abs, fresh, sfs.Bavail * uint64(sfs.Bsize), nil
 }
 
-func planComponents(plan *estate.BackupPlan) archive.Components {
+func planComponents(plan *source.Plan) archive.Components {
 	c := archive.Components{Database: plan.DatabaseIncluded}
 	for _, s := range plan.Sources {
 		switch s.Component {
-		case estate.ComponentPKI:
+		case source.ComponentPKI:
 			c.PKI = s.Present
-		case estate.ComponentEncryption:
+		case source.ComponentEncryption:
 			c.Encryption = s.Present
-		case estate.ComponentConfig:
+		case source.ComponentConfig:
 			c.Config = s.Present
-		case estate.ComponentVolumes:
+		case source.ComponentVolumes:
 			c.Volumes = s.Present
 		}
 	}
@@ -359,20 +251,26 @@ func planComponents(plan *estate.BackupPlan) archive.Components {
 
 // Run makes the backup. On any failure, or when ctx is cancelled, nothing is left in the
 // output directory: no partial archive, no checksum, no temporary file.
-func Run(ctx context.Context, opts Options) (*Result, error) {
+func Run(ctx context.Context, src Source, opts Options) (*Result, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
+	}
+	if src == nil {
+		return nil, errors.New("backup: no source to back up")
 	}
 	start := time.Now()
 	log := opts.log()
 	log.Info("Starting Flight Control backup operation")
 	log.Info("Output directory: " + opts.OutputDir)
-	est, preview, err := prepare(ctx, &opts, true)
+	if e, ok := src.(source.EarlyReader); ok {
+		e.ReadEarly()
+	}
+	preview, err := prepare(ctx, src, &opts)
 	if err != nil {
 		return nil, err
 	}
 	// A no-op once WriteBackup has taken the dump that started early.
-	defer closeEstate(est)
+	defer src.Close()
 	log.Info(fmt.Sprintf("Starting backup workflow (deployment type: %s)", preview.DeploymentType))
 	if err := os.MkdirAll(preview.OutputDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create output directory %s: %w: choose a writable output_dir", preview.OutputDir, err)
@@ -381,6 +279,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		Dir:              preview.OutputDir,
 		Now:              opts.Now,
 		CompressionLevel: opts.CompressionLevel,
+		Compression:      opts.Compression,
 		Concurrency:      opts.Concurrency,
 		Logger:           opts.Logger,
 		Encryption:       opts.Encryption,
@@ -391,7 +290,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	// Abort is a no-op after Commit; on any failure it drops the unnamed archive.
 	defer w.Abort()
 
-	outcome, err := est.WriteBackup(ctx, w, preview.Estate)
+	outcome, err := src.WriteBackup(ctx, w, preview.Estate)
 	if err != nil {
 		return nil, withCancel(ctx, diskFull(err, preview.OutputDir))
 	}
@@ -424,13 +323,13 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	comps := archive.Components{Database: outcome.DatabaseIncluded}
 	for _, c := range outcome.Components {
 		switch c.Component {
-		case estate.ComponentPKI:
+		case source.ComponentPKI:
 			comps.PKI = true
-		case estate.ComponentEncryption:
+		case source.ComponentEncryption:
 			comps.Encryption = true
-		case estate.ComponentConfig:
+		case source.ComponentConfig:
 			comps.Config = true
-		case estate.ComponentVolumes:
+		case source.ComponentVolumes:
 			comps.Volumes = true
 		}
 	}
@@ -462,7 +361,7 @@ const archiveOverhead = 256 << 10
 // EstimateArchiveSize is the archive a plan will produce, at most: the compressed dump
 // (dumpShare of the database's size on disk) plus the files as they are (keys and
 // certificates hardly compress) plus the archive's own overhead.
-func EstimateArchiveSize(plan *estate.BackupPlan) int64 {
+func EstimateArchiveSize(plan *source.Plan) int64 {
 	var db int64
 	if plan.Database != nil {
 		db = plan.Database.Size

@@ -90,7 +90,7 @@ func TestBackupRoundTripRealComponents(t *testing.T) {
 	emptyHome := t.TempDir()
 	opts.HomeDir = func() (string, error) { return emptyHome, nil }
 
-	res, err := Run(ctx, opts)
+	res, err := runBackup(ctx, opts)
 	require.NoError(t, err)
 
 	// Exactly the archive and its checksum, named as upstream names them.
@@ -224,7 +224,7 @@ func TestBackupExternalDatabase(t *testing.T) {
 	opts.Podman.DBPassword = ""
 
 	ctx := context.Background()
-	res, err := Run(ctx, opts)
+	res, err := runBackup(ctx, opts)
 	require.NoError(t, err)
 	assert.False(t, res.Metadata.DatabaseIncluded)
 	assert.False(t, res.Components.Database)
@@ -248,7 +248,7 @@ func TestPlanWritesNothing(t *testing.T) {
 	opts := f.options()
 	before := snapshotTree(t, f.root)
 
-	p, err := Plan(context.Background(), opts)
+	p, err := planBackup(context.Background(), opts)
 	require.NoError(t, err)
 	assert.Equal(t, before, snapshotTree(t, f.root), "check mode must not write anything")
 	assert.NoDirExists(t, f.out)
@@ -303,28 +303,28 @@ func TestBackupBadInput(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		mutate  func(o *Options)
+		mutate  func(o *testOptions)
 		wantErr []string
 	}{
-		{"missing PKI", func(o *Options) { o.Podman.PKIDir = filepath.Join(f.root, "nope") }, []string{"PKI directory not found", "pki_dir"}},
-		{"symlink in PKI", func(o *Options) { o.Podman.PKIDir = linkedPKI }, []string{"symlinks not supported in backup directory: flightctl-api/passwd"}},
-		{"missing config", func(o *Options) { o.Podman.ConfigFile = filepath.Join(f.root, "nope.yaml") }, []string{"required service configuration file does not exist", "config_file"}},
-		{"invalid config", func(o *Options) { o.Podman.ConfigFile = badYAML }, []string{"invalid YAML", badYAML}},
-		{"unreachable database", func(o *Options) { o.Podman.DBPort = closedPort }, []string{"cannot connect", fmt.Sprintf("127.0.0.1:%d", closedPort), "check that the database runs"}},
-		{"wrong password", func(o *Options) { o.Podman.DBPassword = "wrong" }, []string{"password authentication failed", "db_password"}},
-		{"unknown database", func(o *Options) { o.Podman.DBName = "nosuchdb" }, []string{"nosuchdb"}},
-		{"output is a file", func(o *Options) { o.OutputDir = aFile }, []string{"is not a directory"}},
-		{"kubernetes without a kubeconfig", func(o *Options) {
+		{"missing PKI", func(o *testOptions) { o.Podman.PKIDir = filepath.Join(f.root, "nope") }, []string{"PKI directory not found", "pki_dir"}},
+		{"symlink in PKI", func(o *testOptions) { o.Podman.PKIDir = linkedPKI }, []string{"symlinks not supported in backup directory: flightctl-api/passwd"}},
+		{"missing config", func(o *testOptions) { o.Podman.ConfigFile = filepath.Join(f.root, "nope.yaml") }, []string{"required service configuration file does not exist", "config_file"}},
+		{"invalid config", func(o *testOptions) { o.Podman.ConfigFile = badYAML }, []string{"invalid YAML", badYAML}},
+		{"unreachable database", func(o *testOptions) { o.Podman.DBPort = closedPort }, []string{"cannot connect", fmt.Sprintf("127.0.0.1:%d", closedPort), "check that the database runs"}},
+		{"wrong password", func(o *testOptions) { o.Podman.DBPassword = "wrong" }, []string{"password authentication failed", "db_password"}},
+		{"unknown database", func(o *testOptions) { o.Podman.DBName = "nosuchdb" }, []string{"nosuchdb"}},
+		{"output is a file", func(o *testOptions) { o.OutputDir = aFile }, []string{"is not a directory"}},
+		{"kubernetes without a kubeconfig", func(o *testOptions) {
 			o.DeploymentType = "kubernetes"
 			o.Kubernetes.Connection.Kubeconfig = filepath.Join(f.root, "nope.kubeconfig")
 		}, []string{"nope.kubeconfig", "check kubeconfig"}},
-		{"no version", func(o *Options) { o.ServerVersion = "" }, []string{"server_version"}},
+		{"no version", func(o *testOptions) { o.ServerVersion = "" }, []string{"server_version"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := f.options()
 			tc.mutate(&opts)
-			res, err := Run(ctx, opts)
+			res, err := runBackup(ctx, opts)
 			require.Error(t, err)
 			assert.Nil(t, res)
 			for _, w := range tc.wantErr {
@@ -338,18 +338,18 @@ func TestBackupBadInput(t *testing.T) {
 	t.Run("read-only output directory", func(t *testing.T) {
 		opts := f.options()
 		opts.OutputDir = readOnlyDir(t)
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "not writable")
 		assert.Empty(t, dirEntries(t, opts.OutputDir))
-		_, err = Plan(ctx, opts)
+		_, err = planBackup(ctx, opts)
 		require.Error(t, err, "check mode finds it too")
 	})
 
 	t.Run("full disk found before writing", func(t *testing.T) {
 		opts := f.options()
 		opts.OutputDir = mountTmpfs(t, "1m")
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "not enough free space")
 		assert.Empty(t, dirEntries(t, opts.OutputDir))
@@ -364,7 +364,7 @@ func TestBackupBadInput(t *testing.T) {
 		// Random bytes do not compress: the archive cannot fit in 512 KiB.
 		require.NoError(t, os.WriteFile(filepath.Join(bigPKI, "bundle.bin"), randomBytes(t, 2<<20), 0o600))
 		opts.Podman.PKIDir = bigPKI
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "no space left on device", "%v", err)
 		assert.Empty(t, dirEntries(t, opts.OutputDir), "error: %v", err)
@@ -375,7 +375,7 @@ func TestBackupBadInput(t *testing.T) {
 		// The real pg_dump runs and streams its whole dump, then the wrapper makes it
 		// exit 3: the archive must be dropped because the exit status is checked last.
 		opts.Runner = failingDumpRunner{}
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "pg_dump failed")
 		assert.Contains(t, err.Error(), "exit status 3")

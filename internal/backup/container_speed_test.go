@@ -83,7 +83,7 @@ func TestContainerBackupFastPathRealPodman(t *testing.T) {
 	backupWith := func(failPID bool) (*Result, *recordingRunner, string) {
 		rec := &recordingRunner{inner: runner.Exec{BaseEnv: append(os.Environ(), pm.Env...)}, failPID: failPID}
 		var logs bytes.Buffer
-		opts := Options{
+		opts := testOptions{
 			DeploymentType: "podman",
 			Podman:         cfg,
 			ServerVersion:  "0.10.0",
@@ -91,7 +91,7 @@ func TestContainerBackupFastPathRealPodman(t *testing.T) {
 			Runner:         rec,
 			Logger:         slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		}
-		res, err := Run(ctx, opts)
+		res, err := runBackup(ctx, opts)
 		require.NoError(t, err, logs.String())
 		return res, rec, logs.String()
 	}

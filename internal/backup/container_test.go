@@ -52,7 +52,7 @@ func TestBackupContainerRealPodman(t *testing.T) {
 	cfg := estate.DefaultPodmanConfig()
 	cfg.PKIDir, cfg.EncryptionDir, cfg.ConfigFile = pki, filepath.Join(root, "no-encryption"), config
 	cfg.DBContainer, cfg.DBPasswordSecret, cfg.PAMVolume, cfg.APIContainer = db.Container, secret, volume, api
-	opts := Options{
+	opts := testOptions{
 		DeploymentType: "podman",
 		Podman:         cfg,
 		OutputDir:      out,
@@ -60,7 +60,7 @@ func TestBackupContainerRealPodman(t *testing.T) {
 	}
 
 	// Check mode sees everything for real and writes nothing.
-	p, err := Plan(ctx, opts)
+	p, err := planBackup(ctx, opts)
 	require.NoError(t, err)
 	assert.NoDirExists(t, out)
 	assert.Equal(t, "0.10.3-test", p.ServerVersion)
@@ -68,7 +68,7 @@ func TestBackupContainerRealPodman(t *testing.T) {
 	assert.Equal(t, map[string]int64{"devices": 12, "fleets": 3, "enrollment_requests": 5}, p.Estate.Database.Counts)
 	assert.True(t, p.Components.Volumes)
 
-	res, err := Run(ctx, opts)
+	res, err := runBackup(ctx, opts)
 	require.NoError(t, err)
 	assert.Equal(t, "0.10.3-test", res.Metadata.Version)
 	assert.Equal(t, archive.Components{Database: true, PKI: true, Encryption: false, Config: true, Volumes: true}, res.Components)
@@ -102,7 +102,7 @@ func TestBackupContainerRealPodman(t *testing.T) {
 	require.NoError(t, pm.CreateSecret(ctx, bad, "wrong-password"))
 	opts.Podman.DBPasswordSecret = bad
 	before := dirEntries(t, out)
-	_, err = Run(ctx, opts)
+	_, err = runBackup(ctx, opts)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "password authentication failed")
 	assert.Contains(t, err.Error(), "in container "+db.Container)
@@ -111,7 +111,7 @@ func TestBackupContainerRealPodman(t *testing.T) {
 	// A missing PAM volume is a warning, as upstream.
 	opts.Podman.DBPasswordSecret = secret
 	opts.Podman.PAMVolume = testbed.PodmanName("no-such-volume")
-	res, err = Run(ctx, opts)
+	res, err = runBackup(ctx, opts)
 	require.NoError(t, err)
 	assert.False(t, res.Components.Volumes)
 	assert.True(t, strings.Contains(strings.Join(res.Warnings, "\n"), "PAM Issuer volume"))

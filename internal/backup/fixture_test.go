@@ -130,8 +130,8 @@ func (f *fixture) podmanConfig() estate.PodmanConfig {
 	return c
 }
 
-func (f *fixture) options() Options {
-	return Options{
+func (f *fixture) options() testOptions {
+	return testOptions{
 		DeploymentType: "podman",
 		Podman:         f.podmanConfig(),
 		ServerVersion:  "v1.4.0-test",

@@ -39,11 +39,11 @@ func TestHelperBackupProcess(t *testing.T) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
-	opts := Options{DeploymentType: "podman", Podman: co.Podman, ServerVersion: co.ServerVersion, OutputDir: co.OutputDir}
+	opts := testOptions{DeploymentType: "podman", Podman: co.Podman, ServerVersion: co.ServerVersion, OutputDir: co.OutputDir}
 	// One compressor keeps the child slow enough to be caught mid-dump.
 	opts.Concurrency = 1
 	opts.CompressionLevel = 9
-	if _, err := Run(context.Background(), opts); err != nil {
+	if _, err := runBackup(context.Background(), opts); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

@@ -72,8 +72,8 @@ func (b *kubeBed) seed(t *testing.T, o testbed.HelmEstateOptions) *testbed.HelmE
 	return est
 }
 
-func (b *kubeBed) options(t *testing.T, est *testbed.HelmEstate) Options {
-	return Options{
+func (b *kubeBed) options(t *testing.T, est *testbed.HelmEstate) testOptions {
+	return testOptions{
 		DeploymentType: "kubernetes",
 		Kubernetes: estate.KubernetesConfig{
 			Connection:        kube.Config{Kubeconfig: b.k.Kubeconfig},
@@ -210,7 +210,7 @@ func TestKubernetesBackup(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		opts := b.options(t, est)
-		res, err := Run(ctx, opts)
+		res, err := runBackup(ctx, opts)
 		require.NoError(t, err)
 
 		files, names := readTarGz(t, res.Archive)
@@ -276,7 +276,7 @@ func TestKubernetesBackup(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			opts := b.options(t, est)
 			opts.Kubernetes.ExecProtocol = proto
-			res, err := Run(ctx, opts)
+			res, err := runBackup(ctx, opts)
 			cancel()
 			require.NoError(t, err, proto)
 			files, _ := readTarGz(t, res.Archive)
@@ -292,7 +292,7 @@ func TestKubernetesBackup(t *testing.T) {
 			est := b.seed(t, o)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			res, err := Run(ctx, b.options(t, est))
+			res, err := runBackup(ctx, b.options(t, est))
 			require.NoError(t, err)
 			files, names := readTarGz(t, res.Archive)
 			assert.NotContains(t, names, "db")
@@ -309,7 +309,7 @@ func TestKubernetesBackup(t *testing.T) {
 		est := b.seed(t, testbed.HelmEstateOptions{OmitPKI: []string{"flightctl-ui-certs"}, NoEncryptionKey: true})
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		res, err := Run(ctx, b.options(t, est))
+		res, err := runBackup(ctx, b.options(t, est))
 		require.NoError(t, err)
 		_, names := readTarGz(t, res.Archive)
 		assert.NotContains(t, names, "pki/flightctl-ui-certs.yaml")
@@ -325,7 +325,7 @@ func TestKubernetesBackup(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		opts := b.options(t, est)
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "required PKI Secret flightctl-ca-bundle not found in namespace "+est.Namespace)
 		assert.Empty(t, dirEntries(t, opts.OutputDir), "nothing written")
@@ -347,7 +347,7 @@ func TestKubernetesBackup(t *testing.T) {
 		})
 		opts := b.options(t, est)
 		opts.Kubernetes.Connection = kube.Config{Kubeconfig: cfg}
-		_, err = Run(ctx, opts)
+		_, err = runBackup(ctx, opts)
 		require.Error(t, err)
 		var mp *kube.MissingPermissionsError
 		require.ErrorAs(t, err, &mp)
@@ -361,7 +361,7 @@ func TestKubernetesBackup(t *testing.T) {
 		assert.Empty(t, dirEntries(t, opts.OutputDir), "nothing written")
 
 		// Check mode reports the same, writing nothing.
-		_, err = Plan(ctx, opts)
+		_, err = planBackup(ctx, opts)
 		require.ErrorAs(t, err, &mp)
 		assert.Len(t, mp.Missing, 3)
 
@@ -370,7 +370,7 @@ func TestKubernetesBackup(t *testing.T) {
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
 			{APIGroups: []string{""}, Resources: []string{"pods/exec"}, Verbs: []string{"create", "get"}},
 		})
-		res, err := Run(ctx, opts)
+		res, err := runBackup(ctx, opts)
 		require.NoError(t, err)
 		assert.True(t, res.Components.Database)
 	})
@@ -382,7 +382,7 @@ func TestKubernetesBackup(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		opts := b.options(t, est)
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "is refused")
 		assert.Contains(t, err.Error(), "20000 bytes")
@@ -394,13 +394,13 @@ func TestKubernetesBackup(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		opts := b.options(t, est)
-		_, err := Run(ctx, opts)
+		_, err := runBackup(ctx, opts)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "2 deployed Helm releases in namespace "+est.Namespace+" (flightctl, other-app): set helm_release")
 		assert.Empty(t, dirEntries(t, opts.OutputDir))
 
 		opts.Kubernetes.HelmRelease = "flightctl"
-		res, err := Run(ctx, opts)
+		res, err := runBackup(ctx, opts)
 		require.NoError(t, err)
 		_, names := readTarGz(t, res.Archive)
 		assert.Contains(t, names, "config/helm-release-flightctl.yaml")
@@ -411,7 +411,7 @@ func TestKubernetesBackup(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		opts := b.options(t, est)
-		p, err := Plan(ctx, opts)
+		p, err := planBackup(ctx, opts)
 		require.NoError(t, err)
 		assert.True(t, p.Estate.DatabaseIncluded)
 		assert.Positive(t, p.Estate.Database.Size)

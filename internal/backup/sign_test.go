@@ -33,7 +33,7 @@ func TestBackupSignsAndRecordsDumpAndGrants(t *testing.T) {
 
 	opts := f.options()
 	opts.Signer = signer
-	res, err := Run(ctx, opts)
+	res, err := runBackup(ctx, opts)
 	require.NoError(t, err)
 	require.Equal(t, res.Archive+".sig", res.SignatureFile)
 	assert.ElementsMatch(t, []string{filepath.Base(res.Archive), filepath.Base(res.Archive) + ".sha256", filepath.Base(res.Archive) + ".sig"}, dirEntries(t, f.out))

@@ -17,17 +17,17 @@ func TestFreeSpaceCheckWantsTheCompressedSize(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	opts := f.options()
-	p, err := Plan(ctx, opts)
+	p, err := planBackup(ctx, opts)
 	require.NoError(t, err)
 	uncompressed := p.Estate.EstimatedSize
 	require.Greater(t, uncompressed, int64(4<<20), "the test database must be a few MiB on disk")
 
 	// Room for the archive (a few hundred KiB here), not for the database's size on disk.
 	opts.OutputDir = mountTmpfs(t, fmt.Sprintf("%dk", uncompressed*65/100/1024))
-	p, err = Plan(ctx, opts)
+	p, err = planBackup(ctx, opts)
 	require.NoError(t, err, "a backup that fits must not be refused")
 	assert.Less(t, p.EstimatedArchiveSize, uncompressed)
-	res, err := Run(ctx, opts)
+	res, err := runBackup(ctx, opts)
 	require.NoError(t, err)
 	assert.Less(t, res.Size, p.EstimatedArchiveSize, "the estimate bounds the real archive")
 }
@@ -44,7 +44,7 @@ func TestDiskFullWhileWritingSaysWhatToDo(t *testing.T) {
 	writePKI(t, bigPKI)
 	require.NoError(t, os.WriteFile(filepath.Join(bigPKI, "bundle.bin"), randomBytes(t, 2<<20), 0o600))
 	opts.Podman.PKIDir = bigPKI
-	_, err := Run(ctx, opts)
+	_, err := runBackup(ctx, opts)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "no space left on device")
 	assert.Contains(t, err.Error(), "the file system of "+opts.OutputDir+" is full")

@@ -1,6 +1,7 @@
 package devprep
 
 import (
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -13,7 +14,24 @@ type DatabaseCounts struct {
 	EnrollmentRequestsUpdated int  `json:"enrollment_requests_updated"`
 	EventCreated              bool `json:"event_created"`
 	JSONRepaired              int  `json:"json_repaired"`
+	// After is what the prepared database held right after DatabaseScript, read in the
+	// same session (PreparedScript): the counts Run reports and the devices whose keys it
+	// writes. With it Run reads no row in the downtime; without it (a restore resumed in
+	// another process: it is never journaled) Run reads them from the database.
+	After *AfterState `json:"-"`
 }
+
+// AfterState is the prepared database as PreparedScript saw it.
+type AfterState struct {
+	// counts is what readCounts gives on the prepared database.
+	counts Counts
+	// devices are those whose awaiting-reconnect key must exist (keyedDevicesSQL), in
+	// the database's order.
+	devices []device
+}
+
+// Keys is the number of awaiting-reconnect keys the prepared database needs.
+func (a *AfterState) Keys() int { return len(a.devices) }
 
 // DatabaseScript is the database part of device preparation (SPEC §5 steps 2, 3 and 5:
 // devices, device_timestamps, enrollment requests, the SystemRestored event named after
@@ -61,4 +79,76 @@ func ParseDatabaseCounts(out string) (*DatabaseCounts, error) {
 		n[i] = v
 	}
 	return &DatabaseCounts{DevicesUpdated: n[0], TimestampsCleared: n[1], EnrollmentRequestsUpdated: n[2], EventCreated: n[3] == 1, JSONRepaired: n[4]}, nil
+}
+
+// PreparedScript is DatabaseScript followed, in the same session, by what the KV part of
+// device preparation needs from the prepared database: the counts Run reports, then one
+// line per device whose key must exist ("<org id> <name as a JSON string>"). A restore
+// runs it on its temporary database before anything is stopped; ParsePrepared reads its
+// output, and Run with those counts as Options.Prepared reads no row.
+func PreparedScript(restoreID string) string {
+	return DatabaseScript(restoreID) + afterCountsSQL + ";\n" + keyedDevicesListSQL + ";\n"
+}
+
+// afterCountsSQL prints readCounts' ten numbers on one line.
+var afterCountsSQL = `SELECT concat_ws('|', d.c1, d.c2, d.c3, d.c4, d.c5, e.c1, e.c2, e.c3, e.c4, o.c1)
+FROM (` + deviceCountsSQL + `) AS d(c1, c2, c3, c4, c5),
+	(` + erCountsSQL + `) AS e(c1, c2, c3, c4),
+	(` + organizationsCountSQL + `) AS o(c1)`
+
+// keyedDevicesListSQL is keyedDevicesSQL as text lines that survive any device name.
+var keyedDevicesListSQL = `SELECT k.org || ' ' || to_json(k.name)::text FROM (` + keyedDevicesSQL + `) AS k(org, name)`
+
+// ParsePrepared reads PreparedScript's output: DatabaseScript's counts, with After.
+func ParsePrepared(out string) (*DatabaseCounts, error) {
+	out = strings.TrimSpace(out)
+	first, rest, _ := strings.Cut(out, "\n")
+	c, err := ParseDatabaseCounts(first)
+	if err != nil {
+		return nil, err
+	}
+	second, rest, _ := strings.Cut(rest, "\n")
+	f := strings.Split(strings.TrimSpace(second), "|")
+	if len(f) != 10 {
+		return nil, fmt.Errorf("device preparation: unexpected answer %q from the database", second)
+	}
+	n := make([]int, len(f))
+	for i, s := range f {
+		if n[i], err = strconv.Atoi(s); err != nil {
+			return nil, fmt.Errorf("device preparation: unexpected answer %q from the database", second)
+		}
+	}
+	a := &AfterState{}
+	fillCounts(&a.counts, n[0], n[1], n[2], n[3], n[4], n[5], n[6], n[7], n[8], n[9])
+	orgs := map[string]string{}
+	a.devices = make([]device, 0, a.counts.KeysExpected)
+	for len(rest) > 0 {
+		var line string
+		line, rest, _ = strings.Cut(rest, "\n")
+		line = strings.TrimRight(line, "\r")
+		if line == "" {
+			continue
+		}
+		org, quoted, ok := strings.Cut(line, " ")
+		if !ok {
+			return nil, fmt.Errorf("device preparation: unexpected device line %q from the database", line)
+		}
+		var name string
+		if len(quoted) >= 2 && quoted[0] == '"' && quoted[len(quoted)-1] == '"' && !strings.ContainsAny(quoted[1:len(quoted)-1], `"\\`) {
+			name = quoted[1 : len(quoted)-1] // nothing escaped
+		} else if err := json.Unmarshal([]byte(quoted), &name); err != nil {
+			return nil, fmt.Errorf("device preparation: unexpected device line %q from the database: %w", line, err)
+		}
+		if o, ok := orgs[org]; ok {
+			org = o
+		} else {
+			orgs[org] = org
+		}
+		a.devices = append(a.devices, device{org: org, name: name})
+	}
+	if len(a.devices) != a.counts.KeysExpected {
+		return nil, fmt.Errorf("device preparation: the database listed %d devices awaiting reconnect, its counts say %d", len(a.devices), a.counts.KeysExpected)
+	}
+	c.After = a
+	return c, nil
 }

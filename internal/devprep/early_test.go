@@ -2,9 +2,13 @@ package devprep
 
 import (
 	"context"
+	"fmt"
 	"regexp"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 )
 
@@ -67,4 +71,93 @@ func TestDatabaseScriptThenPreparedEqualsRun(t *testing.T) {
 	require.NoError(t, b.admin.QueryRow(ctx, DatabaseScript("r-1")).Scan(&out))
 	require.Equal(t, "0|0|0|0|0", out)
 	require.Equal(t, before, b.rowsWithoutTimes(t))
+}
+
+// preparedOutput runs PreparedScript as psql -A -t would print it: every row's one column,
+// one per line.
+func preparedOutput(t *testing.T, e *env, restoreID string) string {
+	t.Helper()
+	results, err := e.admin.PgConn().Exec(context.Background(), PreparedScript(restoreID)).ReadAll()
+	require.NoError(t, err)
+	var lines []string
+	for _, r := range results {
+		require.NoError(t, r.Err)
+		for _, row := range r.Rows {
+			lines = append(lines, string(row[0]))
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sqlLog records every statement a connection sends.
+type sqlLog struct {
+	mu  sync.Mutex
+	sql []string
+}
+
+func (l *sqlLog) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.sql = append(l.sql, d.SQL)
+	return ctx
+}
+
+func (l *sqlLog) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// PreparedScript (the database part and, in the same session, what the KV part needs),
+// then Run with what it printed, ends where Run alone ends, and Run then reads no row of
+// devices or enrollment requests: the downtime of a restore holds only the KV part.
+func TestPreparedScriptThenRunReadsNoRow(t *testing.T) {
+	ctx := context.Background()
+	a, b := newEnv(t), newEnv(t)
+	for _, e := range []*env{a, b} {
+		workedExample(t, e)
+		// Names that a line-based listing would mangle.
+		e.addDevice(t, row{org: orgA, name: "odd \"quoted\" \\ name", rv: i64(1), status: js(typicalStatus), lastSeen: true})
+		e.addDevice(t, row{org: orgB, name: "two\nlines", rv: i64(1), status: js(typicalStatus), lastSeen: true})
+		require.NoError(t, e.redis.Set(ctx, "v1/stale/cache", "x", 0).Err())
+	}
+	optsA := a.options(t)
+	optsA.RestoreID = "r-1"
+	resA, err := Run(ctx, optsA)
+	require.NoError(t, err)
+
+	counts, err := ParsePrepared(preparedOutput(t, b, "r-1"))
+	require.NoError(t, err)
+	require.NotNil(t, counts.After)
+	require.Equal(t, 9, counts.After.Keys())
+	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the script leaves the KV store alone")
+
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=%s user=flightctl_app sslmode=disable", b.pg.Host, b.pg.Port, b.dbName))
+	require.NoError(t, err)
+	cfg.Password = appPassword
+	log := &sqlLog{}
+	cfg.Tracer = log
+	db, err := pgx.ConnectConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer db.Close(ctx)
+	optsB := b.options(t)
+	optsB.DB, optsB.RestoreID, optsB.Prepared = db, "r-1", counts
+	resB, err := Run(ctx, optsB)
+	require.NoError(t, err)
+
+	ra, rb := a.rowsWithoutTimes(t), b.rowsWithoutTimes(t)
+	require.True(t, ra == rb, "rows differ:\n%s\n%s", ra, rb)
+	require.Equal(t, a.kvKeys(t), b.kvKeys(t))
+	require.Contains(t, b.kvKeys(t), KeyFor(orgA, "odd \"quoted\" \\ name"))
+	require.Contains(t, b.kvKeys(t), KeyFor(orgBLower, "two\nlines"))
+	require.Equal(t, resA.Counts, resB.Counts)
+	require.Equal(t, resA.EventName, resB.EventName)
+	require.True(t, resB.KVFlushed)
+	for _, q := range log.sql {
+		require.NotRegexp(t, `(?i)\bfrom\s+(devices|enrollment_requests|device_timestamps)\b`, q, "Run read rows in the downtime")
+	}
+
+	// A key missing after the write is still found: the check reads the keys back.
+	require.NoError(t, b.redis.Del(ctx, KeyFor(orgA, "dev-typical")).Err())
+	optsB.FlushKV = false
+	_, err = checkKeys(ctx, db, &optsB)
+	var missing *MissingKeysError
+	require.ErrorAs(t, err, &missing)
+	require.Equal(t, []string{orgA + "/dev-typical"}, missing.Devices)
 }

@@ -12,6 +12,24 @@ type device struct{ org, name string }
 
 func (d device) key() string { return KeyFor(d.org, d.name) }
 
+// eachDeviceBatch is forEachDeviceBatch over the devices the prepared database listed
+// before it went live (Options.Prepared.After), when they are known: no row is read.
+func (o *Options) eachDeviceBatch(ctx context.Context, q querier, fn func([]device) error) error {
+	size := o.batchSize()
+	if o.Prepared == nil || o.Prepared.After == nil {
+		return forEachDeviceBatch(ctx, q, size, fn)
+	}
+	devs := o.Prepared.After.devices
+	for len(devs) > 0 {
+		n := min(size, len(devs))
+		if err := fn(devs[:n:n]); err != nil {
+			return err
+		}
+		devs = devs[n:]
+	}
+	return nil
+}
+
 // forEachDeviceBatch streams the devices that must have a key, in batches of size, so that
 // 100,000 devices never sit in memory at once. A goroutine reads the next batches from the
 // database while fn works on the current one (the KV round trips), so the two overlap.
@@ -78,12 +96,19 @@ func scanDevices(ctx context.Context, q querier, size int, out chan<- []device, 
 }
 
 // writeKeys sets each device's key to "true" unless it exists (SETNX, no expiry), one
-// pipeline per batch. It returns how many keys it created.
-func writeKeys(ctx context.Context, q querier, opts *Options) (int, error) {
+// pipeline per batch. It returns how many keys it created. With empty (this run cleared
+// the KV store, and nothing else writes these keys while the server is stopped) each batch
+// is one MSET instead: no key exists, so setting it is what SETNX would do, and the only
+// value any writer gives these keys is "true"; Redis then runs one command per batch, not
+// one per key, and the client reads one reply.
+func writeKeys(ctx context.Context, q querier, opts *Options, empty bool) (int, error) {
+	if empty {
+		return msetKeys(ctx, q, opts)
+	}
 	log := opts.logger()
 	written, sent := 0, 0
 	cmds := make([]*redis.BoolCmd, 0, opts.batchSize())
-	err := forEachDeviceBatch(ctx, q, opts.batchSize(), func(batch []device) error {
+	err := opts.eachDeviceBatch(ctx, q, func(batch []device) error {
 		pipe := opts.KV.Pipeline()
 		cmds = cmds[:0]
 		for _, d := range batch {
@@ -106,10 +131,104 @@ func writeKeys(ctx context.Context, q querier, opts *Options) (int, error) {
 	return written, err
 }
 
-// readBack reads each batch's keys with MGET and reports those not holding "true".
+// listed is the devices the prepared database listed before it went live, or nil.
+func (o *Options) listed() []device {
+	if o.Prepared == nil || o.Prepared.After == nil {
+		return nil
+	}
+	return o.Prepared.After.devices
+}
+
+// batches cuts devs into batches of the key batch size.
+func (o *Options) batches(devs []device) [][]device {
+	var out [][]device
+	for size := o.batchSize(); len(devs) > 0; {
+		n := min(size, len(devs))
+		out = append(out, devs[:n:n])
+		devs = devs[n:]
+	}
+	return out
+}
+
+// msetKeys is writeKeys into an empty store: one MSET per batch. With the devices listed
+// in memory every batch goes in one pipeline, one round trip: on a loaded machine each
+// round trip waits for the KV server and this process to be scheduled again.
+func msetKeys(ctx context.Context, q querier, opts *Options) (int, error) {
+	log := opts.logger()
+	if devs := opts.listed(); devs != nil {
+		batches := opts.batches(devs)
+		pipe := opts.KV.Pipeline()
+		for _, batch := range batches {
+			args := make([]any, 0, 1+2*len(batch))
+			args = append(args, "mset")
+			for _, d := range batch {
+				args = append(args, d.key(), "true")
+			}
+			pipe.Do(ctx, args...)
+		}
+		cmds, err := pipe.Exec(ctx)
+		written := 0
+		for i, c := range cmds {
+			if c.Err() != nil {
+				break
+			}
+			written += len(batches[i])
+		}
+		if err != nil {
+			return written, fmt.Errorf("write awaiting-reconnect keys (%d of %d written): %w",
+				written, len(devs), describeKVError(err, opts.KV.Options().Addr))
+		}
+		log.Debug("awaiting-reconnect keys written", "devices", written, "created", written)
+		return written, nil
+	}
+	written := 0
+	args := make([]any, 0, 1+2*opts.batchSize())
+	err := opts.eachDeviceBatch(ctx, q, func(batch []device) error {
+		args = append(args[:0], "mset")
+		for _, d := range batch {
+			args = append(args, d.key(), "true")
+		}
+		if err := opts.KV.Do(ctx, args...).Err(); err != nil {
+			return fmt.Errorf("write awaiting-reconnect keys (%d written, failed in a batch of %d): %w",
+				written, len(batch), describeKVError(err, opts.KV.Options().Addr))
+		}
+		written += len(batch)
+		log.Debug("awaiting-reconnect keys written", "devices", written, "created", written)
+		return nil
+	})
+	return written, err
+}
+
+// readBack reads each batch's keys with MGET and reports those not holding "true". With
+// the devices listed in memory every MGET goes in one pipeline.
 func readBack(ctx context.Context, q querier, opts *Options, missing func(device)) (present int, err error) {
+	if devs := opts.listed(); devs != nil {
+		batches := opts.batches(devs)
+		pipe := opts.KV.Pipeline()
+		cmds := make([]*redis.SliceCmd, len(batches))
+		for i, batch := range batches {
+			keys := make([]string, len(batch))
+			for j, d := range batch {
+				keys[j] = d.key()
+			}
+			cmds[i] = pipe.MGet(ctx, keys...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, fmt.Errorf("read awaiting-reconnect keys back: %w", describeKVError(err, opts.KV.Options().Addr))
+		}
+		for i, c := range cmds {
+			for j, v := range c.Val() {
+				if s, ok := v.(string); ok && s == "true" {
+					present++
+				} else {
+					missing(batches[i][j])
+				}
+			}
+		}
+		return present, nil
+	}
 	keys := make([]string, 0, opts.batchSize())
-	err = forEachDeviceBatch(ctx, q, opts.batchSize(), func(batch []device) error {
+	err = opts.eachDeviceBatch(ctx, q, func(batch []device) error {
 		keys = keys[:0]
 		for _, d := range batch {
 			keys = append(keys, d.key())

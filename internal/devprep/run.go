@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrNotFlightctlDatabase is returned when the database lacks the flightctl tables.
@@ -75,19 +76,28 @@ func verify(ctx context.Context, opts *Options) error {
 
 // readCounts counts what the updates will touch, with the same predicates they use.
 func readCounts(ctx context.Context, q querier, c *Counts) (toUpdate, erToUpdate int, err error) {
-	var jsonDev, jsonER int
-	if err := q.QueryRow(ctx, deviceCountsSQL).Scan(&toUpdate, &c.DevicesAlreadyAwaiting, &c.DevicesSkippedDecommissioned, &c.DevicesDeleted, &jsonDev); err != nil {
+	var awaiting, decommissioned, deleted, jsonDev, erAwaiting, erApproved, jsonER, orgs int
+	if err := q.QueryRow(ctx, deviceCountsSQL).Scan(&toUpdate, &awaiting, &decommissioned, &deleted, &jsonDev); err != nil {
 		return 0, 0, fmt.Errorf("count devices: %w", err)
 	}
-	if err := q.QueryRow(ctx, erCountsSQL).Scan(&erToUpdate, &c.EnrollmentRequestsAwaiting, &c.EnrollmentRequestsApproved, &jsonER); err != nil {
+	if err := q.QueryRow(ctx, erCountsSQL).Scan(&erToUpdate, &erAwaiting, &erApproved, &jsonER); err != nil {
 		return 0, 0, fmt.Errorf("count enrollment requests: %w", err)
 	}
-	if err := q.QueryRow(ctx, organizationsCountSQL).Scan(&c.Organizations); err != nil {
+	if err := q.QueryRow(ctx, organizationsCountSQL).Scan(&orgs); err != nil {
 		return 0, 0, fmt.Errorf("count organizations: %w", err)
 	}
-	c.JSONRepaired = jsonDev + jsonER
-	c.KeysExpected = c.DevicesAlreadyAwaiting + toUpdate
+	fillCounts(c, toUpdate, awaiting, decommissioned, deleted, jsonDev, erToUpdate, erAwaiting, erApproved, jsonER, orgs)
 	return toUpdate, erToUpdate, nil
+}
+
+// fillCounts sets what readCounts reads (deviceCountsSQL, erCountsSQL and
+// organizationsCountSQL, in their column order) into c.
+func fillCounts(c *Counts, toUpdate, awaiting, decommissioned, deleted, jsonDev, erToUpdate, erAwaiting, erApproved, jsonER, orgs int) {
+	c.DevicesAlreadyAwaiting, c.DevicesSkippedDecommissioned, c.DevicesDeleted = awaiting, decommissioned, deleted
+	c.EnrollmentRequestsAwaiting, c.EnrollmentRequestsApproved = erAwaiting, erApproved
+	c.Organizations = orgs
+	c.JSONRepaired = jsonDev + jsonER
+	c.KeysExpected = awaiting + toUpdate
 }
 
 // Plan computes what Run would do, changing nothing: the counts, whether the event would
@@ -204,7 +214,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	log.Info("database prepared", "devices_updated", res.DevicesUpdated, "timestamps_cleared", res.TimestampsCleared,
 		"enrollment_requests_updated", res.EnrollmentRequestsUpdated, "event_created", res.EventCreated, "kv_flushed", res.KVFlushed)
 
-	written, err := writeKeys(ctx, opts.DB, &opts)
+	written, err := writeKeys(ctx, opts.DB, &opts, res.KVFlushed)
 	res.KeysWritten = written
 	if err != nil {
 		res.setChanged()
@@ -229,7 +239,11 @@ func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
 	log := opts.logger()
 	p := opts.Prepared
 	res := &Result{}
-	if _, _, err := readCounts(ctx, opts.DB, &res.Counts); err != nil {
+	if p.After != nil {
+		// Read from the prepared database before it went live, which nothing has
+		// written since.
+		res.Counts = p.After.counts
+	} else if _, _, err := readCounts(ctx, opts.DB, &res.Counts); err != nil {
 		return nil, fmt.Errorf("device preparation: %w", err)
 	}
 	res.DevicesUpdated, res.TimestampsCleared, res.EnrollmentRequestsUpdated = p.DevicesUpdated, p.TimestampsCleared, p.EnrollmentRequestsUpdated
@@ -243,12 +257,24 @@ func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
 	}
 	if opts.FlushKV {
 		log.Info("Clearing KV store after restoration")
-		if err := opts.KV.FlushAll(ctx).Err(); err != nil {
+		if err := flushAll(ctx, opts.KV); err != nil {
 			return nil, fmt.Errorf("device preparation: clear the KV store: %w", describeKVError(err, opts.KV.Options().Addr))
 		}
 		res.KVFlushed = true
 	}
 	return res, nil
+}
+
+// flushAll clears the whole KV store (FLUSHALL, as upstream). The keyspace is empty when it
+// returns, as with a plain FLUSHALL; ASYNC only leaves freeing the old keys' memory to
+// the server's background thread, so a large store is not freed inside the downtime. A
+// server too old for ASYNC (before Redis 4) gets the plain command.
+func flushAll(ctx context.Context, kv *redis.Client) error {
+	err := kv.FlushAllAsync(ctx).Err()
+	if err != nil && strings.Contains(strings.ToLower(err.Error()), "syntax") {
+		err = kv.FlushAll(ctx).Err()
+	}
+	return err
 }
 
 // runTransaction updates devices, timestamps and enrollment requests and records the event
@@ -293,7 +319,7 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	// KV failure here rolls the database back.
 	if opts.FlushKV && (res.DevicesUpdated > 0 || res.EnrollmentRequestsUpdated > 0 || res.EventCreated) {
 		log.Info("Clearing KV store after restoration")
-		if err := opts.KV.FlushAll(ctx).Err(); err != nil {
+		if err := flushAll(ctx, opts.KV); err != nil {
 			return nil, fmt.Errorf("device preparation: clear the KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
 		}
 		res.KVFlushed = true

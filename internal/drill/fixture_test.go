@@ -236,11 +236,14 @@ func (f *fixture) backupWith(change func(*backup.Options)) string {
 	c.DBAccess, c.DBHost, c.DBPort, c.DBPassword = estate.DBAccessDirect, f.pg.Host, f.pg.Port, appPassword
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	opts := backup.Options{DeploymentType: "podman", Podman: c, ServerVersion: testVersion, EstateName: estateName, OutputDir: f.out}
+	src, closeSource, err := estate.OpenBackupSource(ctx, estate.BackupSourceOptions{DeploymentType: "podman", Podman: c, ServerVersion: testVersion, EstateName: estateName})
+	require.NoError(f.t, err)
+	defer closeSource()
+	opts := backup.Options{OutputDir: f.out}
 	if change != nil {
 		change(&opts)
 	}
-	res, err := backup.Run(ctx, opts)
+	res, err := backup.Run(ctx, src, opts)
 	require.NoError(f.t, err)
 	return res.Archive
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
 )
 
@@ -31,11 +30,22 @@ type Server interface {
 	Close(ctx context.Context) error
 }
 
+// EstateTarget is what a drill needs of the estate's restore target: its database
+// administration, the live database's name, device preparation on another database of the
+// same server, and its release. The Podman restore target (estate.PodmanRestore) is one;
+// the drill module builds it with a unit manager that refuses every unit (NoUnits).
+type EstateTarget interface {
+	Database() restore.Database
+	DatabaseName() string
+	DevicesIn(db string) restore.DevicePreparer
+	Close()
+}
+
 // EstateServer is the estate's own PostgreSQL server, reached as a restore reaches it
 // (the Podman restore target: psql in the database container or direct, the same
 // credentials). The drill never stops a unit: the target's unit manager refuses to.
 type EstateServer struct {
-	Target *estate.PodmanRestore
+	Target EstateTarget
 }
 
 var _ Server = (*EstateServer)(nil)

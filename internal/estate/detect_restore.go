@@ -64,20 +64,31 @@ type RestoreTargetOptions struct {
 	Runner            runner.Runner
 	// RunningVersion, when set, is the running release (else discovered).
 	RunningVersion string
-	Logger         *slog.Logger
+	// JournalLocation says where the restore journal is kept: JournalAuto ("": in the
+	// cluster when a Kubernetes restore runs there, else the state directory),
+	// JournalStateDir, or JournalCluster (Kubernetes only).
+	JournalLocation string
+	Logger          *slog.Logger
 }
 
 // OpenRestoreTarget builds the estate's restore target and opens it; close releases it.
 func OpenRestoreTarget(ctx context.Context, o RestoreTargetOptions) (restore.Target, func(), error) {
 	switch o.Type {
 	case Podman:
+		if o.JournalLocation == JournalCluster {
+			return nil, nil, fmt.Errorf("journal_location cluster keeps the journal in a Kubernetes Secret: it needs deployment_type kubernetes; use state_dir (or auto) on a Podman host")
+		}
 		t := &PodmanRestore{Config: o.Podman, Runner: o.Runner, RunningVersion: o.RunningVersion, Logger: o.Logger}
 		if err := t.Open(ctx); err != nil {
 			return nil, nil, err
 		}
 		return t, t.Close, nil
 	case Kubernetes:
-		t := &KubernetesRestore{Config: o.Kubernetes, Restore: o.KubernetesRestore, Runner: o.Runner, RunningVersion: o.RunningVersion, Logger: o.Logger}
+		kr := o.KubernetesRestore
+		if o.JournalLocation != "" {
+			kr.JournalLocation = o.JournalLocation
+		}
+		t := &KubernetesRestore{Config: o.Kubernetes, Restore: kr, Runner: o.Runner, RunningVersion: o.RunningVersion, Logger: o.Logger}
 		if err := t.Open(ctx); err != nil {
 			return nil, nil, err
 		}

@@ -4,10 +4,15 @@
 // credentials and units lives in the estate's configuration, with upstream's defaults.
 package estate
 
-import "fmt"
+import (
+	"fmt"
 
-// Type is the kind of installation, as recorded in metadata.json.
-type Type string
+	"flightctl.dr/internal/backup/source"
+)
+
+// Type is the kind of installation, as recorded in metadata.json (the type the backup
+// engine records, internal/backup/source).
+type Type = source.Type
 
 const (
 	Podman     Type = "podman"
@@ -37,8 +42,9 @@ var ApplicationUnits = []string{
 	"flightctl-gateway.service",
 }
 
-// DBAccess says how the database is reached on a Podman host.
-type DBAccess string
+// DBAccess says how the database is reached on a Podman host (the type a backup plan
+// records, internal/backup/source).
+type DBAccess = source.DBAccess
 
 const (
 	// DBAccessContainer runs pg_dump / psql inside the database container (upstream's way).

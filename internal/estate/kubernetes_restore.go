@@ -84,6 +84,12 @@ type KubernetesRestoreConfig struct {
 	// GitOpsPaused says the operator suspended the GitOps controller (Argo CD auto-sync,
 	// Flux suspend) that owns the Deployments; without it such a restore is refused.
 	GitOpsPaused bool
+	// JournalLocation is JournalAuto (""), JournalStateDir or JournalCluster: where the
+	// restore journal is kept (kubernetes_journal.go).
+	JournalLocation string
+	// JournalLease is how long the lock of a journal in the cluster stays valid without
+	// renewal (DefaultJournalLease).
+	JournalLease time.Duration
 }
 
 // KubernetesRestore is the restore target of a Helm install: Deployments scaled to zero
@@ -102,10 +108,13 @@ type KubernetesRestore struct {
 	Logger         *slog.Logger
 
 	external bool
-	bk       *KubernetesBackup
-	podMu    sync.Mutex
-	dbPod    string
-	dbCont   string
+	// journalInCluster: the journal is the Secret KubeJournalSecret (journal).
+	journalInCluster bool
+	journal          *SecretJournal
+	bk               *KubernetesBackup
+	podMu            sync.Mutex
+	dbPod            string
+	dbCont           string
 }
 
 var (
@@ -158,6 +167,9 @@ func (k *KubernetesRestore) Open(ctx context.Context) error {
 		return err
 	}
 	k.Client = cl
+	if err := k.resolveJournal(); err != nil {
+		return err
+	}
 	builtin, err := k.bk.databaseBuiltIn(ctx, cl)
 	if err != nil {
 		return fmt.Errorf("restore database: %w", unwrapBackupPrefix(err))
@@ -255,7 +267,7 @@ func (k *KubernetesRestore) Permissions() []kube.Permission {
 			kube.Permission{Verb: "get", Resource: "services", Namespace: ins},
 			kube.Permission{Verb: "create", Resource: "pods", Subresource: "portforward", Namespace: ins})
 	}
-	return perms
+	return append(perms, k.journalPermissions()...)
 }
 
 // Preflight checks, before anything is touched: every permission (one
@@ -499,7 +511,10 @@ func (w *kubeWorkloads) StartScaled(ctx context.Context, scales map[string]int32
 }
 
 // Database is the built-in database, administered through psql in the database pod
-// (pods/exec) or, with direct access, this machine's psql.
+// (pods/exec) or, with direct access, this machine's psql. It is a restore.ParallelLoader:
+// the dump loads over db_load_connections sessions, each one psql (one exec stream in the
+// pod, SQL on its stdin), and the database part of device preparation runs on the
+// temporary database between the data and the index phase.
 func (k *KubernetesRestore) Database() restore.Database {
 	if k.external {
 		return nil
@@ -580,11 +595,12 @@ func (k *KubernetesRestore) podRun(ctx context.Context, c runner.Cmd) error {
 	if c.Stdin != nil {
 		stdin = io.MultiReader(stdin, c.Stdin)
 	}
-	stderr := c.Stderr
-	var tail *tailBuffer
-	if stderr == nil {
-		tail = &tailBuffer{max: 4096}
-		stderr = tail
+	// As runner.Exec: the tail of stderr goes into the error (psql's own message), also
+	// when the caller reads stderr itself.
+	tail := &tailBuffer{max: 4096}
+	var stderr io.Writer = tail
+	if c.Stderr != nil {
+		stderr = io.MultiWriter(c.Stderr, tail)
 	}
 	stdout := c.Stdout
 	if stdout == nil {
@@ -600,20 +616,27 @@ func (k *KubernetesRestore) podRun(ctx context.Context, c runner.Cmd) error {
 		return nil
 	}
 	where := fmt.Sprintf("%s in pod %s/%s", c.Brief(), k.Config.InternalNamespace, pod)
+	if ctx.Err() != nil {
+		// Cancelled (a parallel load stops its other sessions at the first error): the
+		// pod is still the one to use.
+		return fmt.Errorf("%s: %w", where, ctx.Err())
+	}
 	var ee *kube.ExitError
 	if errors.As(err, &ee) {
-		re := &runner.ExitError{Cmd: where, ExitCode: ee.Code}
-		if tail != nil {
-			re.Stderr = strings.TrimSpace(tail.String())
-		}
-		return re
+		return &runner.ExitError{Cmd: where, ExitCode: ee.Code, Stderr: strings.TrimSpace(tail.String())}
 	}
 	// The pod may have been replaced: look it up again next time.
 	_, _, _ = k.pod(ctx, true)
+	if s := strings.TrimSpace(tail.String()); s != "" {
+		return fmt.Errorf("%s: %w: %s", where, err, s)
+	}
 	return fmt.Errorf("%s: %w", where, err)
 }
 
-// podRunner is the database pod as a runner.Runner.
+// podRunner is the database pod as a runner.Runner: each Run is one pods/exec stream whose
+// stdin is streamed as the caller writes it and whose stdout is passed on as it comes, and
+// several may run at once (the sessions of a parallel load, internal/pgload, are one
+// psql exec each).
 type podRunner struct{ k *KubernetesRestore }
 
 func (p podRunner) Run(ctx context.Context, c runner.Cmd) error { return p.k.podRun(ctx, c) }
@@ -902,6 +925,8 @@ func (k *KubernetesRestore) Devices() restore.DevicePreparer { return &kubeDevic
 
 type kubeDevices struct{ k *KubernetesRestore }
 
+var _ restore.PreparedDatabaseFinisher = (*kubeDevices)(nil)
+
 func (d *kubeDevices) credentials(ctx context.Context) (user, dbpw, kvpw string, err error) {
 	c, r := d.k.Config, d.k.Restore
 	ins := c.InternalNamespace
@@ -1049,6 +1074,13 @@ func (d *kubeDevices) Check(ctx context.Context) error {
 	return nil
 }
 
+// FinishesPreparedDatabase: Prepare honours DevicePrepRequest.DatabasePrepared, so that a
+// restore runs the database part of device preparation on the temporary database while
+// it loads (through psql in the database pod, or this machine's psql with db_access
+// direct), before any Deployment is scaled to zero; only the KV part is left for the
+// time the Deployments are at zero.
+func (d *kubeDevices) FinishesPreparedDatabase() bool { return true }
+
 func (d *kubeDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest) (any, bool, error) {
 	c, stop, err := d.connect(ctx)
 	if err != nil {
@@ -1058,5 +1090,6 @@ func (d *kubeDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest
 	defer c.close()
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.k.Logger
+	opts.Prepared = req.DatabasePrepared
 	return devprep.PlanOrRun(ctx, opts, req.DryRun)
 }

@@ -92,7 +92,11 @@ func (b *kubeRestoreBed) newCase(t *testing.T, o testbed.HelmEstateOptions) *kub
 	o.DBPassword, o.KVPassword = kubeAppPassword, b.kv.Password
 	// psql in the database pod reaches the server as postgres through its socket, as in
 	// the real pod; a port-forward to the pod's database port reaches it on loopback.
-	o.DBPodEnv = map[string]string{"PGHOST": b.pg.SocketDir, "PGPORT": strconv.Itoa(b.pg.Port)}
+	env := map[string]string{"PGHOST": b.pg.SocketDir, "PGPORT": strconv.Itoa(b.pg.Port)}
+	for k, v := range o.DBPodEnv {
+		env[k] = v
+	}
+	o.DBPodEnv = env
 	o.DBPodAnnotations = map[string]string{"kubenode.flightctl.dr/forward-" + strconv.Itoa(b.pg.Port): fmt.Sprintf("127.0.0.1:%d", b.pg.Port)}
 	// The KV store's pod, behind Service flightctl-kv.
 	o.KVAddr = b.kv.Addr
@@ -140,7 +144,10 @@ func (c *kubeCase) options(t *testing.T, archive string) restore.Options {
 // backup makes an archive of the estate with the real backup engine.
 func (c *kubeCase) backup(t *testing.T) string {
 	t.Helper()
-	res, err := backup.Run(context.Background(), backup.Options{DeploymentType: "kubernetes", Kubernetes: c.config(), OutputDir: filepath.Join(t.TempDir(), "out")})
+	src, closeSource, err := estate.OpenBackupSource(context.Background(), estate.BackupSourceOptions{DeploymentType: "kubernetes", Kubernetes: c.config()})
+	require.NoError(t, err)
+	defer closeSource()
+	res, err := backup.Run(context.Background(), src, backup.Options{OutputDir: filepath.Join(t.TempDir(), "out")})
 	require.NoError(t, err)
 	return res.Archive
 }
@@ -299,7 +306,7 @@ func TestKubernetesRestore(t *testing.T) {
 		require.NoError(t, err)
 		require.True(t, res.Changed)
 		assert.Equal(t, 0, podsAtStop, "every application pod was gone when the quiesce returned")
-		assert.Equal(t, []string{restore.StepLoadDatabase, restore.StepStopUnits, restore.StepSwapDatabase, restore.StepSyncPasswords,
+		assert.Equal(t, []string{restore.StepLoadDatabase, restore.StepSyncPasswords, restore.StepStopUnits, restore.StepSwapDatabase,
 			restore.StepSwapFiles, restore.StepVolume, restore.StepRelabel, restore.StepDevicePrep, restore.StepStartUnits, restore.StepFinalize}, res.Steps)
 		c.assertRestored(t)
 		j, err := restore.ReadJournal(c.state)
@@ -554,6 +561,9 @@ const kubeChildEnv = "FLIGHTCTL_DR_KUBE_RESTORE_CHILD"
 type kubeChild struct {
 	Archive, StateDir, KillAt, Kubeconfig, Namespace, DB string
 	DBPort                                               int
+	// Journal is the journal location; LeaseMS the lock's lease of a journal in the cluster.
+	Journal string
+	LeaseMS int
 }
 
 // TestKubernetesRestoreChild is the child of the SIGKILL test: a restore that kills itself
@@ -567,7 +577,7 @@ func TestKubernetesRestoreChild(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(raw), &c))
 	k := &estate.KubernetesRestore{Config: estate.KubernetesConfig{Connection: kube.Config{Kubeconfig: c.Kubeconfig},
 		Namespace: c.Namespace, InternalNamespace: c.Namespace + "-int", DBPort: c.DBPort, DBName: c.DB},
-		Restore: estate.KubernetesRestoreConfig{PollInterval: 20 * time.Millisecond}}
+		Restore: estate.KubernetesRestoreConfig{PollInterval: 20 * time.Millisecond, JournalLocation: c.Journal, JournalLease: time.Duration(c.LeaseMS) * time.Millisecond}}
 	require.NoError(t, k.Open(context.Background()))
 	_, err := restore.Run(context.Background(), restore.Options{ArchivePath: c.Archive, Target: k, StateDir: c.StateDir, FlushKV: true,
 		Checkpoint: func(name string) error {
@@ -582,8 +592,16 @@ func TestKubernetesRestoreChild(t *testing.T) {
 
 func (c *kubeCase) runKilledChild(t *testing.T, archive, point string) {
 	t.Helper()
-	raw, err := json.Marshal(kubeChild{Archive: archive, StateDir: c.state, KillAt: point, Kubeconfig: c.b.k.Kubeconfig,
-		Namespace: c.est.Namespace, DB: c.db, DBPort: c.b.pg.Port})
+	c.runKilledChildWith(t, kubeChild{Archive: archive, KillAt: point})
+}
+
+// runKilledChildWith runs the SIGKILL child on this case with ch's archive, kill point
+// and journal.
+func (c *kubeCase) runKilledChildWith(t *testing.T, ch kubeChild) {
+	t.Helper()
+	point := ch.KillAt
+	ch.StateDir, ch.Kubeconfig, ch.Namespace, ch.DB, ch.DBPort = c.state, c.b.k.Kubeconfig, c.est.Namespace, c.db, c.b.pg.Port
+	raw, err := json.Marshal(ch)
 	require.NoError(t, err)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestKubernetesRestoreChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), kubeChildEnv+"="+string(raw))

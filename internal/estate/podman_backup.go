@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/backup/source"
 	"flightctl.dr/internal/pgdump"
 	"flightctl.dr/internal/podman"
 	"flightctl.dr/internal/runner"
@@ -38,11 +39,11 @@ const (
 
 // Component names reported by backups.
 const (
-	ComponentDatabase   = "db"
-	ComponentPKI        = "pki"
-	ComponentEncryption = "encryption"
-	ComponentConfig     = "config"
-	ComponentVolumes    = "volumes"
+	ComponentDatabase   = source.ComponentDatabase
+	ComponentPKI        = source.ComponentPKI
+	ComponentEncryption = source.ComponentEncryption
+	ComponentConfig     = source.ComponentConfig
+	ComponentVolumes    = source.ComponentVolumes
 )
 
 // ExternalDatabaseLog is upstream's log line for a skipped external database.
@@ -59,80 +60,15 @@ const defaultDBName = "flightctl"
 // the archive is already being written and a failure fails the backup.
 const pamVolumeBufferLimit = 16 << 20
 
-// BackupSink receives a backup's entries; *archive.Writer implements it.
-type BackupSink interface {
-	AddDir(name string, mode fs.FileMode, mtime time.Time) error
-	AddFile(name string, mode fs.FileMode, mtime time.Time, size int64, r io.Reader) error
-	AddStream(name string, mode fs.FileMode, mtime time.Time, r io.Reader) (int64, error)
-	AddTree(prefix, srcDir string) (int, error)
-}
-
-// BackupPlan is what a backup would capture, established without writing anything.
-type BackupPlan struct {
-	DeploymentType   Type            `json:"deployment_type"`
-	DatabaseIncluded bool            `json:"database_included"`
-	Database         *DatabasePlan   `json:"database,omitempty"`
-	Sources          []PlannedSource `json:"sources"`
-	// EstimatedSize bounds the archive from above: database size on disk plus file sizes,
-	// before compression.
-	EstimatedSize int64    `json:"estimated_size"`
-	Warnings      []string `json:"warnings"`
-	// Kubernetes only: the Helm release captured, the server version its chart gives
-	// (appVersion), and the API permissions found missing by the preflight.
-	Release            *KubeReleasePlan `json:"helm_release,omitempty"`
-	ServerVersion      string           `json:"server_version,omitempty"`
-	MissingPermissions []string         `json:"missing_permissions,omitempty"`
-}
-
-// DatabasePlan describes the database dump of a backup.
-type DatabasePlan struct {
-	Access         DBAccess `json:"access"`
-	Container      string   `json:"container,omitempty"`
-	Host           string   `json:"host"`
-	Port           int      `json:"port"`
-	Name           string   `json:"name"`
-	User           string   `json:"user"`
-	PasswordSource string   `json:"password_source"`
-	// Size is pg_database_size: the database on disk, an upper bound of the dump.
-	Size          int64            `json:"size"`
-	ServerVersion string           `json:"server_version"`
-	PgDumpVersion string           `json:"pg_dump_version"`
-	Counts        map[string]int64 `json:"counts,omitempty"`
-	// Owner and ACL are the database's owner and database-level grants (aclitem text;
-	// ACL nil: the defaults), recorded so that a restore onto a host that lost the
-	// database creates it with them.
-	Owner string   `json:"owner,omitempty"`
-	ACL   []string `json:"acl,omitempty"`
-}
-
-// PlannedSource is one file tree, file or volume a backup would capture.
-type PlannedSource struct {
-	Component   string `json:"component"`
-	Source      string `json:"source"`
-	ArchivePath string `json:"archive_path"`
-	Present     bool   `json:"present"`
-	Required    bool   `json:"required"`
-	Files       int    `json:"files"`
-	Size        int64  `json:"size"`
-}
-
-// CapturedComponent is one part of the server's state written into the archive.
-type CapturedComponent struct {
-	Component   string `json:"component"`
-	ArchivePath string `json:"archive_path"`
-	Source      string `json:"source"`
-	Files       int    `json:"files"`
-	Bytes       int64  `json:"bytes"`
-}
-
-// BackupOutcome is what WriteBackup put into the sink.
-type BackupOutcome struct {
-	DatabaseIncluded bool                `json:"database_included"`
-	Components       []CapturedComponent `json:"components"`
-	Warnings         []string            `json:"warnings"`
-	// Extra goes into metadata.json's extra map (pg_dump version, row counts, ...).
-	Extra map[string]string `json:"extra"`
-}
+// The backup engine's types (internal/backup/source), which the estates' backups speak in.
+type (
+	BackupSink        = source.Sink
+	BackupPlan        = source.Plan
+	DatabasePlan      = source.DatabasePlan
+	PlannedSource     = source.PlannedSource
+	CapturedComponent = source.CapturedComponent
+	BackupOutcome     = source.Outcome
+)
 
 // PodmanBackup gathers the state of a Podman / systemd host into a backup.
 type PodmanBackup struct {
@@ -598,7 +534,7 @@ func (b *PodmanBackup) WriteBackup(ctx context.Context, sink BackupSink, plan *B
 		}
 		recordDump(out, plan.Database, st)
 		out.DatabaseIncluded = true
-		out.Components = append(out.Components, CapturedComponent{Component: ComponentDatabase, ArchivePath: EntryDBDump, Source: plan.Database.describe(), Files: 1, Bytes: n})
+		out.Components = append(out.Components, CapturedComponent{Component: ComponentDatabase, ArchivePath: EntryDBDump, Source: describeDatabase(plan.Database), Files: 1, Bytes: n})
 		out.Extra["pg_dump_version"] = plan.Database.PgDumpVersion
 		out.Extra["db_server_version"] = plan.Database.ServerVersion
 		out.Extra["db_name"] = plan.Database.Name
@@ -655,7 +591,7 @@ func (b *PodmanBackup) WriteBackup(ctx context.Context, sink BackupSink, plan *B
 	return out, nil
 }
 
-func (d *DatabasePlan) describe() string {
+func describeDatabase(d *DatabasePlan) string {
 	if d.Access == DBAccessContainer {
 		return fmt.Sprintf("database %s in container %s", d.Name, d.Container)
 	}

@@ -191,7 +191,7 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 
 // startRedisContainer runs redis-server in a container that publishes no port, as a KV
 // store only reachable at the container's IP, and returns a client connected there.
-func startRedisContainer(t *testing.T, pod *testbed.Podman, name, password string) *redis.Client {
+func startRedisContainer(t testing.TB, pod *testbed.Podman, name, password string) *redis.Client {
 	t.Helper()
 	ctx := context.Background()
 	testbed.Need(t, "/usr/bin/redis-server")

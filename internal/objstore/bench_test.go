@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,7 +87,9 @@ func BenchmarkUpload(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			cpu := cpuClock(m)
 			_, err = s.core.PutObject(ctx, s.bucket, "plain/"+name, f, size, "", "", minio.PutObjectOptions{DisableContentSha256: true})
+			cpu.report(b)
 			f.Close()
 			if err != nil {
 				b.Fatal(err)
@@ -107,7 +110,9 @@ func BenchmarkUpload(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			cpu := cpuClock(m)
 			_, err = s.client.PutObject(ctx, s.bucket, "mp/"+name, f, size, minio.PutObjectOptions{PartSize: 16 << 20, NumThreads: 4, DisableContentSha256: true})
+			cpu.report(b)
 			f.Close()
 			if err != nil {
 				b.Fatal(err)
@@ -119,28 +124,92 @@ func BenchmarkUpload(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+	type variant struct {
+		part     int64
+		conc     int
+		checksum string // "" the default (CRC32C)
+		inline   bool   // sha256 on the reading goroutine, as before it had its own
+	}
+	var variants []variant
 	for _, ps := range []int64{8 << 20, 16 << 20, 32 << 20, 64 << 20} {
-		for _, conc := range []int{2, 4} {
-			b.Run(fmt.Sprintf("upload-part-%dMiB-x%d", ps>>20, conc), func(b *testing.B) {
-				s := benchStore(b, m, "bench-upload", ps, conc)
-				b.SetBytes(size)
-				for b.Loop() {
-					r, err := s.Upload(ctx, "bench", path, UploadOptions{})
-					if err != nil {
-						b.Fatal(err)
-					}
-					b.ReportMetric(r.PartsDuration.Seconds(), "parts-s")
-					b.ReportMetric(r.CompleteDuration.Seconds(), "complete-s")
-					b.ReportMetric(r.VerifyDuration.Seconds(), "verify+marker-s")
-					b.StopTimer()
-					if _, err := s.Delete(ctx, "bench", []string{name + ".sha256", name}); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
-				}
-			})
+		for _, conc := range []int{2, 3, 4} {
+			variants = append(variants, variant{part: ps, conc: conc})
 		}
 	}
+	// The previous implementation (CRC64NVME parts, sha256 on the reading goroutine)
+	// and each of its two changes alone, at the default part size.
+	for _, conc := range []int{2, 3, 4} {
+		variants = append(variants,
+			variant{part: 16 << 20, conc: conc, checksum: "crc64nvme"},
+			variant{part: 16 << 20, conc: conc, inline: true},
+			variant{part: 16 << 20, conc: conc, checksum: "crc64nvme", inline: true})
+	}
+	for _, v := range variants {
+		label := fmt.Sprintf("upload-part-%dMiB-x%d", v.part>>20, v.conc)
+		if v.checksum != "" {
+			label += "-" + v.checksum
+		}
+		if v.inline {
+			label += "-hash-inline"
+		}
+		b.Run(label, func(b *testing.B) {
+			s := benchStore(b, m, "bench-upload", v.part, v.conc)
+			if v.checksum != "" {
+				s.checksum = minio.ChecksumCRC64NVME
+			}
+			s.hashInline = v.inline
+			b.SetBytes(size)
+			for b.Loop() {
+				cpu := cpuClock(m)
+				r, err := s.Upload(ctx, "bench", path, UploadOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				cpu.report(b)
+				b.ReportMetric(r.PartsDuration.Seconds(), "parts-s")
+				b.ReportMetric(r.CompleteDuration.Seconds(), "complete-s")
+				b.ReportMetric(r.VerifyDuration.Seconds(), "verify+marker-s")
+				b.StopTimer()
+				if _, err := s.Delete(ctx, "bench", []string{name + ".sha256", name}); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// cpuTimes are the CPU seconds used so far by this process and by the MinIO server.
+type cpuTimes struct {
+	m            *testbed.MinIO
+	self, server float64
+}
+
+func cpuClock(m *testbed.MinIO) cpuTimes {
+	return cpuTimes{m: m, self: procCPU("self"), server: procCPU(strconv.Itoa(m.PID))}
+}
+
+// report adds the CPU seconds used since the clock started (client-cpu-s: this
+// process, uploading; minio-cpu-s: the server).
+func (c cpuTimes) report(b *testing.B) {
+	b.ReportMetric(procCPU("self")-c.self, "client-cpu-s")
+	b.ReportMetric(procCPU(strconv.Itoa(c.m.PID))-c.server, "minio-cpu-s")
+}
+
+// procCPU reads utime+stime of a process from /proc (clock ticks of 1/100 s).
+func procCPU(pid string) float64 {
+	raw, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: count from after its ')'.
+	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	k, _ := strconv.ParseFloat(f[12], 64)
+	return (u + k) / 100
 }
 
 // BenchmarkPrunePlanBucket10000: list 10,000 archives (20,000 objects) of an
@@ -196,12 +265,7 @@ func BenchmarkPrunePlanBucket10000(b *testing.B) {
 	default:
 	}
 	policy := retention.Policy{KeepLast: 3, KeepDaily: 14, KeepWeekly: 8, KeepMonthly: 12, KeepYearly: retention.Unlimited, KeepWithin: 48 * time.Hour}
-	b.ResetTimer()
-	for b.Loop() {
-		list, err := s.List(ctx, "bench")
-		if err != nil {
-			b.Fatal(err)
-		}
+	plan := func(b *testing.B, list []retention.Archive) {
 		if len(list) != n {
 			b.Fatalf("listed %d archives, want %d", len(list), n)
 		}
@@ -215,5 +279,50 @@ func BenchmarkPrunePlanBucket10000(b *testing.B) {
 		if plan.NewestVerified == "" || len(plan.Remove()) == 0 {
 			b.Fatalf("plan keeps %d, removes %d, newest %q", len(plan.Keep()), len(plan.Remove()), plan.NewestVerified)
 		}
+	}
+	// Store.List: the folder listed in parallel key ranges (ListConcurrency, or workers).
+	for _, workers := range []int{0, 1, 8} {
+		label := "list-ranges"
+		if workers > 0 {
+			label += fmt.Sprintf("-x%d", workers)
+		}
+		b.Run(label, func(b *testing.B) {
+			s.listWorkers = workers
+			defer func() { s.listWorkers = 0 }()
+			for b.Loop() {
+				cpu := cpuClock(m)
+				listRequests.Store(0)
+				list, err := s.List(ctx, "bench")
+				if err != nil {
+					b.Fatal(err)
+				}
+				plan(b, list)
+				cpu.report(b)
+				b.ReportMetric(float64(listRequests.Load()), "list-requests")
+			}
+		})
+	}
+	// For reference: one listing paged with continuation tokens, as List did before
+	// (with the owners), and the same without them.
+	for _, owner := range []bool{true, false} {
+		label := "list-one-listing"
+		if !owner {
+			label += "-no-owner"
+		}
+		b.Run(label, func(b *testing.B) {
+			prefix := s.estatePrefix("bench")
+			for b.Loop() {
+				cpu := cpuClock(m)
+				var objects []minio.ObjectInfo
+				for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix, FetchOwner: &owner}) {
+					if o.Err != nil {
+						b.Fatal(o.Err)
+					}
+					objects = append(objects, o)
+				}
+				plan(b, archivesOf(prefix, objects))
+				cpu.report(b)
+			}
+		})
 	}
 }

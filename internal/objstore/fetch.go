@@ -22,50 +22,6 @@ import (
 	"flightctl.dr/internal/retention"
 )
 
-// List returns the estate's archives as retention sees them: an archive
-// whose marker is there and well formed is Good, one without it NoChecksum
-// (never a backup), one with a malformed marker BadChecksum. Other names
-// under the estate's folder come back too; retention ignores them.
-func (s *Store) List(ctx context.Context, estate string) ([]retention.Archive, error) {
-	if err := ValidEstate(estate); err != nil {
-		return nil, err
-	}
-	prefix := s.estatePrefix(estate)
-	sizes := map[string]int64{}
-	markers := map[string]int64{}
-	var names []string
-	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix}) {
-		if o.Err != nil {
-			return nil, fmt.Errorf("list %s in bucket %s: %w", prefix, s.bucket, o.Err)
-		}
-		n := strings.TrimPrefix(o.Key, prefix)
-		if strings.Contains(n, "/") {
-			continue
-		}
-		if a, ok := strings.CutSuffix(n, ".sha256"); ok && retention.IsArchiveName(a) {
-			markers[a] = o.Size
-			continue
-		}
-		sizes[n] = o.Size
-		names = append(names, n)
-	}
-	out := make([]retention.Archive, 0, len(names))
-	for _, n := range names {
-		a := retention.Archive{Name: n, Size: sizes[n]}
-		if retention.IsArchiveName(n) {
-			ms, ok := markers[n]
-			switch {
-			case !ok:
-				a.Status, a.Detail = retention.NoChecksum, "no "+n+".sha256 marker"
-			case ms != MarkerSize(n):
-				a.Status, a.Detail = retention.BadChecksum, fmt.Sprintf("marker %s.sha256 is %d bytes, not a sha256sum line", n, ms)
-			}
-		}
-		out = append(out, a)
-	}
-	return out, nil
-}
-
 // Check is the verification of a stored archive without downloading it: the
 // marker's sha256 equals the object's sha256 metadata, and the store holds a
 // whole-object checksum for it (checked by the store when it was written).
@@ -85,7 +41,7 @@ func (s *Store) Check(ctx context.Context, estate, name string) (sum string, err
 	if info.UserMetadata[MetaSHA256] != sum {
 		return "", fmt.Errorf("%s: its sha256 metadata %q differs from its marker %s", name, info.UserMetadata[MetaSHA256], sum)
 	}
-	if info.ChecksumCRC64NVME == "" {
+	if _, stored := storedChecksum(info); stored == "" {
 		return "", fmt.Errorf("%s has no whole-object checksum in the store", name)
 	}
 	return sum, nil
@@ -98,6 +54,11 @@ func (s *Store) Newest(ctx context.Context, estate string) (name, sum string, er
 	if err != nil {
 		return "", "", err
 	}
+	return s.NewestOf(ctx, estate, list)
+}
+
+// NewestOf is Newest over a listing already made by List.
+func (s *Store) NewestOf(ctx context.Context, estate string, list []retention.Archive) (name, sum string, err error) {
 	var firstErr error
 	plan, err := retention.Make(retention.Policy{KeepLast: 1}, list, retention.Options{Verify: func(a retention.Archive) error {
 		v, err := s.Check(ctx, estate, a.Name)
@@ -121,66 +82,142 @@ func (s *Store) Newest(ctx context.Context, estate string) (name, sum string, er
 	return plan.NewestVerified, sum, nil
 }
 
-// Download fetches an archive and its marker into dir, hashing as it
-// writes, and names the file only when its sha256 matches the marker. An
-// archive already in dir with the same checksum is reused; a different one
-// is never overwritten.
+// FetchResult is what Fetch did.
+type FetchResult struct {
+	Path   string
+	SHA256 string
+	// Downloaded is false when an identical copy was already in the directory.
+	Downloaded bool
+	// SignatureFile is the archive's signature beside it (<path>.sig), "" when the
+	// bucket holds none for it.
+	SignatureFile string
+}
+
+// HasSignature says whether the bucket holds a signature for the archive.
+func (s *Store) HasSignature(ctx context.Context, estate, name string) (bool, error) {
+	_, err := s.client.StatObject(ctx, s.bucket, s.Key(estate, retention.SignatureName(name)), minio.StatObjectOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case isNotFound(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("look up the signature of %s: %w", name, err)
+}
+
+// Download fetches an archive with its marker (and its signature) into dir; see Fetch.
 func (s *Store) Download(ctx context.Context, estate, name, dir string) (path string, downloaded bool, err error) {
-	if err := ValidEstate(estate); err != nil {
+	r, err := s.Fetch(ctx, estate, name, dir)
+	if err != nil {
 		return "", false, err
 	}
+	return r.Path, r.Downloaded, nil
+}
+
+// Fetch fetches an archive, its marker and its signature (when the bucket
+// holds one) into dir, hashing the archive as it writes, and names the file
+// only when its sha256 matches the marker; the signature is in place before
+// the archive is named, so that a restore with trusted keys checks it. An
+// archive already in dir with the same checksum is reused (and given the
+// bucket's signature if it lacks one); a different one, or a different
+// signature, is never overwritten.
+func (s *Store) Fetch(ctx context.Context, estate, name, dir string) (*FetchResult, error) {
+	if err := ValidEstate(estate); err != nil {
+		return nil, err
+	}
 	if !retention.IsArchiveName(name) {
-		return "", false, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz, or .tar.gz.age encrypted)", name)
+		return nil, fmt.Errorf("%s is not an archive name this tool writes (flightctl-backup-YYYYMMDDTHHMMSSZ.tar.gz, or .tar.gz.age encrypted)", name)
 	}
 	sum, err := s.Check(ctx, estate, name)
 	if err != nil {
-		return "", false, fmt.Errorf("archive %s in bucket %s is not a complete backup: %w", name, s.bucket, err)
+		return nil, fmt.Errorf("archive %s in bucket %s is not a complete backup: %w", name, s.bucket, err)
 	}
-	path = filepath.Join(dir, name)
+	path := filepath.Join(dir, name)
+	res := &FetchResult{Path: path, SHA256: sum}
+	sig, err := s.getSmall(ctx, s.Key(estate, retention.SignatureName(name)))
+	switch {
+	case isNotFound(err):
+		sig = nil
+	case err != nil:
+		return nil, fmt.Errorf("download the signature of %s: %w", name, err)
+	case len(sig) > maxSignatureSize:
+		return nil, fmt.Errorf("the signature of %s in bucket %s is larger than a signature can be: it is not one; remove it", name, s.bucket)
+	}
 	if local, err := ReadChecksumFile(path+".sha256", name); err == nil {
 		if _, err := os.Stat(path); err == nil {
 			if local != sum {
-				return "", false, fmt.Errorf("%s already exists with another checksum than the bucket's copy: it is never overwritten; move it away and fetch again", path)
+				return nil, fmt.Errorf("%s already exists with another checksum than the bucket's copy: it is never overwritten; move it away and fetch again", path)
 			}
-			return path, false, nil
+			if err := placeSignature(res, sig); err != nil {
+				return nil, err
+			}
+			return res, nil
 		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", false, err
+		return nil, err
 	}
 	tmp, err := os.CreateTemp(dir, "."+name+".*.partial")
 	if err != nil {
-		return "", false, err
+		return nil, err
 	}
 	defer func() {
 		tmp.Close()
 		os.Remove(tmp.Name())
 	}()
 	if err := tmp.Chmod(0o600); err != nil {
-		return "", false, err
+		return nil, err
 	}
 	o, err := s.client.GetObject(ctx, s.bucket, s.Key(estate, name), minio.GetObjectOptions{})
 	if err != nil {
-		return "", false, fmt.Errorf("download %s: %w", name, err)
+		return nil, fmt.Errorf("download %s: %w", name, err)
 	}
 	defer o.Close()
 	h := sha256.New()
 	if _, err := io.CopyBuffer(io.MultiWriter(tmp, h), o, make([]byte, 4<<20)); err != nil {
-		return "", false, fmt.Errorf("download %s: %w", name, err)
+		return nil, fmt.Errorf("download %s: %w", name, err)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
-		return "", false, fmt.Errorf("downloaded %s does not match its marker (sha256 %s, marker %s): the stored copy is damaged; restore another archive", name, got, sum)
+		return nil, fmt.Errorf("downloaded %s does not match its marker (sha256 %s, marker %s): the stored copy is damaged; restore another archive", name, got, sum)
 	}
 	if err := tmp.Sync(); err != nil {
-		return "", false, err
+		return nil, err
 	}
 	if err := writeNew(path+".sha256", markerBody(sum, name), 0o644); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", false, err
+		return nil, err
+	}
+	if err := placeSignature(res, sig); err != nil {
+		return nil, err
 	}
 	if err := os.Link(tmp.Name(), path); err != nil {
-		return "", false, fmt.Errorf("name the downloaded archive %s: %w", path, err)
+		return nil, fmt.Errorf("name the downloaded archive %s: %w", path, err)
 	}
-	return path, true, nil
+	res.Downloaded = true
+	return res, nil
+}
+
+// placeSignature writes the bucket's signature beside the local archive, once: a
+// signature already there with the same content is kept, one with other content is
+// refused.
+func placeSignature(res *FetchResult, sig []byte) error {
+	if sig == nil {
+		return nil
+	}
+	file := res.Path + retention.SignatureSuffix
+	err := writeNew(file, sig, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		local, rerr := os.ReadFile(file)
+		if rerr == nil && bytes.Equal(local, sig) {
+			err = nil
+		} else {
+			err = fmt.Errorf("%s already exists and differs from the signature in the bucket: it is never overwritten; move it away and fetch again", file)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	res.SignatureFile = file
+	return nil
 }
 
 func writeNew(path string, body []byte, mode os.FileMode) error {
@@ -200,7 +237,8 @@ func writeNew(path string, body []byte, mode os.FileMode) error {
 }
 
 // Delete removes archives of the estate as retention listed them
-// (Plan.Deletions: each marker before its archive). In a versioned or
+// (Plan.Deletions: each marker before its archive, the signature after it).
+// Only this tool's names are removed. In a versioned or
 // Object Lock bucket a delete leaves a delete marker and the locked
 // versions stay until their retention ends.
 func (s *Store) Delete(ctx context.Context, estate string, names []string) ([]string, error) {
@@ -209,8 +247,7 @@ func (s *Store) Delete(ctx context.Context, estate string, names []string) ([]st
 	}
 	var done []string
 	for _, n := range names {
-		base := strings.TrimSuffix(n, ".sha256")
-		if !retention.IsArchiveName(base) {
+		if !retention.IsCompanionName(n) {
 			return done, fmt.Errorf("%s is not an archive this tool writes: not removed", n)
 		}
 		if err := s.client.RemoveObject(ctx, s.bucket, s.Key(estate, n), minio.RemoveObjectOptions{}); err != nil && !isNotFound(err) {

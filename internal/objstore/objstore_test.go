@@ -68,7 +68,8 @@ func TestUploadVerifyDownload(t *testing.T) {
 	// The store computed a whole-object checksum; the sha256 is in the metadata.
 	info, err := s.Client().StatObject(ctx, "plain", res.Key, minio.StatObjectOptions{Checksum: true})
 	require.NoError(t, err)
-	assert.Equal(t, res.CRC64NVME, info.ChecksumCRC64NVME)
+	assert.Equal(t, "CRC32C", res.ChecksumAlgorithm)
+	assert.Equal(t, res.Checksum, info.ChecksumCRC32C)
 	assert.Equal(t, "FULL_OBJECT", info.ChecksumMode)
 	assert.Equal(t, a.SHA256, info.UserMetadata[MetaSHA256])
 	marker, err := s.getSmall(ctx, res.MarkerKey)
@@ -371,6 +372,51 @@ func TestDamagedCopyRefused(t *testing.T) {
 	require.ErrorContains(t, err, "does not match its marker")
 	entries, _ := os.ReadDir(dir)
 	assert.Empty(t, entries, "nothing named, nothing left behind")
-	err = s.verifyObject(ctx, res.Key, a.Size, a.SHA256, res.CRC64NVME)
+	err = s.verifyObject(ctx, res.Key, a.Size, a.SHA256, res.Checksum)
 	require.ErrorContains(t, err, "differs from the archive's")
+}
+
+// An upload interrupted while parts carried CRC64NVME (as earlier versions sent them)
+// is resumed with CRC64NVME, the algorithm its parts carry; new uploads use CRC32C.
+func TestResumeKeepsPartChecksum(t *testing.T) {
+	m := testbed.MinIOForTest(t)
+	old, err := Open(Config{Endpoint: m.URL, Bucket: "algo", Prefix: "dr", AccessKey: m.AccessKey, SecretKey: m.SecretKey, PartSize: 5 << 20, Concurrency: 1, ChecksumAlgorithm: "crc64nvme"})
+	require.NoError(t, err)
+	require.NoError(t, old.EnsureBucket(context.Background(), "", false))
+	a := writeArchive(t, t.TempDir(), time.Date(2026, 11, 30, 4, 0, 0, 0, time.UTC), 16<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err = old.Upload(ctx, estate, a.Path, UploadOptions{OnPart: func(n, total int) {
+		if n == 2 {
+			cancel()
+		}
+	}})
+	require.Error(t, err, "the upload was interrupted")
+
+	s := newStore(t, m, "algo", false, 5<<20)
+	s.prefix = "dr"
+	res, err := s.Upload(context.Background(), estate, a.Path, UploadOptions{})
+	require.NoError(t, err)
+	assert.True(t, res.Resumed)
+	assert.GreaterOrEqual(t, res.Reused, 2)
+	assert.Equal(t, "CRC64NVME", res.ChecksumAlgorithm)
+	assert.Equal(t, res.Checksum, res.CRC64NVME)
+	_, err = s.Check(context.Background(), estate, filepath.Base(a.Path))
+	require.NoError(t, err)
+
+	b := writeArchive(t, t.TempDir(), time.Date(2026, 11, 30, 5, 0, 0, 0, time.UTC), 6<<20)
+	res, err = s.Upload(context.Background(), estate, b.Path, UploadOptions{})
+	require.NoError(t, err)
+	assert.False(t, res.Resumed)
+	assert.Equal(t, "CRC32C", res.ChecksumAlgorithm)
+	assert.Empty(t, res.CRC64NVME)
+	list, err := s.List(context.Background(), estate)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	path, _, err := s.Download(context.Background(), estate, filepath.Base(a.Path), t.TempDir())
+	require.NoError(t, err)
+	_, err = archive.Verify(context.Background(), path, archive.VerifyOptions{RequireChecksum: true})
+	require.NoError(t, err)
+
+	_, err = Open(Config{Endpoint: m.URL, Bucket: "algo", AccessKey: "a", SecretKey: "b", ChecksumAlgorithm: "md5"})
+	require.ErrorContains(t, err, "give crc32c or crc64nvme")
 }

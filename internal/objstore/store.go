@@ -4,8 +4,9 @@
 //
 // An archive is uploaded in parts of a measured size, resumably (an
 // interrupted upload is found again by its key and only its missing parts
-// are sent), with a CRC64NVME checksum per part that the store combines into
-// a whole-object checksum, and the archive's sha256 in the object's metadata.
+// are sent), with a CRC32C checksum per part (CRC64NVME on request) that the
+// store combines into a whole-object checksum, and the archive's sha256 in the
+// object's metadata.
 // After the upload the object is checked against both; only then is the
 // `.sha256` object written, last, as the marker that the archive is complete:
 // an archive without it is never listed as a backup. Nothing is ever
@@ -30,11 +31,13 @@ import (
 
 // DefaultPartSize is the upload part size, measured on loopback MinIO with a
 // 1 GiB archive (bench/RESULTS.md, "Off-host copies"): 8 to 32 MiB parts were
-// alike, 64 MiB slower; 16 MiB keeps 4 parts in flight within 80 MiB.
+// alike, 64 MiB slower; 16 MiB keeps the parts in flight within 64 MiB.
 const DefaultPartSize = 16 << 20
 
-// DefaultConcurrency is how many parts are in flight at once.
-const DefaultConcurrency = 4
+// DefaultConcurrency is how many parts are in flight at once: on a quiet 2-core
+// machine 16 MiB × 2 was the only setting within 1.2× of a plain PUT with margin
+// (bench/RESULTS.md); a link with a long round trip may want 4 or more.
+const DefaultConcurrency = 2
 
 // Metadata keys the store keeps with each archive object (x-amz-meta-...).
 const (
@@ -68,6 +71,9 @@ type Config struct {
 
 	PartSize    int64
 	Concurrency int
+	// ChecksumAlgorithm of the parts and of the whole object: "crc32c" (default) or
+	// "crc64nvme".
+	ChecksumAlgorithm string
 	// Producer is recorded in each object's metadata.
 	Producer string
 	// Transport replaces the HTTP transport (tests).
@@ -83,6 +89,13 @@ type Store struct {
 	partSize    int64
 	concurrency int
 	producer    string
+	checksum    minio.ChecksumType
+	// listWorkers replaces ListConcurrency (benchmarks); pageSize the listing page
+	// of 1,000 keys (tests, to list a small folder in many ranges).
+	listWorkers, pageSize int
+	// hashInline hashes on the reading goroutine, as before the hash had its own
+	// (benchmarks compare the two).
+	hashInline bool
 	// CredentialSource says where the credentials came from (never what they are).
 	CredentialSource string
 }
@@ -136,6 +149,14 @@ func Open(cfg Config) (*Store, error) {
 	}
 	if s.concurrency <= 0 {
 		s.concurrency = DefaultConcurrency
+	}
+	switch strings.ToLower(cfg.ChecksumAlgorithm) {
+	case "", "crc32c":
+		s.checksum = DefaultChecksum
+	case "crc64nvme":
+		s.checksum = minio.ChecksumCRC64NVME
+	default:
+		return nil, fmt.Errorf("checksum algorithm %q: give crc32c or crc64nvme", cfg.ChecksumAlgorithm)
 	}
 	return s, nil
 }

@@ -26,7 +26,8 @@ import (
 // psql -f, archive.Verify, a whole restore with the default number of load sessions, and,
 // with FLIGHTCTL_DR_BENCH_RESTORE_SERIAL=1, a whole restore with db_load_connections 1 (the
 // serial path), side by side. downtime-s is from the units being stopped to the last one
-// started again.
+// started again; down-*-s are its parts (stop, swap, files with volume and labels, device
+// preparation, start) for the default restore.
 func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	ctx := context.Background()
 	mb := 64
@@ -103,8 +104,16 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	b.Logf("dump %.0f MiB, archive %.0f MiB", float64(dumpInfo.Size())/(1<<20), float64(ar.Size)/(1<<20))
 
 	var psqlTotal, restoreTotal, verifyTotal, downTotal, serialTotal, serialDown time.Duration
-	restoreOnce := func(conns int) (time.Duration, time.Duration) {
+	// The downtime's parts, from the checkpoints each step passes when it is done: units
+	// stopped, database swapped, files, volume and labels, device preparation, units started.
+	parts := []struct{ step, metric string }{
+		{restore.StepStopUnits, "down-stop-s"}, {restore.StepSwapDatabase, "down-swap-s"},
+		{restore.StepRelabel, "down-files-s"}, {restore.StepDevicePrep, "down-devprep-s"}, {restore.StepStartUnits, "down-start-s"},
+	}
+	partTotal := make([]time.Duration, len(parts))
+	restoreOnce := func(conns int, split bool) (time.Duration, time.Duration) {
 		var stopAt, startAt time.Time
+		at := map[string]time.Time{}
 		opts := restore.Options{Logger: benchLogger(), ArchivePath: ar.Path, Target: target(ctx, b, cfg, benchLogger()), StateDir: cfg.StateDir, FlushKV: true, Force: true,
 			LoadConnections: conns, Checkpoint: func(name string) error {
 				switch name {
@@ -113,6 +122,7 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 				case restore.StepStartUnits:
 					startAt = time.Now()
 				}
+				at[name] = time.Now()
 				return nil
 			}}
 		start := time.Now()
@@ -121,6 +131,13 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		total := time.Since(start)
 		require.Contains(b, res.Steps, restore.StepFinalize)
 		require.False(b, stopAt.IsZero() || startAt.IsZero(), "units stopped and started")
+		if split {
+			prev := stopAt
+			for i, p := range parts {
+				partTotal[i] += at[p.step].Sub(prev)
+				prev = at[p.step]
+			}
+		}
 		return total, startAt.Sub(stopAt)
 	}
 	b.ResetTimer()
@@ -146,11 +163,11 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		require.NoError(b, err)
 		verifyTotal += time.Since(start)
 
-		total, down := restoreOnce(0)
+		total, down := restoreOnce(0, true)
 		restoreTotal += total
 		downTotal += down
 		if serialToo {
-			total, down = restoreOnce(1)
+			total, down = restoreOnce(1, false)
 			serialTotal += total
 			serialDown += down
 		}
@@ -169,6 +186,9 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	b.ReportMetric(restoreTotal.Seconds()/n, "restore-s")
 	b.ReportMetric(restoreTotal.Seconds()/psqlTotal.Seconds(), "restore/psql")
 	b.ReportMetric(downTotal.Seconds()/n, "downtime-s")
+	for i, p := range parts {
+		b.ReportMetric(partTotal[i].Seconds()/n, p.metric)
+	}
 	b.ReportMetric(float64(devices), "devices")
 	if serialToo {
 		b.ReportMetric(serialTotal.Seconds()/n, "serial-restore-s")

@@ -25,11 +25,12 @@ func (r *run) devicesOnlyGuard(ctx context.Context, dev DevicePreparer) error {
 	}
 	what := announce(counts, r.opts.FlushKV)
 	if len(running) > 0 {
+		kind := r.workloadKind()
 		if !r.opts.AllowRunningUnits {
-			return fmt.Errorf("device preparation refused: the application units %s are running, and device preparation would %s under a live server. Stop them first (systemctl stop %s), as the runbooks do before device preparation, then run this again; or set allow_running_units to prepare the devices while they run",
-				strings.Join(running, ", "), what, strings.Join(running, " "))
+			return fmt.Errorf("device preparation refused: the application %s %s are running, and device preparation would %s under a live server. Stop them first (%s), as the runbooks do before device preparation, then run this again; or set allow_running_units to prepare the devices while they run",
+				kind, strings.Join(running, ", "), what, r.manualStop(running))
 		}
-		r.res.warn(r.logger, "application units %s are running: device preparation goes ahead because allow_running_units is set", strings.Join(running, ", "))
+		r.res.warn(r.logger, "application %s %s are running: device preparation goes ahead because allow_running_units is set", kind, strings.Join(running, ", "))
 	}
 	if r.opts.CheckMode {
 		r.res.Message = "Check mode, nothing changed. Device preparation would " + what + "."

@@ -242,7 +242,7 @@ func readJournal(t testing.TB, dir string) restore.Journal {
 
 // Checkpoints in the order a restore passes them (no PAM volume in these tests).
 var killPoints = []string{
-	"load_database:created", "load_database:loaded", restore.StepLoadDatabase,
+	"load_database:created", "load_database:loaded", restore.StepLoadDatabase, restore.StepSyncPasswords,
 	"stop_units:recorded", restore.StepStopUnits,
 	"swap_database:live_renamed", "swap_database:temp_renamed", restore.StepSwapDatabase,
 	"swap_files:pki", "swap_files:encryption", "swap_files:config", restore.StepSwapFiles,

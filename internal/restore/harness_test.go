@@ -75,9 +75,14 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	ctx := context.Background()
 	testbed.Need(t, "psql", "/usr/lib/postgresql/15/bin/pg_dump")
-	pg := testbed.PostgresForTest(t)
+	return newEnvOn(t, testbed.PostgresForTest(t))
+}
+
+// newEnvOn is newEnv on the cluster pg.
+func newEnvOn(t *testing.T, pg *testbed.Postgres) *env {
+	t.Helper()
+	ctx := context.Background()
 	rd := testbed.RedisForTest(t)
 	sd := testbed.SystemdForTest(t)
 	e := &env{t: t, pg: pg, kv: rd.Client(), sd: sd}

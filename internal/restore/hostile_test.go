@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/archive/archivetest"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/signature"
 	"flightctl.dr/internal/testbed"
@@ -121,6 +122,18 @@ func TestHostileArchivesRefused(t *testing.T) {
 	raw := func(entries ...rawEntry) func(string) string {
 		return func(dir string) string { return writeRawArchive(t, dir, entries) }
 	}
+	// The manifest says the dump is a byte shorter than it is (and the checksum matches).
+	shrunk := func(dir string) string {
+		p := e.writeArchive(ctx, dir, metadata(), []byte(dump))
+		archivetest.TamperMetadata(t, p, func(md *archive.Metadata) {
+			for i := range md.Manifest {
+				if md.Manifest[i].Path == archive.DatabaseDump {
+					md.Manifest[i].Size--
+				}
+			}
+		})
+		return p
+	}
 	cases := []hostileCase{
 		{"shell before the restrict line", ours(metadata(), []byte("\\! touch "+marker+"\n"+dump)), `the psql meta-command \!`},
 		{"shell after the preamble", ours(metadata(), afterPreamble("\\! touch "+marker+"\n")), `the psql meta-command \!`},
@@ -146,6 +159,7 @@ func TestHostileArchivesRefused(t *testing.T) {
 		{"overlong PAX name", raw(rawMetadata(false), longName), "past the limit of 1024"},
 		{"dotdot", raw(rawMetadata(false), rawFile("../escape", []byte("x"))), `has a ".." path component`},
 		{"absolute", raw(rawMetadata(false), rawFile("/etc/passwd", []byte("x"))), "is an absolute path"},
+		{"entry bigger than its manifest size", shrunk, fmt.Sprintf(`archive entry "db/dump.sql" is %d bytes but the manifest says %d: the archive was altered`, len(dump), len(dump)-1)},
 		{"symlink", raw(rawMetadata(false), rawEntry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "pki", Linkname: "/etc", Mode: 0o777}}), "is a symbolic link"},
 	}
 	e.damage(ctx)

@@ -1,12 +1,14 @@
 package restore
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"flightctl.dr/internal/devprep"
@@ -123,44 +125,153 @@ func (j *Journal) markDone(step string) {
 	}
 }
 
-// journalStore reads and writes the journal file.
+// JournalStore keeps a restore's journal where the next run finds it, and keeps two
+// restores from using it at once: a file in the state directory (FileJournal), or, on an
+// estate that offers one (JournalKeeper), a store of its own such as a Kubernetes Secret
+// when the restore runs inside the cluster, whose file system is lost with its pod.
+type JournalStore interface {
+	// Lock takes exclusive use of the journal until unlock is called; an error says who
+	// holds it and what to do. In check mode it may take nothing (a check changes nothing).
+	Lock(ctx context.Context, checkMode bool) (unlock func(), err error)
+	// Load returns the journal, or nil when there is none.
+	Load(ctx context.Context) (*Journal, error)
+	// Save writes j so that a crash leaves either the previous or the new journal.
+	Save(ctx context.Context, j *Journal) error
+	// String says where the journal is, for messages ("/var/lib/flightctl-dr/...",
+	// "Secret flightctl/flightctl-dr-restore-journal").
+	String() string
+}
+
+// JournalKeeper is a Target that keeps the journal itself; a nil store means the state
+// directory.
+type JournalKeeper interface {
+	JournalStore() JournalStore
+}
+
+// journalIOTimeout bounds one journal read or write. Saves run on a context of their own:
+// the journal must be written also while a cancelled restore rolls back.
+const journalIOTimeout = time.Minute
+
+// journalStore is the run's journal, whatever keeps it.
 type journalStore struct {
-	dir  string
+	store JournalStore
+	// path says where the journal is, for messages.
 	path string
 }
 
-func newJournalStore(dir string) *journalStore {
-	return &journalStore{dir: dir, path: filepath.Join(dir, JournalFile)}
+func newJournalStore(s JournalStore) *journalStore {
+	return &journalStore{store: s, path: s.String()}
 }
 
-// load returns the journal, or nil when there is none.
 func (s *journalStore) load() (*Journal, error) {
-	data, err := os.ReadFile(s.path)
+	ctx, cancel := context.WithTimeout(context.Background(), journalIOTimeout)
+	defer cancel()
+	return s.store.Load(ctx)
+}
+
+func (s *journalStore) save(j *Journal) error {
+	j.Updated = time.Now().UTC()
+	ctx, cancel := context.WithTimeout(context.Background(), journalIOTimeout)
+	defer cancel()
+	return s.store.Save(ctx, Persisted(j))
+}
+
+// Persisted is what a store writes of j: a journal that is no longer running keeps no
+// object content (the Secrets recorded for a rollback, and the archive's), only the
+// references that tell a later run what the restore wrote; a finished or rolled back
+// restore can no longer be undone, and its copies of Secrets would only leak.
+func Persisted(j *Journal) *Journal {
+	if j.State == StateRunning || j.Items == nil {
+		return j
+	}
+	c := *j
+	items := *j.Items
+	strip := func(in []Item) []Item {
+		if in == nil {
+			return nil
+		}
+		out := make([]Item, len(in))
+		for i, it := range in {
+			it.Object = nil
+			out[i] = it
+		}
+		return out
+	}
+	items.Staged, items.Before = strip(items.Staged), strip(items.Before)
+	c.Items = &items
+	return &c
+}
+
+// FileJournal is the journal file in a state directory, locked with flock.
+type FileJournal struct {
+	Dir string
+}
+
+// NewFileJournal is the journal kept in stateDir.
+func NewFileJournal(stateDir string) *FileJournal { return &FileJournal{Dir: stateDir} }
+
+func (s *FileJournal) path() string { return filepath.Join(s.Dir, JournalFile) }
+
+func (s *FileJournal) String() string { return s.path() }
+
+// Lock keeps two restores from running at once on the same state directory.
+func (s *FileJournal) Lock(_ context.Context, checkMode bool) (func(), error) {
+	if checkMode {
+		// Check mode changes nothing, not even the state directory: where there is none,
+		// no restore ever ran here, so there is nothing to lock against.
+		if _, err := os.Stat(s.Dir); errors.Is(err, fs.ErrNotExist) {
+			return func() {}, nil
+		}
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory %s: %w", s.Dir, err)
+	}
+	p := filepath.Join(s.Dir, "flightctl-restore.lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", p, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another restore is running (lock %s is held): wait for it to finish", p)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Load returns the journal, or nil when there is none.
+func (s *FileJournal) Load(context.Context) (*Journal, error) {
+	data, err := os.ReadFile(s.path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read restore journal %s: %w", s.path, err)
+		return nil, fmt.Errorf("read restore journal %s: %w", s.path(), err)
 	}
+	return DecodeJournal(data, s.path(), "move it away")
+}
+
+// DecodeJournal parses a journal read from where (for the message); damaged says how to
+// start afresh.
+func DecodeJournal(data []byte, where, moveAway string) (*Journal, error) {
 	var j Journal
 	if err := json.Unmarshal(data, &j); err != nil {
-		return nil, fmt.Errorf("restore journal %s is damaged (%v): inspect it, then move it away to start afresh", s.path, err)
+		return nil, fmt.Errorf("restore journal %s is damaged (%v): inspect it, then %s to start afresh", where, err, moveAway)
 	}
 	return &j, nil
 }
 
-// save writes j under a temporary name, syncs it, renames it over the journal and syncs
+// Save writes j under a temporary name, syncs it, renames it over the journal and syncs
 // the directory, so that a crash leaves either the previous or the new journal.
-func (s *journalStore) save(j *Journal) error {
-	j.Updated = time.Now().UTC()
+func (s *FileJournal) Save(_ context.Context, j *Journal) error {
 	data, err := json.MarshalIndent(j, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode restore journal: %w", err)
 	}
-	if err := os.MkdirAll(s.dir, 0o700); err != nil {
-		return fmt.Errorf("create state directory %s: %w", s.dir, err)
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("create state directory %s: %w", s.Dir, err)
 	}
-	tmp := s.path + ".tmp"
+	path := s.path()
+	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("write restore journal: %w", err)
@@ -176,10 +287,10 @@ func (s *journalStore) save(j *Journal) error {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write restore journal: %w", err)
 	}
-	if err := os.Rename(tmp, s.path); err != nil {
+	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write restore journal: %w", err)
 	}
-	return syncDir(s.dir)
+	return syncDir(s.Dir)
 }
 
 func syncDir(dir string) error {
@@ -196,5 +307,5 @@ func syncDir(dir string) error {
 
 // ReadJournal returns the journal kept in stateDir, or nil when there is none.
 func ReadJournal(stateDir string) (*Journal, error) {
-	return newJournalStore(stateDir).load()
+	return NewFileJournal(stateDir).Load(context.Background())
 }

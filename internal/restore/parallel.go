@@ -33,6 +33,35 @@ type PreparedDatabaseFinisher interface {
 	FinishesPreparedDatabase() bool
 }
 
+// DatabaseLoad is how a restore loaded the dump (Result.DatabaseLoad).
+type DatabaseLoad struct {
+	// Sessions is the number of database sessions the dump was loaded over (1: one psql
+	// reading it, as psql -f); 0 when this run did not load it (a re-run that finished an
+	// interrupted restore whose load was already done).
+	Sessions int `json:"sessions"`
+	// DevicePrep is where the database part of device preparation ran:
+	// DevicePrepTemporaryDatabase or DevicePrepInDowntime.
+	DevicePrep string `json:"device_preparation_database,omitempty"`
+}
+
+// Where the database part of device preparation ran (DatabaseLoad.DevicePrep).
+const (
+	// DevicePrepTemporaryDatabase: on the temporary database, between the load of its data
+	// and the build of its indexes, before anything was stopped; only the KV part ran while
+	// the units were stopped.
+	DevicePrepTemporaryDatabase = "temporary_database"
+	// DevicePrepInDowntime: on the restored database after the swap, while the units were
+	// stopped.
+	DevicePrepInDowntime = "downtime"
+)
+
+func (r *run) loadReport() *DatabaseLoad {
+	if r.res.DatabaseLoad == nil {
+		r.res.DatabaseLoad = &DatabaseLoad{}
+	}
+	return r.res.DatabaseLoad
+}
+
 // RunSQL runs sql in database name as the admin user.
 func (d *PsqlDatabase) RunSQL(ctx context.Context, name, sql string) (string, error) {
 	return d.query(ctx, name, sql)

@@ -9,9 +9,10 @@ import (
 // Steps that keep parity with upstream's restore where upstream is right.
 const (
 	// StepSyncPasswords sets the database users' passwords to the deployment's current
-	// secrets after the swap (upstream's "Synchronizing database credentials with current
-	// deployment"): a database restored from another cluster, or a secret regenerated since
-	// the backup, would otherwise lock the server out.
+	// secrets (upstream's "Synchronizing database credentials with current deployment",
+	// which upstream runs after the swap): a secret regenerated since the backup, or users
+	// made with other passwords, would otherwise lock the server out. It runs once the
+	// dump is loaded, before the units stop.
 	StepSyncPasswords = "sync_passwords"
 	// StepRelabel gives the files put in place their SELinux policy labels, as restorecon
 	// would, on a host where SELinux is enabled.
@@ -33,9 +34,14 @@ type Relabeler interface {
 	Relabel(ctx context.Context, paths []string) (enabled bool, err error)
 }
 
-// syncPasswords runs after the database swap, while the units are stopped. It is not
-// undone by a rollback: the users are the server's (cluster-wide, not in the database),
-// and the passwords are the ones the deployment's services use.
+// syncPasswords runs after the load and before the units stop, so outside the downtime.
+// The database users are cluster-wide: they are not in the dump and do not move with the
+// swap, so the live and the restored database see the same users whenever this runs, and
+// the passwords it sets are the ones the deployment's services use, running or not (the
+// running server keeps its open sessions; only one started before its secrets were changed
+// could open no new one in the seconds until the stop). For the same
+// reasons a rollback does not undo it: the previous database works with those passwords
+// as well as the restored one. A run killed before the step is journaled does it again.
 func (r *run) syncPasswords(ctx context.Context) error {
 	ps, ok := r.target.(PasswordSyncer)
 	if !ok || r.journal.Database == nil {

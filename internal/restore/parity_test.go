@@ -13,7 +13,7 @@ import (
 	"flightctl.dr/internal/restore"
 )
 
-// A restore sets the database users' passwords after the swap (that a stale password is
+// A restore sets the database users' passwords before the units stop (that a stale password is
 // replaced is TestPodmanRestoreSyncsPasswords in internal/estate) and, on a host with SELinux
 // enabled, gives the files it put in place their labels; both are journaled steps, in
 // this order, and the result says what was done. SELinux cannot be enabled here:
@@ -42,7 +42,7 @@ func TestRestoreSyncsPasswordsAndRelabels(t *testing.T) {
 	res, err := restore.Run(ctx, opts)
 	require.NoError(t, err)
 	e.assertRestored(ctx)
-	require.Equal(t, []string{restore.StepLoadDatabase, restore.StepStopUnits, restore.StepSwapDatabase, restore.StepSyncPasswords,
+	require.Equal(t, []string{restore.StepLoadDatabase, restore.StepSyncPasswords, restore.StepStopUnits, restore.StepSwapDatabase,
 		restore.StepSwapFiles, restore.StepVolume, restore.StepRelabel, restore.StepDevicePrep, restore.StepStartUnits}, order)
 	require.Equal(t, "set to db_password", res.PasswordSync["flightctl_app"])
 	require.Equal(t, "set to the password this restore connects with (db_admin_password)", res.PasswordSync["admin"])

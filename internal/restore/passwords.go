@@ -15,7 +15,9 @@ import (
 // SetPasswords sets the password of each existing database user in passwords (user →
 // password) and returns the users that do not exist. The statements travel on psql's
 // stdin, never in argv, and carry a SCRAM-SHA-256 verifier computed here rather than the
-// password, so that not even the server's statement log can show it.
+// password, so that not even the server's statement log can show it. It is one psql
+// script (one `podman exec` with container access): a DO block sets the password of each
+// user that exists, then the existing users are listed.
 func (d *PsqlDatabase) SetPasswords(ctx context.Context, passwords map[string]string) (missing []string, err error) {
 	if len(passwords) == 0 {
 		return nil, nil
@@ -26,12 +28,22 @@ func (d *PsqlDatabase) SetPasswords(ctx context.Context, passwords map[string]st
 	}
 	sort.Strings(users)
 	lits := make([]string, len(users))
+	var body strings.Builder
+	body.WriteString("\nBEGIN\n")
 	for i, u := range users {
 		lits[i] = quoteLiteral(u)
+		secret, err := scramVerifier(passwords[u])
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&body, "\tIF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) THEN\n\t\tALTER ROLE %s WITH PASSWORD %s;\n\tEND IF;\n",
+			lits[i], quoteIdent(u), quoteLiteral(secret))
 	}
-	out, err := d.query(ctx, "postgres", "SELECT rolname FROM pg_roles WHERE rolname IN ("+strings.Join(lits, ", ")+") ORDER BY 1;")
+	body.WriteString("END\n")
+	sql := "DO " + dollarQuote(body.String()) + ";\nSELECT rolname FROM pg_roles WHERE rolname IN (" + strings.Join(lits, ", ") + ") ORDER BY 1;\n"
+	out, err := d.query(ctx, "postgres", sql)
 	if err != nil {
-		return nil, fmt.Errorf("list database users: %w", err)
+		return nil, fmt.Errorf("set passwords: %w", err)
 	}
 	have := map[string]bool{}
 	for _, l := range strings.Split(out, "\n") {
@@ -39,23 +51,10 @@ func (d *PsqlDatabase) SetPasswords(ctx context.Context, passwords map[string]st
 			have[l] = true
 		}
 	}
-	var sql strings.Builder
 	for _, u := range users {
 		if !have[u] {
 			missing = append(missing, u)
-			continue
 		}
-		secret, err := scramVerifier(passwords[u])
-		if err != nil {
-			return nil, err
-		}
-		fmt.Fprintf(&sql, "ALTER ROLE %s WITH PASSWORD %s;\n", quoteIdent(u), quoteLiteral(secret))
-	}
-	if sql.Len() == 0 {
-		return missing, nil
-	}
-	if _, err := d.query(ctx, "postgres", sql.String()); err != nil {
-		return nil, fmt.Errorf("set passwords: %w", err)
 	}
 	return missing, nil
 }

@@ -15,12 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"flightctl.dr/internal/archive"
@@ -52,8 +48,12 @@ type Options struct {
 	// Database is a ParallelLoader (0: its default from the CPUs and the server's free
 	// connections; 1: one psql reading the dump, as psql -f).
 	LoadConnections int
-	// StateDir holds the journal (DefaultStateDir).
+	// StateDir holds the journal (DefaultStateDir) unless Journal or the target keeps it
+	// elsewhere, and the saved PAM volume.
 	StateDir string
+	// Journal keeps the journal; nil: the target's own (JournalKeeper), else a file in
+	// StateDir.
+	Journal JournalStore
 	// FlushKV clears the KV store before device preparation (upstream does).
 	FlushKV bool
 	// CheckMode computes the plan and changes nothing.
@@ -188,10 +188,13 @@ type Result struct {
 	// deployment's secret after the swap.
 	PasswordSync map[string]string `json:"password_sync,omitempty"`
 	// Relabeled are the paths given their SELinux labels (SELinux enabled only).
-	Relabeled []string      `json:"selinux_relabeled,omitempty"`
-	Warnings  []string      `json:"warnings"`
-	Duration  time.Duration `json:"-"`
-	Diff      *Diff         `json:"diff,omitempty"`
+	Relabeled []string `json:"selinux_relabeled,omitempty"`
+	// DatabaseLoad says over how many sessions the dump was loaded and where the database
+	// part of device preparation ran.
+	DatabaseLoad *DatabaseLoad `json:"database_load,omitempty"`
+	Warnings     []string      `json:"warnings"`
+	Duration     time.Duration `json:"-"`
+	Diff         *Diff         `json:"diff,omitempty"`
 }
 
 func (r *Result) warn(logger *slog.Logger, format string, args ...any) {
@@ -216,6 +219,10 @@ type run struct {
 	items    []ItemComponent // object components present in the archive
 	hasDump  bool
 	volume   bool // the archive has the PAM volume and the target has one
+	// swapSession is the database swap's session, started before the units stop.
+	swapSession PreparedSwap
+	// dbSpace is the database server's free space, read once (budget.go).
+	dbSpace *freeSpace
 }
 
 // Run restores (or, in check mode, plans) as opts say.
@@ -228,7 +235,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	r := &run{opts: opts, logger: logger, target: opts.Target, store: newJournalStore(opts.StateDir),
+	r := &run{opts: opts, logger: logger, target: opts.Target, store: newJournalStore(journalFor(opts)),
 		res: &Result{Steps: []string{}, Warnings: []string{}}}
 	var err error
 	switch {
@@ -243,6 +250,19 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return r.res, err
 }
 
+// journalFor is where the journal of a restore with opts is kept.
+func journalFor(opts Options) JournalStore {
+	if opts.Journal != nil {
+		return opts.Journal
+	}
+	if jk, ok := opts.Target.(JournalKeeper); ok {
+		if s := jk.JournalStore(); s != nil {
+			return s
+		}
+	}
+	return NewFileJournal(opts.StateDir)
+}
+
 func (r *run) checkpoint(name string) error {
 	if r.opts.Checkpoint != nil {
 		if err := r.opts.Checkpoint(name); err != nil {
@@ -252,34 +272,10 @@ func (r *run) checkpoint(name string) error {
 	return nil
 }
 
-// lock keeps two restores from running at once on the same state directory.
-func (r *run) lock() (func(), error) {
-	if r.opts.CheckMode {
-		// Check mode changes nothing, not even the state directory: where there is none,
-		// no restore ever ran here, so there is nothing to lock against.
-		if _, err := os.Stat(r.opts.StateDir); errors.Is(err, fs.ErrNotExist) {
-			return func() {}, nil
-		}
-	}
-	if err := os.MkdirAll(r.opts.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create state directory %s: %w", r.opts.StateDir, err)
-	}
-	p := filepath.Join(r.opts.StateDir, "flightctl-restore.lock")
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open lock %s: %w", p, err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another restore is running (lock %s is held): wait for it to finish", p)
-	}
-	return func() { f.Close() }, nil
-}
-
-// lockJournal takes the restore lock and reads the journal under it; unlock releases
-// the lock.
-func (r *run) lockJournal() (j *Journal, unlock func(), err error) {
-	unlock, err = r.lock()
+// lockJournal takes the journal's lock (two restores never run at once on one journal)
+// and reads the journal under it; unlock releases the lock.
+func (r *run) lockJournal(ctx context.Context) (j *Journal, unlock func(), err error) {
+	unlock, err = r.store.store.Lock(ctx, r.opts.CheckMode)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -317,7 +313,7 @@ func (r *run) devicesOnly(ctx context.Context) error {
 
 // restore verifies, plans and applies.
 func (r *run) restore(ctx context.Context) error {
-	j, unlock, err := r.lockJournal()
+	j, unlock, err := r.lockJournal(ctx)
 	if err != nil {
 		return err
 	}
@@ -325,6 +321,12 @@ func (r *run) restore(ctx context.Context) error {
 	sig, err := r.checkSignature()
 	if err != nil {
 		return err
+	}
+	if j == nil || j.State != StateRunning {
+		// What the archive may inflate to, from the free space where it goes, before it
+		// is read (budget.go). A resumed restore has already been held to it, and what it
+		// loaded and staged since takes some of that space.
+		r.opts.Limits.Budgets = r.budgets(ctx)
 	}
 	// A fresh restore of one of our archives checks the checksum and reads metadata.json
 	// from the archive's tail now, and the rest (structure, manifest) during the load into
@@ -634,9 +636,9 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 	} else {
 		r.res.warn(r.logger, "database %s does not exist yet: the restore creates it", db.Name())
 	}
-	free, known, err := db.FreeSpace(ctx)
+	free, known, err := r.databaseFreeSpace(ctx, db)
 	if err != nil {
-		r.res.warn(r.logger, "cannot tell the free space of the database server (%v): make sure it can hold a second copy of the database", err)
+		r.res.warn(r.logger, "cannot tell the free space of the database server (%v): make sure it can hold a second copy of the database; the dump was bounded only by max_total_size (%d bytes)", err, r.ceiling())
 	}
 	dp.FreeSpace, dp.FreeSpaceKnown = free, known
 	need := dp.LiveSize
@@ -648,7 +650,7 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 			free, need)
 	}
 	if !known && err == nil {
-		r.res.warn(r.logger, "the free space of the database server's data directory cannot be read from here: make sure it can hold a second copy of the database (about %d bytes)", need)
+		r.res.warn(r.logger, "the free space of the database server's data directory cannot be read from here: make sure it can hold a second copy of the database (about %d bytes); the dump was bounded only by max_total_size (%d bytes)", need, r.ceiling())
 	}
 	return dp, nil
 }

@@ -32,14 +32,22 @@ func (r *run) apply(ctx context.Context) error {
 		// The dump loads into a temporary database while the server still runs: a bad dump
 		// fails before anything is stopped, and the server is down only for the swap.
 		{StepLoadDatabase, r.loadAndStage},
+		// The database users are the server's, not the dump's: their passwords are set
+		// before the stop, outside the downtime (see syncPasswords).
+		{StepSyncPasswords, r.syncPasswords},
 		{StepStopUnits, r.stopUnits},
 		{StepSwapDatabase, r.swapDatabase},
-		{StepSyncPasswords, r.syncPasswords},
 		{StepSwapFiles, r.swapFiles},
 		{StepVolume, r.replaceVolume},
 		{StepRelabel, r.relabelFiles},
 		{StepDevicePrep, r.prepareDevices},
 	}
+	defer func() {
+		if r.swapSession != nil {
+			r.swapSession.Close()
+			r.swapSession = nil
+		}
+	}()
 	for _, s := range steps {
 		if j.isDone(s.name) {
 			continue
@@ -48,6 +56,9 @@ func (r *run) apply(ctx context.Context) error {
 			return r.fail(s.name, err)
 		}
 		r.logger.Info("restore step", "step", s.name)
+		if s.name == StepSyncPasswords {
+			r.prepareSwap(ctx) // starts while the passwords are set
+		}
 		if err := s.fn(ctx); err != nil {
 			return r.fail(s.name, err)
 		}
@@ -85,8 +96,19 @@ func (r *run) done(step string) error {
 	return r.store.save(r.journal)
 }
 
+// prepareSwap starts the swap's psql (its podman exec) ahead of the stop, where the swap
+// is still to come: it waits for its statements, and in the downtime the swap only sends
+// them.
+func (r *run) prepareSwap(ctx context.Context) {
+	j := r.journal
+	if sw, ok := r.target.Database().(DatabaseSwapper); ok && j.Database != nil && !j.isDone(StepSwapDatabase) && r.swapSession == nil {
+		r.swapSession = sw.PrepareSwap(ctx)
+	}
+}
+
 func (r *run) stopUnits(ctx context.Context) error {
 	j := r.journal
+	r.prepareSwap(ctx)
 	if !j.UnitsRecorded {
 		// Record what is active before stopping anything, so that whatever happens next
 		// exactly these are started again.
@@ -280,6 +302,9 @@ func (r *run) swapDatabase(ctx context.Context) error {
 		return r.done(StepSwapDatabase)
 	}
 	db := r.target.Database()
+	if sw, ok := db.(DatabaseSwapper); ok {
+		return r.swapInOneSession(ctx, sw, jd)
+	}
 	liveThere, err := db.Exists(ctx, jd.Live)
 	if err != nil {
 		return err
@@ -321,6 +346,33 @@ func (r *run) swapDatabase(ctx context.Context) error {
 	if err := db.SetPrivileges(ctx, jd.Live, jd.Info); err != nil {
 		return err
 	}
+	return r.done(StepSwapDatabase)
+}
+
+// swapInOneSession is swapDatabase through a DatabaseSwapper: the renames, owner and
+// grants commit together, so the named points after them are passed only once both
+// renames are in place (a kill there resumes as after the swap).
+func (r *run) swapInOneSession(ctx context.Context, sw DatabaseSwapper, jd *JournalDatabase) error {
+	r.logger.Info("swapping the databases", "live", jd.Live, "restored", jd.Temp, "aside", jd.Old)
+	out, err := sw.SwapDatabases(ctx, SwapRequest{Live: jd.Live, Temp: jd.Temp, Old: jd.Old, LiveExisted: jd.LiveExisted, Info: jd.Info}, r.swapSession)
+	r.swapSession = nil
+	if err != nil {
+		return err
+	}
+	if len(out.Sessions) > 0 {
+		r.logger.Info("sessions ended before the rename", "sessions", strings.Join(out.Sessions, ", "))
+	}
+	if out.LiveRenamed {
+		if err := r.checkpoint("swap_database:live_renamed"); err != nil {
+			return err
+		}
+	}
+	if out.TempRenamed {
+		if err := r.checkpoint("swap_database:temp_renamed"); err != nil {
+			return err
+		}
+	}
+	r.logger.Info("databases swapped", "live_renamed", out.LiveRenamed, "restored_renamed", out.TempRenamed)
 	return r.done(StepSwapDatabase)
 }
 
@@ -415,6 +467,11 @@ func (r *run) prepareDevices(ctx context.Context) error {
 	req := DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV}
 	if f, ok := dev.(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() && r.journal.DevicesPrepared != nil {
 		req.DatabasePrepared = r.journal.DevicesPrepared
+	}
+	if req.DatabasePrepared != nil {
+		r.loadReport().DevicePrep = DevicePrepTemporaryDatabase
+	} else {
+		r.loadReport().DevicePrep = DevicePrepInDowntime
 	}
 	counts, _, err := dev.Prepare(ctx, req)
 	if err != nil {
@@ -599,13 +656,13 @@ func (r *run) rollbackDatabase(ctx context.Context, jd *JournalDatabase) error {
 
 // rollbackOnly undoes the unfinished restore recorded in the journal.
 func (r *run) rollbackOnly(ctx context.Context) error {
-	j, unlock, err := r.lockJournal()
+	j, unlock, err := r.lockJournal(ctx)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	if j == nil || j.State != StateRunning {
-		r.res.Message = "Nothing to roll back: no unfinished restore is recorded in " + r.opts.StateDir + "."
+		r.res.Message = "Nothing to roll back: no unfinished restore is recorded in " + r.store.path + "."
 		return nil
 	}
 	r.journal = j

@@ -150,6 +150,7 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 			return r.loadParallel(ctx, pl, n, temp, rd, counts)
 		}
 	}
+	r.loadReport().Sessions = 1
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	force := false
@@ -185,19 +186,22 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	if f, ok := r.target.Devices().(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() {
 		// The database part of device preparation, on the temporary database once its data
 		// is in and before its indexes exist, while the server still runs on the live one.
+		// The same session then reads what the KV part needs (the counts and the devices
+		// whose keys it writes), so that in the downtime device preparation reads no row.
 		popts.AfterData = func(ctx context.Context) error {
 			r.logger.Info("preparing devices in the temporary database", "database", temp)
-			out, err := pl.RunSQL(ctx, temp, devprep.DatabaseScript(r.journal.ID))
+			out, err := pl.RunSQL(ctx, temp, devprep.PreparedScript(r.journal.ID))
 			if err != nil {
 				return fmt.Errorf("device preparation in %s: %w", temp, err)
 			}
-			counts, err := devprep.ParseDatabaseCounts(out)
+			counts, err := devprep.ParsePrepared(out)
 			if err != nil {
 				return err
 			}
 			r.journal.DevicesPrepared = counts
 			r.logger.Info("database prepared in the temporary database", "devices_updated", counts.DevicesUpdated,
-				"timestamps_cleared", counts.TimestampsCleared, "enrollment_requests_updated", counts.EnrollmentRequestsUpdated, "event_created", counts.EventCreated)
+				"timestamps_cleared", counts.TimestampsCleared, "enrollment_requests_updated", counts.EnrollmentRequestsUpdated, "event_created", counts.EventCreated,
+				"keys_to_write", counts.After.Keys())
 			return nil
 		}
 	}
@@ -211,6 +215,7 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	if !src.Complete() {
 		return fmt.Errorf("load the dump into %s: the load stopped before the end of the dump: %w", temp, errArchiveChanged)
 	}
+	r.loadReport().Sessions = st.Sessions
 	r.logger.Info("dump loaded over several sessions", "sessions", st.Sessions, "serial", st.Serial, "data_pieces", st.Data,
 		"post_data", st.Post, "pre_data_s", st.PreData.Seconds(), "data_s", st.DataPhase.Seconds(), "post_data_s", st.PostData.Seconds())
 	rows, _ := src.Rows()

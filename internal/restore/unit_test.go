@@ -129,7 +129,7 @@ func TestFileSetWithoutLiveCopy(t *testing.T) {
 
 func TestJournalSaveLoad(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	s := newJournalStore(dir)
+	s := newJournalStore(NewFileJournal(dir))
 	j, err := s.load()
 	require.NoError(t, err)
 	require.Nil(t, j)

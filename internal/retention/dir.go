@@ -14,8 +14,10 @@ import (
 // ListDir lists the archives of one directory (the server's or the
 // controller's) as Plan wants them: an archive with a well-formed checksum
 // file beside it is Good, one without NoChecksum, one with a malformed one
-// BadChecksum. Checksum files and hidden files are not listed; other names
-// are, and Plan passes them back as ignored.
+// BadChecksum; one with its signature (<archive>.sig) beside it Signed.
+// Checksum files, signatures of listed archives and hidden files are not
+// listed; other names are, and Plan passes them back as ignored (or, for the
+// signature of an archive that is gone, as an orphan signature).
 func ListDir(dir string) ([]Archive, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -34,6 +36,9 @@ func ListDir(dir string) ([]Archive, error) {
 		if a, ok := strings.CutSuffix(n, ".sha256"); ok && have[a] {
 			continue
 		}
+		if a, ok := SignatureOf(n); ok && have[a] {
+			continue
+		}
 		a := Archive{Name: n}
 		if !e.Type().IsRegular() {
 			out = append(out, Archive{Name: n + "/"})
@@ -43,6 +48,7 @@ func ListDir(dir string) ([]Archive, error) {
 			a.Size = info.Size()
 		}
 		if IsArchiveName(n) {
+			a.Signed = have[SignatureName(n)]
 			b, err := os.ReadFile(filepath.Join(dir, ChecksumName(n)))
 			switch {
 			case errors.Is(err, fs.ErrNotExist):
@@ -67,15 +73,15 @@ func isHex(s string) bool {
 
 // DeleteInDir removes what Plan.Deletions lists from dir, in that order
 // (each checksum file before its archive, synced, so that an interrupted
-// prune never leaves an archive that looks complete). It refuses names that
-// are not this tool's.
+// prune never leaves an archive that looks complete; the signature after the
+// archive). It refuses names that are not this tool's.
 func DeleteInDir(ctx context.Context, dir string, names []string) ([]string, error) {
 	var done []string
 	for _, n := range names {
 		if err := ctx.Err(); err != nil {
 			return done, err
 		}
-		if !IsArchiveName(strings.TrimSuffix(n, ".sha256")) || strings.ContainsRune(n, '/') {
+		if !IsCompanionName(n) || strings.ContainsRune(n, '/') {
 			return done, fmt.Errorf("%s is not an archive this tool writes: not removed", n)
 		}
 		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {

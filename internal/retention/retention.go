@@ -142,6 +142,9 @@ type Archive struct {
 	Detail string // why the status is not Good
 	Size   int64
 	Time   time.Time // from the name; filled by Plan
+	// Signed: a detached signature (<archive>.sig) is stored beside it; it is kept and
+	// removed with the archive.
+	Signed bool
 }
 
 // nameRE matches the archives this tool writes: plain, and encrypted with age (.age).
@@ -166,6 +169,35 @@ func IsArchiveName(name string) bool { _, ok := ParseName(name); return ok }
 
 // ChecksumName is the checksum file beside an archive.
 func ChecksumName(archive string) string { return archive + ".sha256" }
+
+// SignatureSuffix ends the name of an archive's detached signature (internal/signature).
+const SignatureSuffix = ".sig"
+
+// SignatureName is the signature beside an archive.
+func SignatureName(archive string) string { return archive + SignatureSuffix }
+
+// SignatureOf returns the archive a signature name belongs to, and false for names
+// that are not the signature of an archive name this tool writes.
+func SignatureOf(name string) (string, bool) {
+	a, ok := strings.CutSuffix(name, SignatureSuffix)
+	if !ok || !IsArchiveName(a) {
+		return "", false
+	}
+	return a, true
+}
+
+// IsCompanionName says whether name is an archive name this tool writes, or its
+// checksum or its signature: the only names a prune removes.
+func IsCompanionName(name string) bool {
+	if IsArchiveName(name) {
+		return true
+	}
+	if a, ok := strings.CutSuffix(name, ".sha256"); ok && IsArchiveName(a) {
+		return true
+	}
+	_, ok := SignatureOf(name)
+	return ok
+}
 
 // VerifyFunc checks an archive completely (its content against its
 // checksum); Plan calls it on good archives, newest first, until one passes.
@@ -204,6 +236,10 @@ type Plan struct {
 	NewestVerified string
 	// Ignored are the names that are not archives this tool writes.
 	Ignored []string
+	// OrphanSignatures are signatures (<archive>.sig) whose archive is no longer
+	// there, as an interrupted prune leaves them: not archives, never counted,
+	// removed after the archives.
+	OrphanSignatures []string
 }
 
 // Keep and Remove list the archives kept and removed, newest first.
@@ -245,15 +281,33 @@ func Make(policy Policy, archives []Archive, opts Options) (*Plan, error) {
 	}
 	plan := &Plan{Policy: policy}
 	list := make([]Archive, 0, len(archives))
+	present := make(map[string]int, len(archives))
+	var sigs []string
 	for _, a := range archives {
 		t, ok := ParseName(a.Name)
 		if !ok {
-			plan.Ignored = append(plan.Ignored, a.Name)
+			if _, sig := SignatureOf(a.Name); sig {
+				sigs = append(sigs, a.Name)
+			} else {
+				plan.Ignored = append(plan.Ignored, a.Name)
+			}
 			continue
 		}
 		a.Time = t
+		present[a.Name] = len(list)
 		list = append(list, a)
 	}
+	// A signature listed as a name of its own goes with its archive; one whose
+	// archive is gone is an orphan.
+	for _, n := range sigs {
+		a, _ := SignatureOf(n)
+		if i, ok := present[a]; ok {
+			list[i].Signed = true
+		} else {
+			plan.OrphanSignatures = append(plan.OrphanSignatures, n)
+		}
+	}
+	sort.Strings(plan.OrphanSignatures)
 	sort.Slice(list, func(i, j int) bool {
 		if !list[i].Time.Equal(list[j].Time) {
 			return list[i].Time.After(list[j].Time)
@@ -365,7 +419,7 @@ func Make(policy Policy, archives []Archive, opts Options) (*Plan, error) {
 // Deletions are the names to delete for the archives Remove lists, in the
 // order to delete them: each archive's checksum first, so that an
 // interrupted prune never leaves an archive that looks complete, then the
-// archive.
+// archive, then its signature; last the orphan signatures.
 func (p *Plan) Deletions() []string {
 	var out []string
 	for _, a := range p.Remove() {
@@ -373,8 +427,11 @@ func (p *Plan) Deletions() []string {
 			out = append(out, ChecksumName(a.Name))
 		}
 		out = append(out, a.Name)
+		if a.Signed {
+			out = append(out, SignatureName(a.Name))
+		}
 	}
-	return out
+	return append(out, p.OrphanSignatures...)
 }
 
 // Lines is the dry run: one line per archive, newest first, with the rules
@@ -391,6 +448,9 @@ func (p *Plan) Lines() []string {
 		} else {
 			out = append(out, fmt.Sprintf("remove %s  (%s)", d.Archive.Name, d.Reason))
 		}
+	}
+	for _, n := range p.OrphanSignatures {
+		out = append(out, fmt.Sprintf("remove %s  (signature of an archive that is no longer there)", n))
 	}
 	for _, n := range p.Ignored {
 		out = append(out, fmt.Sprintf("ignore %s  (not an archive name this tool writes)", n))

@@ -68,14 +68,16 @@ func TestSandboxKubernetesForm(t *testing.T) {
 
 	// A backup with the inventory's values.
 	port, _ := strconv.Atoi(strings.TrimSpace(toString(host["flightctl_dr_db_port"])))
-	res, err := backup.Run(ctx, backup.Options{
+	src, closeSource, err := estate.OpenBackupSource(ctx, estate.BackupSourceOptions{
 		DeploymentType: "kubernetes",
 		Kubernetes: estate.KubernetesConfig{
 			Connection: kube.Config{Kubeconfig: kubeconfig},
 			Namespace:  "flightctl", InternalNamespace: "flightctl-internal", DBPort: port,
 		},
-		OutputDir: filepath.Join(dir, "backups"),
 	})
+	require.NoError(t, err)
+	defer closeSource()
+	res, err := backup.Run(ctx, src, backup.Options{OutputDir: filepath.Join(dir, "backups")})
 	require.NoError(t, err)
 	assert.True(t, res.Components.Database)
 	assert.Equal(t, sandbox.DefaultVersion, res.Metadata.Version)

@@ -127,7 +127,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	values := map[string]any{
 		"location": where, "policy": policy.String(), "plan": plan.Lines(), "decisions": decisions,
 		"kept": names(plan.Keep()), "removed": names(plan.Remove()), "newest_verified": plan.NewestVerified,
-		"ignored": nonNil(plan.Ignored), "deleted": []string{},
+		"ignored": nonNil(plan.Ignored), "deleted": []string{}, "orphan_signatures": nonNil(plan.OrphanSignatures),
 	}
 	n := len(plan.Remove())
 	res := &ansiblemod.Result{Changed: n > 0, Values: values}

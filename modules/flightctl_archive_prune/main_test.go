@@ -108,3 +108,23 @@ func TestPruneRefusesBadPolicies(t *testing.T) {
 	}
 	assert.Len(t, listDir(t, dir), 2)
 }
+
+// TestPruneRemovesSignatures: in a directory, a pruned archive's signature goes after
+// the archive; an orphan signature is reported and removed, never counted.
+func TestPruneRemovesSignatures(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	dir := t.TempDir()
+	names := archives(t, dir, 1, 2, 3)
+	for _, n := range names {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, n+".sig"), []byte("-----BEGIN SSH SIGNATURE-----\n"), 0o644))
+	}
+	orphan := "flightctl-backup-20261001T020000Z.tar.gz.sig"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, orphan), []byte("x"), 0o644))
+
+	r := moduletest.Run(t, bin, map[string]any{"path": dir, "keep_last": 1, "require_archive": names[2]})
+	require.Nil(t, r.Out["failed"], r.Out["msg"])
+	assert.Equal(t, []any{orphan}, r.Out["orphan_signatures"])
+	assert.Equal(t, []any{names[1], names[0]}, r.Out["removed"])
+	assert.Equal(t, []any{names[1] + ".sha256", names[1], names[1] + ".sig", names[0] + ".sha256", names[0], names[0] + ".sig", orphan}, r.Out["deleted"])
+	assert.Equal(t, []string{names[2], names[2] + ".sha256", names[2] + ".sig"}, listDir(t, dir))
+}

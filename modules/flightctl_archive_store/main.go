@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"flightctl.dr/internal/objstore"
 	"flightctl.dr/internal/retention"
 	"flightctl.dr/internal/s3opts"
+	"flightctl.dr/internal/signature"
 )
 
 // Options are the module's options; the sidecar flightctl_archive_store.yml documents them.
@@ -33,7 +35,7 @@ type Options struct {
 	s3opts.Connection
 	Bucket       string `ansible:"bucket,required" help:"the bucket"`
 	PartSize     int    `ansible:"part_size" default:"16777216" min:"5242880" help:"upload part size in bytes (5 MiB or more)"`
-	Concurrency  int    `ansible:"concurrency" default:"4" min:"1" max:"64" help:"parts uploaded at once"`
+	Concurrency  int    `ansible:"concurrency" default:"2" min:"1" max:"64" help:"parts uploaded at once (more for a link with a long round trip)"`
 	RetainDays   int    `ansible:"object_lock_retain_days" default:"0" min:"0" help:"copy: Object Lock retention of the archive and its marker, in days (0: the bucket's default)"`
 	RetainMode   string `ansible:"object_lock_mode" default:"governance" choices:"governance,compliance" help:"copy: the Object Lock mode of that retention"`
 	CreateBucket bool   `ansible:"create_bucket" default:"false" help:"create the bucket when it does not exist"`
@@ -95,11 +97,20 @@ func copyArchive(ctx context.Context, env *ansiblemod.Env, s *objstore.Store, o 
 		if _, err := s.Check(ctx, o.Estate, name); err == nil {
 			stored = true
 		}
+		_, serr := os.Stat(o.Archive + signature.Suffix)
+		signed := serr == nil
 		msg := fmt.Sprintf("%s would be copied to s3://%s/%s", o.Archive, o.Bucket, key)
+		if signed {
+			msg += ", with its signature"
+		}
 		if stored {
 			msg = fmt.Sprintf("s3://%s/%s already holds %s", o.Bucket, key, name)
 		}
-		return &ansiblemod.Result{Changed: !stored, Msg: msg, Values: map[string]any{"key": key, "bucket": o.Bucket, "uploaded": false, "stored": stored}}, nil
+		values := map[string]any{"key": key, "bucket": o.Bucket, "uploaded": false, "stored": stored, "signed": signed, "signature_key": ""}
+		if signed {
+			values["signature_key"] = s.Key(o.Estate, name+signature.Suffix)
+		}
+		return &ansiblemod.Result{Changed: !stored, Msg: msg, Values: values}, nil
 	}
 	uopts := objstore.UploadOptions{}
 	if o.RetainDays > 0 {
@@ -120,17 +131,23 @@ func copyArchive(ctx context.Context, env *ansiblemod.Env, s *objstore.Store, o 
 			msg += fmt.Sprintf(", %d of them sent by an earlier interrupted copy", r.Reused)
 		}
 		msg += ")"
+		if r.SignatureKey != "" {
+			msg += ", with its signature"
+		}
 	} else if r.MarkerWritten {
 		msg = fmt.Sprintf("s3://%s/%s was complete without its marker: verified and its marker written", o.Bucket, r.Key)
+	} else if r.SignatureWritten {
+		msg = fmt.Sprintf("s3://%s/%s already held %s, complete: its signature was added", o.Bucket, r.Key, name)
 	}
 	mbps := 0.0
 	if r.Duration > 0 {
 		mbps = float64(r.Size) / r.Duration.Seconds() / (1 << 20)
 	}
-	return &ansiblemod.Result{Changed: r.Uploaded || r.MarkerWritten, Msg: msg, Values: map[string]any{
+	return &ansiblemod.Result{Changed: r.Uploaded || r.MarkerWritten || r.SignatureWritten, Msg: msg, Values: map[string]any{
 		"bucket": o.Bucket, "key": r.Key, "marker_key": r.MarkerKey, "sha256": r.SHA256, "size": r.Size,
-		"crc64nvme": r.CRC64NVME, "uploaded": r.Uploaded, "resumed": r.Resumed, "parts": r.Parts,
+		"crc64nvme": r.CRC64NVME, "checksum": r.Checksum, "checksum_algorithm": r.ChecksumAlgorithm, "uploaded": r.Uploaded, "resumed": r.Resumed, "parts": r.Parts,
 		"parts_reused": r.Reused, "part_size": r.PartSize, "duration": r.Duration.Seconds(), "mib_per_second": mbps,
+		"signed": r.SignatureKey != "", "signature_key": r.SignatureKey, "signature_written": r.SignatureWritten,
 	}}, nil
 }
 
@@ -145,9 +162,9 @@ func list(ctx context.Context, s *objstore.Store, o *Options) (*ansiblemod.Resul
 		if !ok {
 			continue
 		}
-		archives = append(archives, map[string]any{"name": a.Name, "time": t.Format(time.RFC3339), "size": a.Size, "complete": a.Status == retention.Good, "status": a.Status.String(), "detail": a.Detail})
+		archives = append(archives, map[string]any{"name": a.Name, "time": t.Format(time.RFC3339), "size": a.Size, "complete": a.Status == retention.Good, "status": a.Status.String(), "detail": a.Detail, "signed": a.Signed})
 	}
-	newest, sum, err := s.Newest(ctx, o.Estate)
+	newest, sum, err := s.NewestOf(ctx, o.Estate, l)
 	if err != nil {
 		newest, sum = "", ""
 	}
@@ -177,6 +194,14 @@ func fetch(ctx context.Context, env *ansiblemod.Env, s *objstore.Store, o *Optio
 	path := filepath.Join(o.DestDir, name)
 	values := map[string]any{"name": name, "sha256": sum, "bucket": o.Bucket, "key": s.Key(o.Estate, name), "archive": path, "checksum_file": path + ".sha256"}
 	if env.CheckMode {
+		signed, err := s.HasSignature(ctx, o.Estate, name)
+		if err != nil {
+			return nil, err
+		}
+		values["signed"], values["signature_file"] = signed, ""
+		if signed {
+			values["signature_file"] = path + signature.Suffix
+		}
 		md, read, err := s.ReadMetadata(ctx, o.Estate, name)
 		switch {
 		case err == nil:
@@ -187,16 +212,29 @@ func fetch(ctx context.Context, env *ansiblemod.Env, s *objstore.Store, o *Optio
 			return nil, fmt.Errorf("read the metadata of %s: %w", name, err)
 		}
 		values["downloaded"] = false
-		return &ansiblemod.Result{Changed: true, Msg: fmt.Sprintf("%s would be downloaded from s3://%s/%s to %s", name, o.Bucket, s.Key(o.Estate, name), path), Values: values}, nil
+		msg := fmt.Sprintf("%s would be downloaded from s3://%s/%s to %s", name, o.Bucket, s.Key(o.Estate, name), path)
+		if signed {
+			msg += ", with its signature"
+		} else {
+			msg += "; the bucket holds no signature for it (a restore with trusted keys refuses it unless allow_unsigned is set)"
+		}
+		return &ansiblemod.Result{Changed: true, Msg: msg, Values: values}, nil
 	}
-	p, downloaded, err := s.Download(ctx, o.Estate, name, o.DestDir)
+	r, err := s.Fetch(ctx, o.Estate, name, o.DestDir)
 	if err != nil {
 		return nil, err
 	}
+	p, downloaded := r.Path, r.Downloaded
 	values["archive"], values["checksum_file"], values["downloaded"] = p, p+".sha256", downloaded
+	values["signed"], values["signature_file"] = r.SignatureFile != "", r.SignatureFile
 	msg := fmt.Sprintf("%s downloaded from s3://%s/%s and verified", p, o.Bucket, s.Key(o.Estate, name))
 	if !downloaded {
 		msg = fmt.Sprintf("%s is already here with the bucket's checksum: nothing downloaded", p)
+	}
+	if r.SignatureFile != "" {
+		msg += fmt.Sprintf("; its signature is beside it (%s)", r.SignatureFile)
+	} else {
+		msg += "; the bucket holds no signature for it"
 	}
 	return &ansiblemod.Result{Changed: downloaded, Msg: msg, Values: values}, nil
 }
@@ -217,7 +255,11 @@ func human(w io.Writer, out ansiblemod.Output) {
 	if as, ok := out["archives"].([]any); ok {
 		for _, a := range as {
 			m, _ := a.(map[string]any)
-			fmt.Fprintf(w, "  %-45v %12v bytes  %v\n", m["name"], m["size"], m["status"])
+			signed := ""
+			if m["signed"] == true {
+				signed = "  signed"
+			}
+			fmt.Fprintf(w, "  %-45v %12v bytes  %v%s\n", m["name"], m["size"], m["status"], signed)
 		}
 		if n, _ := out["newest"].(string); n != "" {
 			fmt.Fprintf(w, "newest complete: %s\n", n)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -159,4 +160,28 @@ func TestVerifySignatureAndDump(t *testing.T) {
 	r = moduletest.Run(t, bin, map[string]any{"path": bad.Path})
 	require.Equal(t, true, r.Out["failed"])
 	require.Contains(t, r.Out["msg"], `database dump refused: the database dump is refused at line 1: the psql meta-command \!`)
+}
+
+// max_total_size bounds what the archive may inflate to, and an entry larger than the
+// manifest says is refused from its header in the words a restore uses.
+func TestVerifySizeLimits(t *testing.T) {
+	bin := moduletest.Build(t, pkg)
+	res := writeArchive(t, "v1.4.0")
+	r := moduletest.Run(t, bin, map[string]any{"path": res.Path, "max_total_size": 100})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], "past the limit of 100 bytes in total")
+	require.Contains(t, r.Out["msg"], "the limit is the max_total_size option")
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path, "max_total_size": 1 << 20})
+	require.Nil(t, r.Out["failed"], r.Out["msg"])
+
+	archivetest.TamperMetadata(t, res.Path, func(md *archive.Metadata) {
+		for i := range md.Manifest {
+			if md.Manifest[i].Path == archive.DatabaseDump {
+				md.Manifest[i].Size = 10
+			}
+		}
+	})
+	r = moduletest.Run(t, bin, map[string]any{"path": res.Path})
+	require.Equal(t, true, r.Out["failed"])
+	require.Contains(t, r.Out["msg"], `archive entry "db/dump.sql" is `+strconv.Itoa(len(archivetest.Dump))+` bytes but the manifest says 10: the archive was altered, do not restore from it`)
 }

@@ -46,6 +46,7 @@ type Options struct {
 	ConfigFile        string `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the service configuration (required)"`
 	PAMVolume         string `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume (optional); empty to skip it"`
 	CompressionLevel  int    `ansible:"compression_level" default:"2" min:"1" max:"9" help:"gzip level, 1 (fastest) to 9 (smallest); 2 nearly keeps up with pg_dump on a 2-CPU host"`
+	Compression       string `ansible:"compression" default:"adaptive" choices:"adaptive,fixed" help:"adaptive: compression_level while the compressor keeps pace with the dump, faster settings (level 1, then Huffman-only) while it falls behind; fixed: compression_level throughout"`
 	EstateName        string `ansible:"estate_name" help:"the estate's name recorded in metadata.json, with the API endpoint and CA fingerprint the server gives (default: the host name)"`
 	SigningKey        string `ansible:"signing_key,secret,multiline" help:"an OpenSSH private key (its content) that signs the archive: <archive>.sig beside it, checked by restores with trusted keys"`
 	SigningKeyPath    string `ansible:"signing_key_path,abspath" help:"a file on the host holding that private key, instead of signing_key"`
@@ -72,21 +73,30 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
+// sourceOptions name the estate the backup reads (estate.OpenBackupSource builds it).
+func (o *Options) sourceOptions(env *ansiblemod.Env) estate.BackupSourceOptions {
 	c := estate.DefaultPodmanConfig()
 	c.PKIDir, c.EncryptionDir, c.ConfigFile, c.PAMVolume = o.PKIDir, o.EncryptionDir, o.ConfigFile, o.PAMVolume
 	c.DBAccess, c.DBContainer, c.DBHost, c.DBPort = estate.DBAccess(o.DBAccess), o.DBContainer, o.DBHost, o.DBPort
 	c.DBName, c.DBUser, c.DBPassword = o.DBName, o.DBUser, o.DBPassword
 	c.DBPasswordSecret, c.APIContainer = o.DBPasswordSecret, o.APIContainer
 	c.SystemdScope, c.SystemdBusAddress = o.SystemdScope, o.SystemdBusAddress
+	return estate.BackupSourceOptions{
+		DeploymentType: o.DeploymentType,
+		Podman:         c,
+		Kubernetes:     o.kubernetesConfig(),
+		ServerVersion:  o.ServerVersion,
+		EstateName:     o.EstateName,
+		Logger:         env.Log,
+	}
+}
+
+// backupOptions are the engine's: where the archive goes and how it is written.
+func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
 	return backup.Options{
-		DeploymentType:   o.DeploymentType,
-		Podman:           c,
-		Kubernetes:       o.kubernetesConfig(),
-		ServerVersion:    o.ServerVersion,
-		EstateName:       o.EstateName,
 		OutputDir:        o.OutputDir,
 		CompressionLevel: o.CompressionLevel,
+		Compression:      o.Compression,
 		Logger:           env.Log,
 	}
 }
@@ -125,8 +135,13 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	if opts.Encryption != nil {
 		archiveName += archive.EncryptedSuffix
 	}
+	src, closeSource, err := estate.OpenBackupSource(ctx, o.sourceOptions(env))
+	if err != nil {
+		return nil, err
+	}
+	defer closeSource()
 	if env.CheckMode {
-		p, err := backup.Plan(ctx, opts)
+		p, err := backup.Plan(ctx, src, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -154,7 +169,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 		}
 		return res, nil
 	}
-	r, err := backup.Run(ctx, opts)
+	r, err := backup.Run(ctx, src, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -46,8 +46,11 @@ func TestModuleKubernetes(t *testing.T) {
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	require.NoError(t, k.WaitPodReady(ctx, est.InternalNamespace, "flightctl-kv-0"))
-	b, err := backup.Run(ctx, backup.Options{DeploymentType: "kubernetes", OutputDir: t.TempDir(), Kubernetes: estate.KubernetesConfig{
+	src, closeSource, err := estate.OpenBackupSource(ctx, estate.BackupSourceOptions{DeploymentType: "kubernetes", Kubernetes: estate.KubernetesConfig{
 		Connection: kube.Config{Kubeconfig: k.Kubeconfig}, Namespace: est.Namespace, InternalNamespace: est.InternalNamespace, DBPort: pg.Port}})
+	require.NoError(t, err)
+	defer closeSource()
+	b, err := backup.Run(ctx, src, backup.Options{OutputDir: t.TempDir()})
 	require.NoError(t, err)
 	require.NoError(t, k.Clientset.CoreV1().Secrets(est.Namespace).Delete(ctx, "flightctl-ca", metav1.DeleteOptions{}))
 

@@ -79,6 +79,9 @@ type Options struct {
 	DevprepDBPort  int      `ansible:"devprep_db_port" min:"0" max:"65535" help:"Kubernetes, devprep_access direct: the database port (default 5432)"`
 	GitOpsPaused   bool     `ansible:"gitops_paused" default:"false" help:"Kubernetes: the GitOps controller (Argo CD, Flux) owning the Deployments has been suspended; without it such a restore is refused"`
 	QuiesceTimeout int      `ansible:"quiesce_timeout" default:"300" min:"1" help:"Kubernetes: seconds to wait for a Deployment's pods to go after it is scaled to 0"`
+	// JournalLocation: a restore run in the cluster (a Job's pod) loses its file system
+	// with the pod, so its journal lives in a Secret there.
+	JournalLocation string `ansible:"journal_location" default:"auto" choices:"auto,state_dir,cluster" help:"where the restore journal is kept: state_dir (a file in state_dir), cluster (Kubernetes: the Secret flightctl-dr-restore-journal in namespace, locked with a Lease), or auto (cluster when the restore runs inside the cluster with its pod's service account, else state_dir)"`
 }
 
 // Validate checks what the tags cannot.
@@ -197,7 +200,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 	}
 	target, closeTarget, err := estate.OpenRestoreTarget(ctx, estate.RestoreTargetOptions{
 		Type: typ, Podman: cfg, Kubernetes: o.kubernetesConfig(), KubernetesRestore: o.kubernetesRestoreConfig(),
-		Runner: exec, RunningVersion: o.ServerVersion, Logger: log,
+		Runner: exec, RunningVersion: o.ServerVersion, JournalLocation: o.JournalLocation, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -246,6 +249,7 @@ func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Resu
 			"plan":               res.Plan,
 			"steps":              res.Steps,
 			"device_preparation": res.DevicePrep,
+			"database_load":      res.DatabaseLoad,
 			"old_database":       res.OldDatabase,
 			"rolled_back":        res.RolledBack,
 			"drift":              res.Drift,

@@ -12,9 +12,9 @@
 # usage: tests/integration/encryption.sh
 set -euo pipefail
 
-suite=encryption prefix=enca-
-# shellcheck source=tests/integration/onesite.sh
-. "$(dirname "$0")/onesite.sh"
+suite=encryption estates=site-a:enca-:5
+# shellcheck source=tests/integration/estates.sh
+. "$(dirname "$0")/estates.sh"
 
 for k in ops breakglass wrong; do age-keygen -o "$work/keys/$k" 2>/dev/null; done
 pub() { age-keygen -y "$work/keys/$1"; }

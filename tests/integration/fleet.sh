@@ -17,46 +17,9 @@
 # usage: tests/integration/fleet.sh
 set -euo pipefail
 
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$repo"
-export PATH=/usr/local/go/bin:$PATH
-export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
-export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_HOST_KEY_CHECKING=0
-here=$repo/tests/integration/fleet
-work=${FLEET_WORK:-$repo/build/fleet}
-sandbox=${FLEET_SANDBOX:-$repo/build/sandbox}
-
-fail() { echo "fleet: FAIL: $*" >&2; exit 1; }
-ok() { echo "fleet: ok: $*" >&2; }
-
-[ -x "$sandbox" ] || go build -o "$sandbox" ./hack/sandbox
-down() {
-  for s in site-a site-b; do
-    [ -f "$work/$s/sandbox.json" ] && { "$sandbox" down --dir "$work/$s" >/dev/null 2>&1 || echo "fleet: sandbox $s down failed" >&2; }
-  done
-  return 0
-}
-down
-rm -rf "$work"
-mkdir -p "$work/controller" "$work/state" "$work/logs"
-trap down EXIT
-"$sandbox" up --dir "$work/site-a" --prefix fleeta- --devices 12 >&2
-"$sandbox" up --dir "$work/site-b" --prefix fleetb- --devices 7 >&2
-python3 "$here/inventory.py" "$work/inventory.yml" site-a="$work/site-a" site-b="$work/site-b"
-inv=$work/inventory.yml
-controller=$work/controller
-
-play() { # play LOG ARGS... : ansible-playbook, output kept in $work/logs/LOG.log
-  local log=$1
-  shift
-  set +e
-  ansible-playbook -i "$inv" -e "flightctl_dr_backup_dir=$controller" "$@" >"$work/logs/$log.log" 2>&1
-  local rc=$?
-  set -e
-  return $rc
-}
-state() { play "state-$1" -e "fleet_state_dir=$work/state" "$here/state.yml" || fail "reading the servers' state ($work/logs/state-$1.log)"; cp "$work/state/site-a.json" "$work/state/site-a.$1.json"; cp "$work/state/site-b.json" "$work/state/site-b.$1.json"; }
-recap() { grep -E "^$1 +: ok=" "$work/logs/$2.log"; }
+suite=fleet estates="site-a:fleeta-:12 site-b:fleetb-:7"
+# shellcheck source=tests/integration/estates.sh
+. "$(dirname "$0")/estates.sh"
 
 # 1. Backup of both estates at once (default forks).
 state initial

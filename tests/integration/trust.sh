@@ -18,9 +18,9 @@
 # usage: tests/integration/trust.sh
 set -euo pipefail
 
-suite=trust prefix=trusta-
-# shellcheck source=tests/integration/onesite.sh
-. "$(dirname "$0")/onesite.sh"
+suite=trust estates=site-a:trusta-:5
+# shellcheck source=tests/integration/estates.sh
+. "$(dirname "$0")/estates.sh"
 
 # Two keys, as an operator makes them (collection/docs/operations.md).
 for k in good other; do

@@ -228,6 +228,8 @@ func TestCronJobRole(t *testing.T) {
 	assert.Equal(t, sa, pod.ServiceAccountName)
 	require.Len(t, pod.Containers, 1)
 	assert.Equal(t, "quay.io/example/flightctl-dr-ee:1", pod.Containers[0].Image)
+	// The program is where the collection ships it (not in plugins/modules/).
+	assert.Equal(t, []string{"/usr/share/ansible/collections/ansible_collections/flightctl/dr/plugins/module_binaries/flightctl_dr_linux_amd64"}, pod.Containers[0].Command)
 	var claim string
 	for _, v := range pod.Volumes {
 		if v.PersistentVolumeClaim != nil {

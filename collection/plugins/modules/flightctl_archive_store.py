@@ -4,7 +4,7 @@
 """flightctl.dr.flightctl_archive_store: documentation only.
 
 The module runs inside the collection's Go program, shipped for each architecture as
-flightctl_dr_linux_amd64 and flightctl_dr_linux_arm64 beside this file. The action plugin
+plugins/module_binaries/flightctl_dr_linux_amd64 and flightctl_dr_linux_arm64. The action plugin
 of the same name (plugins/action/flightctl_archive_store.py) picks the build that matches the target
 and tells it which module to run; this file only gives Ansible a module of this name to
 find, and its documentation is in flightctl_archive_store.yml.

@@ -3,11 +3,15 @@
 """Runs the build of a binary module that matches the target's architecture.
 
 The collection ships its Go modules as one static binary per architecture,
-``plugins/modules/flightctl_dr_linux_amd64`` and ``plugins/modules/flightctl_dr_linux_arm64``
-(four separate binaries per architecture would not fit Galaxy's 20 MB limit). A task names
-a module (``flightctl.dr.flightctl_backup``); the action plugin of that name subclasses
-``ArchDispatchAction``, asks the target (the delegated host when there is one) what it is,
-and executes the matching binary with the task's arguments unchanged and
+``plugins/module_binaries/flightctl_dr_linux_amd64`` and
+``plugins/module_binaries/flightctl_dr_linux_arm64`` (four separate binaries per architecture
+would not fit Galaxy's 20 MB limit). They are not in ``plugins/modules/``: they are no modules
+of their own, so neither ``ansible-doc`` nor ``ansible-test sanity`` takes them for
+undocumented ones. A task names a module (``flightctl.dr.flightctl_backup``); the action
+plugin of that name subclasses ``ArchDispatchAction``, asks the target (the delegated host
+when there is one) what it is, adds ``plugins/module_binaries/`` to the module search path of
+the task's worker and executes the matching binary through Ansible's module machinery (check
+mode, async, become, the remote temporary directory) with the task's arguments unchanged and
 ``_ansible_module_name`` set to the module the task named, which the binary runs.
 """
 
@@ -31,6 +35,8 @@ except ImportError:  # pragma: no cover - ansible-core requires PyYAML
 
 COLLECTION = "flightctl.dr"
 BINARY = "flightctl_dr_linux_%s"
+# plugins/<BINARY_DIR>/ holds the binaries; no plugin type of Ansible's has that name.
+BINARY_DIR = "module_binaries"
 
 # uname -m (and the architecture fact) spellings, mapped to Go's GOARCH.
 GOARCH = {
@@ -62,6 +68,11 @@ def module_options(module_base):
             names = []
         _OPTIONS[module_base] = names
     return _OPTIONS[module_base]
+
+
+def binaries_dir():
+    """The directory of the collection that holds the per-architecture binaries."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), BINARY_DIR)
 
 
 def goarch_for(machine):
@@ -114,6 +125,29 @@ class ArchDispatchAction(ActionBase):
                                     % (COLLECTION, self.module_base, machine))
         return arch
 
+    def _find_binary(self, arch):
+        """Makes the build for arch findable as a module and returns the name to execute it by.
+
+        plugins/module_binaries/ is added to the module loader's search path (in the worker
+        process that runs this task only); the name is an ansible.legacy one, which the
+        loader looks up on that path and nowhere in a collection's plugins/modules/."""
+        directory = binaries_dir()
+        path = os.path.join(directory, BINARY % arch)
+        if not os.path.isfile(path):
+            raise AnsibleActionFail("%s.%s: this installation of the collection lacks its %s build (%s): "
+                                    "install the collection from its release tarball (make collection builds one)"
+                                    % (COLLECTION, self.module_base, arch, path))
+        loader = self._shared_loader_obj.module_loader
+        loader.add_directory(directory)
+        name = "ansible.legacy." + BINARY % arch
+        found = loader.find_plugin_with_context(name, mod_type="", collection_list=self._task.collections)
+        resolved = getattr(found, "plugin_resolved_path", None)
+        if not found.resolved or not resolved or os.path.realpath(resolved) != os.path.realpath(path):
+            raise AnsibleActionFail("%s.%s: the module name %s resolves to %s, not to the collection's %s: "
+                                    "rename or remove that file from the module search path (library/, ANSIBLE_LIBRARY)"
+                                    % (COLLECTION, self.module_base, BINARY % arch, resolved, path))
+        return name
+
     def _update_module_args(self, module_name, module_args, task_vars):
         super(ArchDispatchAction, self)._update_module_args(module_name, module_args, task_vars)
         # The binary holds every module and runs the one named here.
@@ -147,7 +181,7 @@ class ArchDispatchAction(ActionBase):
         del tmp
 
         arch = self._target_goarch(task_vars)
-        binary = "%s.%s" % (COLLECTION, BINARY % arch)
+        binary = self._find_binary(arch)
         wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
         try:
             module_args = self._module_args(task_vars)

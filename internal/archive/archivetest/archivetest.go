@@ -3,10 +3,20 @@
 package archivetest
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/flate"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -101,4 +111,83 @@ func Write(t testing.TB, dir string, c Content) *archive.Result {
 	res, err := w.Commit(md)
 	require.NoError(t, err)
 	return res
+}
+
+// Tamper rewrites the (plain) archive at path as someone with write access to the backup
+// storage could: every entry passes through edit, which may change the header and returns
+// the new content (nil: unchanged; the header's size follows it). The tar is then laid out
+// again in the writer's gzip members (each carrying its length, so the tail of the archive
+// can still be read on its own) and the checksum file rewritten to match.
+func Tamper(t testing.TB, path string, edit func(hdr *tar.Header, body []byte) []byte) {
+	t.Helper()
+	f, err := os.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	require.NoError(t, err)
+	var out bytes.Buffer
+	tr, tw := tar.NewReader(zr), tar.NewWriter(&out)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		body, err := io.ReadAll(tr)
+		require.NoError(t, err)
+		if nb := edit(hdr, body); nb != nil {
+			body = nb
+		}
+		if hdr.Typeflag == tar.TypeReg {
+			hdr.Size = int64(len(body))
+		}
+		require.NoError(t, tw.WriteHeader(hdr))
+		_, err = tw.Write(body)
+		require.NoError(t, err)
+	}
+	require.NoError(t, tw.Close())
+	packed := members(t, out.Bytes())
+	require.NoError(t, os.WriteFile(path, packed, 0o600))
+	sum := sha256.Sum256(packed)
+	require.NoError(t, os.WriteFile(path+".sha256", []byte(hex.EncodeToString(sum[:])+"  "+filepath.Base(path)+"\n"), 0o644))
+}
+
+// TamperMetadata rewrites metadata.json of the archive at path with edit (see Tamper).
+func TamperMetadata(t testing.TB, path string, edit func(md *archive.Metadata)) {
+	t.Helper()
+	Tamper(t, path, func(hdr *tar.Header, body []byte) []byte {
+		if hdr.Name != archive.MetadataName {
+			return nil
+		}
+		var md archive.Metadata
+		require.NoError(t, json.Unmarshal(body, &md))
+		edit(&md)
+		b, err := json.MarshalIndent(md, "", "  ")
+		require.NoError(t, err)
+		return b
+	})
+}
+
+// members lays a tar stream out as the archive writer does: one gzip member per MiB, each
+// with the FEXTRA subfield "FD" holding the member's length.
+func members(t testing.TB, tarStream []byte) []byte {
+	var out bytes.Buffer
+	for len(tarStream) > 0 {
+		block := tarStream[:min(len(tarStream), 1<<20)]
+		tarStream = tarStream[len(block):]
+		var deflated bytes.Buffer
+		fw, err := flate.NewWriter(&deflated, flate.DefaultCompression)
+		require.NoError(t, err)
+		_, err = fw.Write(block)
+		require.NoError(t, err)
+		require.NoError(t, fw.Close())
+		const headerLen, trailerLen = 10 + 2 + 4 + 8, 8
+		m := []byte{0x1f, 0x8b, 8, 0x04, 0, 0, 0, 0, 0, 0xff, 12, 0, 'F', 'D', 8, 0}
+		m = binary.LittleEndian.AppendUint64(m, uint64(headerLen+deflated.Len()+trailerLen))
+		m = append(m, deflated.Bytes()...)
+		m = binary.LittleEndian.AppendUint32(m, crc32.ChecksumIEEE(block))
+		m = binary.LittleEndian.AppendUint32(m, uint32(len(block)))
+		out.Write(m)
+	}
+	return out.Bytes()
 }
