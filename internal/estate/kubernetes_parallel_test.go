@@ -9,8 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -74,18 +72,13 @@ func recLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
-var restrictLineRE = regexp.MustCompile(`(?m)^\\(un)?restrict [A-Za-z0-9]+\n`)
-
 // schemaDump is `pg_dump --schema-only` of db (owners, grants, comments, extensions),
 // without its random \restrict key.
 func schemaDump(t *testing.T, pg *testbed.Postgres, db string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(pg.BinDir, "pg_dump"), "--schema-only", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "-d", db)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	require.NoError(t, err, "pg_dump: %s", stderr.String())
-	return restrictLineRE.ReplaceAllString(string(out), "")
+	out, err := pg.SchemaDump(context.Background(), db)
+	require.NoError(t, err)
+	return out
 }
 
 // tableDigests is every table's row count and a digest of its rows in order, and every
@@ -93,37 +86,8 @@ func schemaDump(t *testing.T, pg *testbed.Postgres, db string) string {
 // restore's own.
 func tableDigests(t *testing.T, pg *testbed.Postgres, db string) map[string]string {
 	t.Helper()
-	ctx := context.Background()
-	c, err := pg.SuperuserConn(ctx, db)
+	out, err := pg.Contents(context.Background(), db, map[string]string{"public.events": "x.reason IS DISTINCT FROM 'SystemRestored'"})
 	require.NoError(t, err)
-	defer c.Close(ctx)
-	rows, err := c.Query(ctx, `SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r','S') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2`)
-	require.NoError(t, err)
-	type rel struct{ schema, name, kind string }
-	var rels []rel
-	for rows.Next() {
-		var r rel
-		require.NoError(t, rows.Scan(&r.schema, &r.name, &r.kind))
-		rels = append(rels, r)
-	}
-	require.NoError(t, rows.Err())
-	out := map[string]string{}
-	for _, r := range rels {
-		id := pgx.Identifier{r.schema, r.name}.Sanitize()
-		var v string
-		switch {
-		case r.kind == "S":
-			require.NoError(t, c.QueryRow(ctx, "SELECT last_value::text || ' ' || is_called::text FROM "+id).Scan(&v))
-		default:
-			where := ""
-			if r.schema == "public" && r.name == "events" {
-				where = " WHERE x.reason IS DISTINCT FROM 'SystemRestored'"
-			}
-			require.NoError(t, c.QueryRow(ctx, "SELECT count(*)::text || ' ' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM "+id+" x"+where).Scan(&v))
-		}
-		out[r.schema+"."+r.name] = v
-	}
 	return out
 }
 

@@ -598,7 +598,7 @@ func (s *Store) putSignature(ctx context.Context, res *UploadResult, estate, nam
 	case !isNotFound(err):
 		return fmt.Errorf("look up %s in bucket %s: %w", key, s.bucket, err)
 	}
-	if err := s.putSmall(ctx, key, sig, opts, "the signature"); err != nil {
+	if err := s.putSmall(ctx, key, sig, opts, "signature"); err != nil {
 		return err
 	}
 	res.SignatureWritten = true
@@ -620,23 +620,11 @@ func (s *Store) putSmall(ctx context.Context, key string, body []byte, opts Uplo
 		}
 		return fmt.Errorf("bucket %s got another %s %s meanwhile: objects are never overwritten; run the copy again to compare", s.bucket, what, key)
 	}
-	return fmt.Errorf("write %s %s to bucket %s: %w", what, key, s.bucket, err)
+	return fmt.Errorf("write the %s %s to bucket %s: %w", what, key, s.bucket, err)
 }
 
 func (s *Store) putMarker(ctx context.Context, key string, body []byte, opts UploadOptions) error {
-	popts := minio.PutObjectOptions{ContentType: "text/plain", SendContentMd5: true, Mode: opts.RetainMode, RetainUntilDate: opts.RetainUntil}
-	popts.SetMatchETagExcept("*")
-	_, err := s.client.PutObject(ctx, s.bucket, key, bytes.NewReader(body), int64(len(body)), popts)
-	if err == nil {
-		return nil
-	}
-	if isPreconditionFailed(err) {
-		if got, gerr := s.getSmall(ctx, key); gerr == nil && bytes.Equal(got, body) {
-			return nil
-		}
-		return fmt.Errorf("bucket %s got another marker %s meanwhile: objects are never overwritten; run the copy again to compare", s.bucket, key)
-	}
-	return fmt.Errorf("write the marker %s to bucket %s: %w", key, s.bucket, err)
+	return s.putSmall(ctx, key, body, opts, "marker")
 }
 
 func (s *Store) getSmall(ctx context.Context, key string) ([]byte, error) {

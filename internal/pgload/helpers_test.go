@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,15 +57,12 @@ func dumpDB(t testing.TB, pg *testbed.Postgres, db string, extra ...string) []by
 	return out
 }
 
-var restrictLine = regexp.MustCompile(`(?m)^\\(un)?restrict [A-Za-z0-9]+\n`)
-
 // schemaOf is `pg_dump --schema-only` of db with its random \restrict key removed.
 func schemaOf(t testing.TB, pg *testbed.Postgres, db string) string {
 	t.Helper()
-	args := []string{"--schema-only", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "-d", db}
-	out, err := exec.Command(filepath.Join(pg.BinDir, "pg_dump"), args...).Output()
+	out, err := pg.SchemaDump(context.Background(), db)
 	require.NoError(t, err)
-	return restrictLine.ReplaceAllString(string(out), "")
+	return out
 }
 
 // loadPsql is the reference: `psql -v ON_ERROR_STOP=1 -f` of the dump.
@@ -97,32 +93,8 @@ func loadParallel(t testing.TB, pg *testbed.Postgres, db string, dump []byte, op
 // a digest of the rows in order) and every sequence's value.
 func content(t testing.TB, pg *testbed.Postgres, db string) map[string]string {
 	t.Helper()
-	ctx := context.Background()
-	c, err := pg.SuperuserConn(ctx, db)
+	out, err := pg.Contents(context.Background(), db, nil)
 	require.NoError(t, err)
-	defer c.Close(ctx)
-	out := map[string]string{}
-	rows, err := c.Query(ctx, `SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE c.relkind IN ('r','S') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1, 2`)
-	require.NoError(t, err)
-	type rel struct{ schema, name, kind string }
-	var rels []rel
-	for rows.Next() {
-		var r rel
-		require.NoError(t, rows.Scan(&r.schema, &r.name, &r.kind))
-		rels = append(rels, r)
-	}
-	require.NoError(t, rows.Err())
-	for _, r := range rels {
-		id := pgx.Identifier{r.schema, r.name}.Sanitize()
-		var v string
-		if r.kind == "S" {
-			require.NoError(t, c.QueryRow(ctx, "SELECT last_value::text || ' ' || is_called::text FROM "+id).Scan(&v))
-		} else {
-			require.NoError(t, c.QueryRow(ctx, "SELECT count(*)::text || ' ' || coalesce(md5(string_agg(x::text, E'\\n' ORDER BY x::text)), '') FROM "+id+" x").Scan(&v))
-		}
-		out[r.schema+"."+r.name] = v
-	}
 	return out
 }
 
