@@ -98,7 +98,7 @@ const (
 )
 
 // DefaultCompression is the compression mode used when none is given.
-const DefaultCompression = CompressionAdaptive
+const DefaultCompression = CompressionFixed
 
 // DefaultCompressionLevel is the gzip level used when none is given. With the
 // deflate of github.com/klauspost/compress, level 2 nearly keeps up with

@@ -46,7 +46,7 @@ type Options struct {
 	ConfigFile        string `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the service configuration (required)"`
 	PAMVolume         string `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume (optional); empty to skip it"`
 	CompressionLevel  int    `ansible:"compression_level" default:"2" min:"1" max:"9" help:"gzip level, 1 (fastest) to 9 (smallest); 2 nearly keeps up with pg_dump on a 2-CPU host"`
-	Compression       string `ansible:"compression" default:"adaptive" choices:"adaptive,fixed" help:"adaptive: compression_level while the compressor keeps pace with the dump, faster settings (level 1, then Huffman-only) while it falls behind; fixed: compression_level throughout"`
+	Compression       string `ansible:"compression" default:"fixed" choices:"adaptive,fixed" help:"adaptive: compression_level while the compressor keeps pace with the dump, faster settings (level 1, then Huffman-only) while it falls behind; fixed: compression_level throughout"`
 	EstateName        string `ansible:"estate_name" help:"the estate's name recorded in metadata.json, with the API endpoint and CA fingerprint the server gives (default: the host name)"`
 	SigningKey        string `ansible:"signing_key,secret,multiline" help:"an OpenSSH private key (its content) that signs the archive: <archive>.sig beside it, checked by restores with trusted keys"`
 	SigningKeyPath    string `ansible:"signing_key_path,abspath" help:"a file on the host holding that private key, instead of signing_key"`
