@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,27 +44,6 @@ func seedBulk(t *testing.T, pg *testbed.Postgres, db string) {
 		       'device-' || lpad((i %% 12 + 1)::text, 5, '0'), 'Device'
 		FROM generate_series(1, 2000) i`, testbed.DefaultOrgID))
 	require.NoError(t, err)
-}
-
-// logRecorder keeps a restore's log lines, and shows them in the test log.
-type logRecorder struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *logRecorder) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	w.b.Write(p)
-	w.mu.Unlock()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func (w *logRecorder) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
 
 func recLogger(w io.Writer) *slog.Logger {
@@ -194,7 +172,7 @@ func TestKubernetesRestoreParallelLoad(t *testing.T) {
 		c.disaster()
 		opts = c.options(t, archive)
 		opts.LoadConnections, opts.Force = 4, true
-		rec := &logRecorder{t: t}
+		rec := &testbed.LogRecorder{T: t}
 		opts.Target.(*estate.KubernetesRestore).Logger = recLogger(rec)
 		opts.Logger = recLogger(rec)
 		par := c.watchStop(t, &opts)

@@ -28,7 +28,7 @@ var kubeDBUserSecrets = []struct {
 }
 
 // SyncPasswords sets the database users of the chart's credentials Secrets (application,
-// migration and admin users) to the passwords those Secrets hold now, after the swap, as
+// migration and admin users) to the passwords those Secrets hold now, before the units stop, as
 // upstream's Podman restore does from the Podman secrets: a database restored from another
 // cluster, or a Secret regenerated since the backup, would otherwise lock the server out.
 // The application user's password is db_password when it is given. The statements go to
@@ -71,16 +71,9 @@ func (k *KubernetesRestore) SyncPasswords(ctx context.Context) (map[string]strin
 		passwords[user], how[user] = pw, fmt.Sprintf("set from Secret %s/%s", ins, s.Secret)
 		delete(result, user)
 	}
-	db := &restore.PsqlDatabase{DBName: c.DBName, Runner: k.dbRunner(), Command: k.psqlCommand, Logger: k.Logger}
-	missing, err := db.SetPasswords(ctx, passwords)
-	if err != nil {
+	db := k.Database().(*restore.PsqlDatabase)
+	if err := setPasswords(ctx, db, passwords, how, result); err != nil {
 		return result, err
-	}
-	for u, h := range how {
-		result[u] = h
-	}
-	for _, u := range missing {
-		result[u] = "not set: the database has no such user"
 	}
 	if pw, ok := passwords[k.Restore.DBAdminUser]; ok && c.DBAccess == DBAccessDirect && k.Restore.DBAdminPassword != "" {
 		// The restore goes on as this user (it drops the old database at the end).

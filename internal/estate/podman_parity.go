@@ -20,7 +20,7 @@ var (
 const AdminUser = "admin"
 
 // SyncPasswords sets the application user's and the admin user's passwords to the
-// deployment's current ones after the swap, as upstream's Podman restore does: the
+// deployment's current ones (before the units stop; upstream does it after the swap): the
 // application user's is the password this restore uses for device preparation
 // (db_password, else the Podman secret db_password_secret); the admin user's is the
 // password the restore connects with (direct access), else the Podman secret
@@ -57,9 +57,15 @@ func (p *PodmanRestore) SyncPasswords(ctx context.Context) (map[string]string, e
 			}
 		}
 	}
+	return result, setPasswords(ctx, db, passwords, how, result)
+}
+
+// setPasswords sets passwords (user → password) and records in result, per user, how
+// its password was set (how) or why it was not.
+func setPasswords(ctx context.Context, db *restore.PsqlDatabase, passwords, how, result map[string]string) error {
 	missing, err := db.SetPasswords(ctx, passwords)
 	if err != nil {
-		return result, err
+		return err
 	}
 	for u, h := range how {
 		result[u] = h
@@ -67,7 +73,7 @@ func (p *PodmanRestore) SyncPasswords(ctx context.Context) (map[string]string, e
 	for _, u := range missing {
 		result[u] = "not set: the database has no such user"
 	}
-	return result, nil
+	return nil
 }
 
 // readSecretFor reads a Podman secret for the password sync, in words for the result.

@@ -6,37 +6,16 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/testbed"
 )
 
-// logRecorder keeps the log lines of a restore beside the test log.
-type logRecorder struct {
-	t  testing.TB
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (w *logRecorder) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	w.b.Write(p)
-	w.mu.Unlock()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func (w *logRecorder) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
-func parallelOptions(ctx context.Context, e *env, path string, n int) (restore.Options, *logRecorder) {
-	rec := &logRecorder{t: e.t}
+func parallelOptions(ctx context.Context, e *env, path string, n int) (restore.Options, *testbed.LogRecorder) {
+	rec := &testbed.LogRecorder{T: e.t}
 	logger := slog.New(slog.NewTextHandler(rec, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	return restore.Options{ArchivePath: path, Target: target(ctx, e.t, e.cfg, logger), StateDir: e.cfg.StateDir, FlushKV: true,
 		LoadConnections: n, Logger: logger}, rec

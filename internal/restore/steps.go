@@ -101,8 +101,8 @@ func (r *run) done(step string) error {
 // them.
 func (r *run) prepareSwap(ctx context.Context) {
 	j := r.journal
-	if sw, ok := r.target.Database().(DatabaseSwapper); ok && j.Database != nil && !j.isDone(StepSwapDatabase) && r.swapSession == nil {
-		r.swapSession = sw.PrepareSwap(ctx)
+	if j.Database != nil && !j.isDone(StepSwapDatabase) && r.swapSession == nil {
+		r.swapSession = r.target.Database().PrepareSwap(ctx)
 	}
 }
 
@@ -293,68 +293,18 @@ func (r *run) volumeSavePath() string {
 	return filepath.Join(r.opts.StateDir, "pam-volume-before-"+r.journal.ID+".tar")
 }
 
-// swapDatabase renames the live database aside and the restored one into its place,
-// then gives it the live database's owner and grants. It looks at which databases exist,
-// so it can resume after an interrupt between the two renames.
+// swapDatabase renames the live database aside and the restored one into its place and
+// gives it the live database's owner and grants, in the database's one swap session: it
+// looks at which databases exist, so it resumes after an interrupt, and the renames, owner
+// and grants commit together, so the named points after them are passed only once both
+// renames are in place (a kill there resumes as after the swap).
 func (r *run) swapDatabase(ctx context.Context) error {
 	jd := r.journal.Database
 	if jd == nil {
 		return r.done(StepSwapDatabase)
 	}
-	db := r.target.Database()
-	if sw, ok := db.(DatabaseSwapper); ok {
-		return r.swapInOneSession(ctx, sw, jd)
-	}
-	liveThere, err := db.Exists(ctx, jd.Live)
-	if err != nil {
-		return err
-	}
-	tempThere, err := db.Exists(ctx, jd.Temp)
-	if err != nil {
-		return err
-	}
-	oldThere, err := db.Exists(ctx, jd.Old)
-	if err != nil {
-		return err
-	}
-	switch {
-	case tempThere:
-		if liveThere {
-			if oldThere {
-				return fmt.Errorf("swap database: %s, %s and %s all exist: inspect them and roll back", jd.Live, jd.Temp, jd.Old)
-			}
-			r.logger.Info("renaming the live database aside", "from", jd.Live, "to", jd.Old)
-			if err := db.Rename(ctx, jd.Live, jd.Old); err != nil {
-				return err
-			}
-			if err := r.checkpoint("swap_database:live_renamed"); err != nil {
-				return err
-			}
-		}
-		r.logger.Info("renaming the restored database into place", "from", jd.Temp, "to", jd.Live)
-		if err := db.Rename(ctx, jd.Temp, jd.Live); err != nil {
-			return err
-		}
-		if err := r.checkpoint("swap_database:temp_renamed"); err != nil {
-			return err
-		}
-	case liveThere && (oldThere || !jd.LiveExisted):
-		// Already swapped by an earlier run.
-	default:
-		return fmt.Errorf("swap database: the restored database %s is missing and the swap has not happened: run the restore again to reload it", jd.Temp)
-	}
-	if err := db.SetPrivileges(ctx, jd.Live, jd.Info); err != nil {
-		return err
-	}
-	return r.done(StepSwapDatabase)
-}
-
-// swapInOneSession is swapDatabase through a DatabaseSwapper: the renames, owner and
-// grants commit together, so the named points after them are passed only once both
-// renames are in place (a kill there resumes as after the swap).
-func (r *run) swapInOneSession(ctx context.Context, sw DatabaseSwapper, jd *JournalDatabase) error {
 	r.logger.Info("swapping the databases", "live", jd.Live, "restored", jd.Temp, "aside", jd.Old)
-	out, err := sw.SwapDatabases(ctx, SwapRequest{Live: jd.Live, Temp: jd.Temp, Old: jd.Old, LiveExisted: jd.LiveExisted, Info: jd.Info}, r.swapSession)
+	out, err := r.target.Database().SwapDatabases(ctx, SwapRequest{Live: jd.Live, Temp: jd.Temp, Old: jd.Old, LiveExisted: jd.LiveExisted, Info: jd.Info}, r.swapSession)
 	r.swapSession = nil
 	if err != nil {
 		return err

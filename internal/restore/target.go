@@ -104,6 +104,8 @@ type Database interface {
 	Drop(ctx context.Context, name string) error
 	// SetPrivileges gives name info's owner and database-level grants.
 	SetPrivileges(ctx context.Context, name string, info DatabaseInfo) error
+	// The swap of the restored database into place, in one session and one transaction.
+	DatabaseSwapper
 }
 
 // FileKind says whether a FileTarget is a directory tree or a single file.
