@@ -18,6 +18,10 @@ export MOLECULE_PROJECT_DIRECTORY=$repo
 export MOLECULE_SCENARIO_NAME=$scenario
 export MOLECULE_SCENARIO_DIRECTORY=$scenario_dir
 export MOLECULE_EPHEMERAL_DIRECTORY=$repo/build/molecule/$scenario
+# shellcheck source=scripts/checkout-tag.sh
+. "$repo/scripts/checkout-tag.sh"
+# The scenario's sandbox names its containers with it (vars/main.yml: sandbox_prefix).
+export FLIGHTCTL_DR_CHECKOUT_TAG=$checkout_tag
 export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
 export ANSIBLE_FORCE_COLOR=${ANSIBLE_FORCE_COLOR:-0}
 export ANSIBLE_NOCOLOR=1

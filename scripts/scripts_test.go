@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -84,4 +85,73 @@ func TestTestShContinueRunsAnsibleAfterGoFailed(t *testing.T) {
 	require.Equal(t, 1, code)
 	require.Contains(t, out, "ansible suites (make test-ansible): ran, passed")
 	require.True(t, strings.HasSuffix(out, "result: FAILED\n"), out)
+}
+
+// runEstatesSh sources a copy of tests/integration/estates.sh in a checkout at root, with
+// the sandbox command replaced by a fake one (there is no sandbox to start here: what is
+// checked is the prefix the script asks for), and returns the prefixes it asked for.
+func runEstatesSh(t *testing.T, root string) []string {
+	t.Helper()
+	for src, dst := range map[string]string{
+		"../tests/integration/estates.sh": "tests/integration/estates.sh",
+		"checkout-tag.sh":                 "scripts/checkout-tag.sh",
+	} {
+		b, err := os.ReadFile(src)
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(filepath.Join(root, filepath.Dir(dst)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(root, dst), b, 0o644))
+	}
+	require.NoError(t, os.MkdirAll(filepath.Join(root, "tests/integration/fleet"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(root, "tests/integration/fleet/inventory.py"), nil, 0o644))
+	calls := filepath.Join(root, "sandbox.calls")
+	require.NoError(t, os.RemoveAll(calls))
+	fakeSandbox := filepath.Join(root, "fake-sandbox")
+	require.NoError(t, os.WriteFile(fakeSandbox, []byte("#!/bin/sh\necho \"$@\" >> \""+calls+"\"\n"), 0o755))
+	cmd := exec.Command("bash", "-c", `set -e; suite=pair estates="site-a:pairx-:3 site-b:pairy-:2"; . tests/integration/estates.sh`)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "PAIR_SANDBOX="+fakeSandbox, "PAIR_WORK="+filepath.Join(root, "work"))
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	b, err := os.ReadFile(calls)
+	require.NoError(t, err)
+	var prefixes []string
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(line)
+		for i := range f[:len(f)-1] {
+			if f[i] == "--prefix" {
+				prefixes = append(prefixes, f[i+1])
+			}
+		}
+	}
+	return prefixes
+}
+
+// The integration suites named their sandboxes' containers with fixed prefixes (itest-,
+// fleeta-, …) in podman's machine-wide storage, so a second test run on the machine at
+// the same time failed with "a container itest-flightctl-db already exists".
+func TestIntegrationSandboxesAreNamedAfterTheCheckout(t *testing.T) {
+	base := t.TempDir()
+	a := runEstatesSh(t, filepath.Join(base, "a", "main"))
+	b := runEstatesSh(t, filepath.Join(base, "b", "main"))
+	again := runEstatesSh(t, filepath.Join(base, "a", "main"))
+	require.Len(t, a, 2)
+	require.Len(t, b, 2)
+	for i, want := range []string{"pairx-", "pairy-"} {
+		assert.True(t, strings.HasPrefix(a[i], want) && len(a[i]) > len(want), a[i])
+		assert.NotEqual(t, a[i], b[i], "two checkouts give their sandboxes the same names")
+	}
+	assert.Equal(t, a, again, "a re-run in the same checkout must find what an earlier run left")
+
+	// The other suites take the same tag.
+	for _, f := range []string{"../tests/integration/run.sh", "molecule.sh"} {
+		s, err := os.ReadFile(f)
+		require.NoError(t, err)
+		assert.Contains(t, string(s), `scripts/checkout-tag.sh"`, f)
+	}
+	run, err := os.ReadFile("../tests/integration/run.sh")
+	require.NoError(t, err)
+	assert.Contains(t, string(run), `--prefix "itest-$checkout_tag-"`)
+	vars, err := os.ReadFile("../molecule/podman_host/vars/main.yml")
+	require.NoError(t, err)
+	assert.Contains(t, string(vars), "FLIGHTCTL_DR_CHECKOUT_TAG")
 }

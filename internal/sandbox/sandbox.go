@@ -645,6 +645,28 @@ func unitFiles(st *State) map[string]string {
 	return units
 }
 
+// removeImageNameUnlessUsed removes the api image's version name, unless a container of
+// another sandbox on this machine (the podman storage is the machine's) was created from
+// that name: its Down removes it. Removing it under that sandbox would let a sandbox being
+// started beside it find no image to create its api container from.
+func removeImageNameUnlessUsed(ctx context.Context, pm *testbed.Podman, image string) error {
+	out, err := pm.Podman(ctx, "ps", "-a", "--format", "{{.Image}}")
+	if err != nil {
+		return fmt.Errorf("list the containers using image name %s: %w", image, err)
+	}
+	for _, name := range strings.Fields(out) {
+		if name == image {
+			return nil
+		}
+	}
+	// rmi of one name of an image with several names only removes that name (untag
+	// without names would strip every name, the shared busybox one included).
+	if _, err := pm.Podman(ctx, "rmi", image); err != nil && !strings.Contains(err.Error(), "image not known") {
+		return fmt.Errorf("remove image name %s: %w", image, err)
+	}
+	return nil
+}
+
 // Down stops everything the sandbox in dir started: the systemd manager (and with it
 // every unit and container process), then removes containers, secrets, the volume and the
 // api image tag, and kills any process left in the sandbox's directories' servers by PID.
@@ -683,10 +705,8 @@ func Down(ctx context.Context, dir string, logger *slog.Logger) error {
 			}
 		}
 		if st.APIImage != "" {
-			// rmi of one name of an image with several names only removes that name (untag
-			// without names would strip every name, the shared busybox one included).
-			if _, err := pm.Podman(ctx, "rmi", st.APIImage); err != nil && !strings.Contains(err.Error(), "image not known") {
-				errs = append(errs, fmt.Errorf("remove image name %s: %w", st.APIImage, err))
+			if err := removeImageNameUnlessUsed(ctx, pm, st.APIImage); err != nil {
+				errs = append(errs, err)
 			}
 		}
 	}

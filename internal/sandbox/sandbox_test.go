@@ -299,3 +299,40 @@ func BenchmarkSandboxUpDown(b *testing.B) {
 		}
 	}
 }
+
+// Sandboxes of the same server version share the api image's version name (podman's
+// storage is the machine's). The first one down removed that name under the other, so a
+// third one started beside it (another test run at the same time) found no image to
+// create its api container from.
+func TestSandboxDownKeepsAnImageNameAnotherSandboxUses(t *testing.T) {
+	needSandbox(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	version := "0.9.8-" + testbed.PodmanName("shared")
+	var dirs [2]string
+	var states [2]*sandbox.State
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+		dir := dirs[i]
+		st, err := sandbox.Up(ctx, sandbox.Options{Dir: dir, Devices: 2, Version: version, Prefix: testbed.PodmanName(fmt.Sprintf("img%d", i)) + "-"})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = sandbox.Down(context.Background(), dir, nil) })
+		states[i] = st
+	}
+	require.Equal(t, states[0].APIImage, states[1].APIImage)
+	image := states[0].APIImage
+	cli := &podman.Client{}
+	imageExists := func() bool {
+		_, err := exec.Command("podman", "image", "exists", image).Output()
+		return err == nil
+	}
+
+	require.NoError(t, sandbox.Down(ctx, dirs[0], nil))
+	assert.True(t, imageExists(), "%s removed while the other sandbox's api container uses it", image)
+	tag, err := cli.ContainerImageTag(ctx, states[1].APIContainer)
+	require.NoError(t, err)
+	assert.Equal(t, version, tag)
+
+	require.NoError(t, sandbox.Down(ctx, dirs[1], nil))
+	assert.False(t, imageExists(), "%s left behind by the last sandbox using it", image)
+}

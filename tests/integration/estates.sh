@@ -1,11 +1,12 @@
 # Sourced by the integration scripts (fleet.sh, trust.sh, encryption.sh) after they set
 # suite (their name, which also names $work: build/<suite>, or <SUITE>_WORK) and estates
-# ("NAME:PREFIX:DEVICES ...": one sandbox estate each, with its container prefix and device
-# count). Starts the sandboxes side by side (distinct ports, prefixes, systemd managers and
-# directories), stopped whatever happens, writes their inventory, and gives fail, ok,
-# play LOG ARGS... (ansible-playbook with the controller's backup directory, output in
-# $work/logs/LOG.log), state NAME (each server's state, kept as $work/state/<estate>.NAME.json)
-# and recap HOST LOG (the host's line of the play recap).
+# ("NAME:PREFIX:DEVICES ...": one sandbox estate each, with its container prefix (followed by
+# the checkout tag of scripts/checkout-tag.sh) and device count). Starts the sandboxes side
+# by side (distinct ports, prefixes, systemd managers and directories), stopped whatever
+# happens, writes their inventory, and gives fail, ok, play LOG ARGS... (ansible-playbook
+# with the controller's backup directory, output in $work/logs/LOG.log), state NAME (each
+# server's state, kept as $work/state/<estate>.NAME.json) and recap HOST LOG (the host's
+# line of the play recap).
 # shellcheck shell=bash
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
@@ -13,6 +14,8 @@ export PATH=/usr/local/go/bin:$PATH
 export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
 export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_HOST_KEY_CHECKING=0
 here=$repo/tests/integration/fleet
+# shellcheck source=scripts/checkout-tag.sh
+. "$repo/scripts/checkout-tag.sh"
 : "${suite:?set suite before sourcing estates.sh}" "${estates:?set estates before sourcing estates.sh}"
 suite_env=${suite^^}
 work_var=${suite_env}_WORK sandbox_var=${suite_env}_SANDBOX
@@ -38,7 +41,7 @@ trap down EXIT
 hosts=()
 for e in $estates; do
   IFS=: read -r name prefix devices <<<"$e"
-  "$sandbox" up --dir "$work/$name" --prefix "$prefix" --devices "$devices" >&2
+  "$sandbox" up --dir "$work/$name" --prefix "$prefix$checkout_tag-" --devices "$devices" >&2
   hosts+=("$name=$work/$name")
 done
 python3 "$here/inventory.py" "$work/inventory.yml" "${hosts[@]}"

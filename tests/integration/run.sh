@@ -11,6 +11,8 @@ export PATH=/usr/local/go/bin:$PATH
 export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$repo/build/installed}
 export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0
 installed=$ANSIBLE_COLLECTIONS_PATH/ansible_collections/flightctl/dr
+# shellcheck source=scripts/checkout-tag.sh
+. "$repo/scripts/checkout-tag.sh"
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
@@ -29,7 +31,7 @@ if [ -f "$work/sandbox/sandbox.json" ]; then "$repo/build/sandbox" down --dir "$
 rm -rf "$work"
 mkdir -p "$work"
 trap '"$repo/build/sandbox" down --dir "$work/sandbox" >/dev/null 2>&1 || echo "integration: sandbox down failed" >&2' EXIT
-"$repo/build/sandbox" up --dir "$work/sandbox" --prefix itest- --s3 >&2
+"$repo/build/sandbox" up --dir "$work/sandbox" --prefix "itest-$checkout_tag-" --s3 >&2
 
 list=$(printf '"%s",' "${targets[@]}")
 ansible-playbook -i "$work/sandbox/inventory.yml" -e "{\"itest_targets\": [${list%,}]}" tests/integration/integration.yml
