@@ -9,6 +9,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -78,15 +79,16 @@ type memberWriter struct {
 	workers   int
 
 	// ladder lists the levels a block may be compressed at, the configured one first and
-	// the fastest last; one level: a fixed level. Owned by the producing goroutine: rung
-	// is the ladder's index for the next block, calm counts the blocks sent since the
-	// compressors were last seen busy, settle the blocks to send before the next step.
+	// the fastest last; one level: a fixed level. rung is the ladder's index of the last
+	// block sent (producer-owned).
 	ladder []int
 	rung   int
-	calm   int
-	settle int
 	// levelIn counts the tar bytes sent at each level (producer-owned).
 	levelIn map[int]int64
+	// blocks counts the blocks sent (producer-owned); log receives a debug record at
+	// every change of level.
+	blocks int64
+	log    *slog.Logger
 	// pending counts the blocks sent for compression and not compressed yet.
 	pending atomic.Int64
 	// beforeCompress, when set (tests), runs in a compressing goroutine before each block.
@@ -136,13 +138,6 @@ func compressionLadder(level int, adaptive bool) []int {
 	}
 	return append(ladder, flate.HuffmanOnly)
 }
-
-// Thresholds of the adaptive choice, in blocks.
-const (
-	// calmBlocks is how many blocks in a row must find a compressor idle before the next
-	// block is compressed at the next better level.
-	calmBlocks = 16
-)
 
 func newMemberWriter(out io.Writer, ladder []int, concurrency, blockSize int) *memberWriter {
 	if concurrency < 1 {
@@ -314,6 +309,7 @@ func (m *memberWriter) endBlock() error {
 		return nil
 	}
 	job := &member{in: m.cur, level: m.nextLevel(), done: make(chan struct{}), reuse: true}
+	m.blocks++
 	m.levelIn[job.level] += int64(len(job.in))
 	m.cur = m.inPool.Get().([]byte)[:0]
 	m.pending.Add(1)
@@ -321,36 +317,32 @@ func (m *memberWriter) endBlock() error {
 }
 
 // nextLevel chooses the level of the block about to be sent. With one level on the
-// ladder it is that level. Otherwise: when a whole round of blocks (one per compressing
-// goroutine) waits beyond the ones being compressed, the compressors are slower than the
-// input, and this block and the next ones go one step down the ladder (faster), once the
-// blocks already waiting have been sent on; when a compressor has been found idle at
-// calmBlocks blocks in a row, the input is the slower, and the next blocks go one step up.
-// So the source sets the pace, at the best level the CPU left to compression allows.
+// ladder it is that level. Otherwise it follows the blocks waiting for a compressor
+// beyond the ones being compressed, at this moment: none, the configured level; then one
+// step down the ladder (faster) for every stepBlocks more that wait (stepBlocks is one
+// round of compressing goroutines spread over the ladder's steps, at least one block), down
+// to the fastest. So the compressors step down as soon as blocks start to wait, before the
+// queue is full and the source has to wait for them, and each block is compressed at the
+// best level the CPU left to compression allows: as the queue grows the blocks get faster
+// to compress and it drains, and as it drains they get better again; the source sets the
+// pace. (Stepping down only once a whole round waited, and back up only after many blocks
+// found a compressor idle, kept level 2 on half the blocks of a 702 MB dump on 2 CPUs, each
+// step down coming after the source had already waited: bench/RESULTS.md, "Where a direct
+// backup's CPU goes".)
 func (m *memberWriter) nextLevel() int {
 	if len(m.ladder) == 1 {
 		return m.ladder[0]
 	}
-	pending := int(m.pending.Load())
-	switch {
-	case m.settle > 0:
-		m.settle--
-	case pending >= 2*m.workers:
-		m.calm = 0
-		if m.rung < len(m.ladder)-1 {
-			m.rung++
-			m.settle = pending
-		}
-	case pending < m.workers:
-		m.calm++
-		if m.calm >= calmBlocks && m.rung > 0 {
-			m.rung--
-			m.calm = 0
-		}
-	default:
-		m.calm = 0
+	waiting := int(m.pending.Load()) - m.workers
+	rung := 0
+	if waiting > 0 {
+		rung = min(len(m.ladder)-1, waiting/max(1, m.workers/(len(m.ladder)-1)))
 	}
-	return m.ladder[m.rung]
+	if rung != m.rung && m.log != nil {
+		m.log.Debug("archive compression level changed", "block", m.blocks, "from", m.ladder[m.rung], "to", m.ladder[rung], "waiting", max(waiting, 0))
+	}
+	m.rung = rung
+	return m.ladder[rung]
 }
 
 func (m *memberWriter) Write(p []byte) (int, error) {
@@ -370,9 +362,13 @@ func (m *memberWriter) Write(p []byte) (int, error) {
 }
 
 // readFrom reads from r straight into the block buffers until EOF or until
-// limit bytes (limit < 0: no limit), feeding every byte to tap.
+// limit bytes (limit < 0: no limit), feeding every byte to tap. tap gets the bytes a block
+// at a time (when it is full, and at the end), not as each Read returns them: a pipe that
+// its writer fills in small pieces is read in as many small pieces, and a hash or a dump
+// check handed each one costs a call, or a goroutine switch, per piece.
 func (m *memberWriter) readFrom(r io.Reader, limit int64, tap io.Writer) (int64, error) {
 	var total int64
+	tapped := len(m.cur) // bytes of the current block that are not this stream's, or tapped
 	for limit < 0 || total < limit {
 		space := m.cur[len(m.cur):m.blockSize]
 		if limit >= 0 && int64(len(space)) > limit-total {
@@ -380,22 +376,25 @@ func (m *memberWriter) readFrom(r io.Reader, limit int64, tap io.Writer) (int64,
 		}
 		n, err := r.Read(space)
 		if n > 0 {
-			tap.Write(space[:n])
 			m.cur = m.cur[:len(m.cur)+n]
 			total += int64(n)
 			if len(m.cur) == m.blockSize {
+				tap.Write(m.cur[tapped:])
+				tapped = 0
 				if err := m.endBlock(); err != nil {
 					return total, err
 				}
 			}
 		}
-		if err == io.EOF {
-			return total, nil
-		}
 		if err != nil {
+			tap.Write(m.cur[tapped:])
+			if err == io.EOF {
+				return total, nil
+			}
 			return total, err
 		}
 	}
+	tap.Write(m.cur[tapped:])
 	return total, nil
 }
 

@@ -195,7 +195,9 @@ func NewWriter(ctx context.Context, opts WriterOptions) (*Writer, error) {
 		return nil, fmt.Errorf("archive writer: %w", err)
 	}
 	w.f = f
-	var out io.Writer = f
+	// Plain archives are sent to disk as they are written (writeback), so that the sync
+	// at Commit has little left to wait for.
+	var out io.Writer = &writeback{f: f}
 	if !opts.Encryption.Empty() {
 		enc, err := encrypt.NewWriter(f, opts.Encryption)
 		if err != nil {
@@ -213,6 +215,7 @@ func NewWriter(ctx context.Context, opts WriterOptions) (*Writer, error) {
 	}
 	w.mw = newMemberWriter(out, compressionLadder(level, mode == CompressionAdaptive), opts.Concurrency, opts.blockSize)
 	w.mw.beforeCompress = opts.beforeCompress
+	w.mw.log = log
 	if w.enc != nil {
 		w.mw.hold, w.mw.hash = w.enc.Hold, nil
 	}
@@ -371,6 +374,27 @@ type StreamDigester interface {
 	StreamSHA256() []byte
 }
 
+// TappedStream is a stream for AddStream whose bytes also go, in order, to Tap (a dump
+// check beside the archive): Tap gets them in whole compression blocks, as the entry's
+// sha256 does, rather than as each Read of the stream returns them (an io.TeeReader on a
+// pipe hands its writer every small piece the pipe gave).
+type TappedStream struct {
+	io.Reader
+	Tap io.Writer
+}
+
+// Read reads the stream and writes what it read to Tap, as an io.TeeReader does: what a
+// sink other than the archive writer sees (AddStream takes the two apart).
+func (t TappedStream) Read(p []byte) (int, error) {
+	n, err := t.Reader.Read(p)
+	if n > 0 {
+		if _, werr := t.Tap.Write(p[:n]); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
 // AddStream adds a regular file of unknown size (a pg_dump's stdout), read
 // from r until EOF, and returns its size. Its tar header is written as a
 // fixed-length stored gzip member and rewritten in place with the real size
@@ -393,10 +417,19 @@ func (w *Writer) AddStream(name string, mode fs.FileMode, mtime time.Time, r io.
 		return 0, w.fail(fmt.Errorf("archive writer: add %q: %w", name, err))
 	}
 	h := sha256.New()
-	var tap io.Writer = h
+	var extra io.Writer
+	if t, ok := r.(TappedStream); ok {
+		r, extra = t.Reader, t.Tap
+	}
 	digester, prehashed := r.(StreamDigester)
-	if prehashed {
+	var tap io.Writer = h
+	switch {
+	case prehashed && extra != nil:
+		tap = extra
+	case prehashed:
 		tap = io.Discard
+	case extra != nil:
+		tap = io.MultiWriter(h, extra)
 	}
 	size, err := w.mw.readFrom(ctxReader{w.ctx, r}, -1, tap)
 	if err != nil {
@@ -583,14 +616,25 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 		}
 		size = w.enc.Size()
 	}
+	// The archive goes to disk while its end is hashed again (finalHash re-reads it from
+	// the page cache): the two overlap instead of adding up at the end of a backup.
+	var syncTime time.Duration
+	synced := make(chan error, 1)
+	go func() {
+		start := time.Now()
+		err := w.f.Sync()
+		syncTime = time.Since(start)
+		synced <- err
+	}()
 	start := time.Now()
 	sum, err := w.finalHash(size)
 	w.rehash = time.Since(start)
+	syncErr := <-synced
 	if err != nil {
 		return nil, fmt.Errorf("archive writer: checksum the archive: %w", err)
 	}
-	if err := w.f.Sync(); err != nil {
-		return nil, fmt.Errorf("archive writer: sync the archive: %w", err)
+	if syncErr != nil {
+		return nil, fmt.Errorf("archive writer: sync the archive: %w", syncErr)
 	}
 	// The checksum file takes its space before the archive is named: a disk that fills
 	// up here fails the backup with nothing named.
@@ -615,7 +659,7 @@ func (w *Writer) commitLocked(meta Metadata) (*Result, error) {
 	w.f = nil
 	w.state = stateCommitted
 	w.stop()
-	w.log.Debug("archive committed", "path", finalPath, "bytes", size, "sha256", sum, "entries", len(meta.Manifest), "compression", w.compressionSummary())
+	w.log.Debug("archive committed", "path", finalPath, "bytes", size, "sha256", sum, "entries", len(meta.Manifest), "compression", w.compressionSummary(), "rehash", w.rehash, "sync", syncTime)
 	return &Result{Path: finalPath, ChecksumPath: sumPath, SHA256: sum, Size: size, Metadata: meta}, nil
 }
 

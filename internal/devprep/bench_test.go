@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +30,7 @@ type benchEnv struct {
 	*env
 	devices int
 	db      *pgx.Conn
+	ownerDB *pgx.Conn // as flightctl_migrator, the tables' owner
 	direct  *redis.Client
 	slow    *redis.Client
 	proxy   *delayProxy
@@ -70,6 +72,7 @@ func benchSetup(b *testing.B) *benchEnv {
 		_, err = e.admin.Exec(ctx, `VACUUM ANALYZE devices, device_timestamps`)
 		require.NoError(b, err)
 		be.db, be.direct = e.connect(b)
+		be.ownerDB, _ = e.connectWith(b, e.ownerConnOptions())
 		be.proxy, err = startDelayProxy(e.kv.Addr, benchLinkDelay)
 		require.NoError(b, err)
 		atExit(func() { _ = be.proxy.Close() })
@@ -105,28 +108,70 @@ func (be *benchEnv) annotateAll(b *testing.B) {
 }
 
 // BenchmarkPrepare is the whole preparation (verify, one transaction, flush, keys written
-// and checked) of every device.
+// and checked) of every device: as flightctl_app, which maintains the indexes of devices
+// row by row, and (owner-loopback) as flightctl_migrator, the tables' owner, whose
+// transaction builds the btree indexes of devices again instead. db-cpu-s is the CPU time
+// of the database session and of the parallel workers of its index builds (the load of
+// other processes changes it much less than the wall time).
 func BenchmarkPrepare(b *testing.B) {
 	be := benchSetup(b)
-	for _, link := range []string{"loopback", "1ms-link"} {
+	for _, link := range []string{"loopback", "1ms-link", "owner-loopback"} {
 		b.Run(link, func(b *testing.B) {
-			kv := be.direct
+			kv, db := be.direct, be.db
 			if link == "1ms-link" {
 				kv = be.slow
 			}
+			if link == "owner-loopback" {
+				db = be.ownerDB
+			}
+			var cpu float64
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				be.resetDevices(b)
+				cpu0 := be.dbCPU(b, db)
 				b.StartTimer()
-				res, err := Run(context.Background(), Options{DB: be.db, KV: kv, FlushKV: true, CreateEvent: true, Logger: benchLogger()})
+				res, err := Run(context.Background(), Options{DB: db, KV: kv, FlushKV: true, CreateEvent: true, Logger: benchLogger()})
 				require.NoError(b, err)
+				b.StopTimer()
+				cpu += be.dbCPU(b, db) - cpu0
+				b.StartTimer()
 				if res.DevicesUpdated != be.devices || res.KeysVerified != be.devices {
 					b.Fatalf("prepared %d devices, verified %d keys; want %d", res.DevicesUpdated, res.KeysVerified, be.devices)
 				}
+				if (link == "owner-loopback") != (res.IndexesRebuilt > 0) {
+					b.Fatalf("%d indexes built again", res.IndexesRebuilt)
+				}
 			}
 			b.ReportMetric(float64(be.devices), "devices")
+			b.ReportMetric(cpu/float64(b.N), "db-cpu-s")
 		})
 	}
+}
+
+// dbCPU is the CPU seconds used so far by db's server process and by the postmaster's
+// exited children (the parallel workers of index builds; also autovacuum's).
+func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
+	pm, err := os.ReadFile(be.pg.DataDir + "/postmaster.pid")
+	require.NoError(b, err)
+	pmPID, _, _ := strings.Cut(string(pm), "\n")
+	return procCPU(b, strconv.Itoa(int(db.PgConn().PID())), false) + procCPU(b, strings.TrimSpace(pmPID), true)
+}
+
+// procCPU reads utime+stime (or, with children, cutime+cstime) of a process, in seconds.
+func procCPU(b *testing.B, pid string, children bool) float64 {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	require.NoError(b, err)
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // f[0] is field 3 (state)
+	first := 11                                              // utime is field 14
+	if children {
+		first = 13 // cutime is field 16
+	}
+	a, err := strconv.ParseFloat(f[first], 64)
+	require.NoError(b, err)
+	c, err := strconv.ParseFloat(f[first+1], 64)
+	require.NoError(b, err)
+	return (a + c) / 100 // USER_HZ
 }
 
 // benchLogger shows the phases' timing with BENCH_LOG=1.

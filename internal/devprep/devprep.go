@@ -128,6 +128,10 @@ type Result struct {
 	EventName    string `json:"event_name,omitempty"`
 	KVFlushed    bool   `json:"kv_flushed"`
 	Changed      bool   `json:"changed"`
+	// IndexesRebuilt is the number of btree indexes of devices that the transaction
+	// dropped before the update and built again before the commit, instead of adding
+	// every updated row to them (only as the table's owner, and when most rows change).
+	IndexesRebuilt int `json:"indexes_rebuilt,omitempty"`
 	// Before and After are filled by Plan only: the state now and the state a run would
 	// leave. For a measured diff, call Plan before and after Run.
 	Before *State `json:"before,omitempty"`

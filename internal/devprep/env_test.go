@@ -26,7 +26,10 @@ var (
 	dbCounter   atomic.Int64
 )
 
-const appPassword = "app-pw-for-tests"
+const (
+	appPassword      = "app-pw-for-tests"
+	migratorPassword = "migrator-pw-for-tests"
+)
 
 var (
 	laterMu sync.Mutex
@@ -73,15 +76,21 @@ func newEnvWith(t testing.TB, cleanup func(func())) *env {
 		cluster, clusterErr = testbed.StartPostgres(ctx, testbed.PostgresOptions{})
 	})
 	require.NoError(t, clusterErr)
+	return newEnvOn(t, cluster, cleanup)
+}
+
+// newEnvOn is newEnvWith on the cluster pg.
+func newEnvOn(t testing.TB, pg *testbed.Postgres, cleanup func(func())) *env {
+	t.Helper()
 	ctx := context.Background()
-	e := &env{pg: cluster, dbName: fmt.Sprintf("flightctl_t%d", dbCounter.Add(1)), cleanup: cleanup}
-	require.NoError(t, cluster.CreateFlightctlDB(ctx, e.dbName, testbed.FlightctlPasswords{App: appPassword}))
-	admin, err := cluster.SuperuserConn(ctx, e.dbName)
+	e := &env{pg: pg, dbName: fmt.Sprintf("flightctl_t%d", dbCounter.Add(1)), cleanup: cleanup}
+	require.NoError(t, pg.CreateFlightctlDB(ctx, e.dbName, testbed.FlightctlPasswords{App: appPassword, Migrator: migratorPassword}))
+	admin, err := pg.SuperuserConn(ctx, e.dbName)
 	require.NoError(t, err)
 	e.admin = admin
 	cleanup(func() {
 		admin.Close(context.Background())
-		if c, err := cluster.SuperuserConn(context.Background(), "postgres"); err == nil {
+		if c, err := pg.SuperuserConn(context.Background(), "postgres"); err == nil {
 			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+pgx.Identifier{e.dbName}.Sanitize()+" WITH (FORCE)")
 			c.Close(context.Background())
 		}
@@ -102,9 +111,21 @@ func (e *env) connOptions() ConnOptions {
 	}
 }
 
+// ownerConnOptions connect as flightctl_migrator, the owner of the tables.
+func (e *env) ownerConnOptions() ConnOptions {
+	co := e.connOptions()
+	co.DBUser, co.DBPassword = "flightctl_migrator", migratorPassword
+	return co
+}
+
 func (e *env) connect(t testing.TB) (*pgx.Conn, *redis.Client) {
 	t.Helper()
-	db, kv, err := e.connOptions().Connect(context.Background())
+	return e.connectWith(t, e.connOptions())
+}
+
+func (e *env) connectWith(t testing.TB, co ConnOptions) (*pgx.Conn, *redis.Client) {
+	t.Helper()
+	db, kv, err := co.Connect(context.Background())
 	require.NoError(t, err)
 	e.cleanup(func() {
 		db.Close(context.Background())

@@ -288,12 +288,26 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	defer tx.Rollback(context.Background())
 
 	res := &Result{}
-	if _, _, err := readCounts(ctx, tx, &res.Counts); err != nil {
+	toUpdate, _, err := readCounts(ctx, tx, &res.Counts)
+	if err != nil {
 		return nil, fmt.Errorf("device preparation: %w", err)
 	}
 	log.Debug("rows counted")
+	c := &res.Counts
+	rebuild, err := dropIndexes(ctx, tx, opts, toUpdate, toUpdate+c.DevicesAlreadyAwaiting+c.DevicesSkippedDecommissioned+c.DevicesDeleted)
+	if err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
 	if err := tx.QueryRow(ctx, updateDevicesSQL).Scan(&res.DevicesUpdated, &res.TimestampsCleared); err != nil {
 		return nil, fmt.Errorf("device preparation: update devices: %w", err)
+	}
+	log.Debug("devices updated")
+	if err := rebuild.buildIndexes(ctx, tx); err != nil {
+		return nil, fmt.Errorf("device preparation: %w", err)
+	}
+	res.IndexesRebuilt = len(rebuild.indexes)
+	if res.IndexesRebuilt > 0 {
+		log.Debug("btree indexes of devices built again", "indexes", res.IndexesRebuilt)
 	}
 	tag, err := tx.Exec(ctx, updateEnrollmentRequestsSQL)
 	if err != nil {

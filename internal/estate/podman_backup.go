@@ -644,7 +644,9 @@ func (b *PodmanBackup) writeDump(ctx context.Context, sink BackupSink, db *Datab
 	// The dump is read as a restore reads it, beside the archive writer: its rows per
 	// table go into the metadata, and a dump that a restore would refuse is reported now.
 	watch := pgdump.Watch()
-	n, err := sink.AddStream(EntryDBDump, 0o600, now, io.TeeReader(stream, watch))
+	// The check gets the dump in the writer's blocks, not in the small pieces pg_dump
+	// writes into the pipe (archive.TappedStream).
+	n, err := sink.AddStream(EntryDBDump, 0o600, now, archive.TappedStream{Reader: stream, Tap: watch})
 	st := watch.Close()
 	// Read before Close: an error here is pg_dump's own, not the stop Close causes.
 	cmdErr := stream.CommandErr()
@@ -1005,7 +1007,7 @@ func startStream(ctx context.Context, produce func(ctx context.Context, w io.Wri
 		close(s.done)
 		return s
 	}
-	setPipeSize(pw, dumpPipeSize)
+	runner.SetPipeSize(pw, dumpPipeSize)
 	s.pr = pr
 	go func() {
 		err := produce(ctx, pw)

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"flightctl.dr/internal/podman"
+	"flightctl.dr/internal/runner"
 )
 
 // A dump through `podman exec` reaches this process through three copies: pg_dump's
@@ -74,7 +75,7 @@ func openContainerPipe(ctx context.Context, pm *podman.Client, container, inner 
 		p.close()
 		return nil, fmt.Errorf("open the FIFO in container %s: %w", container, err)
 	}
-	setPipeSize(r, dumpPipeSize)
+	runner.SetPipeSize(r, dumpPipeSize)
 	p.r = r
 	return p, nil
 }

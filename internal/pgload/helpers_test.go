@@ -70,6 +70,11 @@ func loadPsql(t testing.TB, pg *testbed.Postgres, db string, dump []byte) error 
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "dump.sql")
 	require.NoError(t, os.WriteFile(f, dump, 0o644))
+	return loadPsqlFile(pg, db, f)
+}
+
+// loadPsqlFile is `psql -v ON_ERROR_STOP=1 -f file`.
+func loadPsqlFile(pg *testbed.Postgres, db, f string) error {
 	cmd := exec.Command(filepath.Join(pg.BinDir, "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg.SocketDir, "-p", strconv.Itoa(pg.Port), "-U", "postgres", "-d", db, "-f", f)
 	cmd.Env = append(os.Environ(), "PGOPTIONS=-c client_min_messages=warning")
 	out, err := cmd.CombinedOutput()
@@ -83,7 +88,9 @@ func loadPsql(t testing.TB, pg *testbed.Postgres, db string, dump []byte) error 
 func loadParallel(t testing.TB, pg *testbed.Postgres, db string, dump []byte, opts pgload.Options) (pgload.Stats, error) {
 	t.Helper()
 	opts.Database = db
-	opts.Command = psqlCommand(pg)
+	if opts.Command == nil {
+		opts.Command = psqlCommand(pg)
+	}
 	opts.Runner = runner.Exec{}
 	opts.Restrict = true
 	return pgload.Load(context.Background(), pgdump.NewChecked(bytes.NewReader(dump)), opts)

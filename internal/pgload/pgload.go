@@ -12,8 +12,13 @@
 //     the same table, so that one large table loads on every session too;
 //   - INDEX and CONSTRAINT entries (with the comments on them) are built in parallel once
 //     all the data is in, then TRIGGER entries, then FK CONSTRAINT entries, which need the
-//     unique indexes they reference; two foreign keys that touch the same table never run
-//     at the same time, so that their locks cannot deadlock;
+//     unique indexes they reference. Within each of these three kinds the entry that reads
+//     the most table data starts first (the COPY bytes of its table: longest first, so
+//     that the sessions end together), among those whose table no running entry holds in
+//     a conflicting mode: index builds of one table share it, a constraint or trigger
+//     holds it alone, so that no session waits in the server for another's lock while
+//     other work is ready; two foreign keys that touch the same table never run at the
+//     same time, so that their locks cannot deadlock;
 //   - anything else (ACLs, event triggers, entries it does not recognise) runs on one
 //     session in dump order, after everything before it has finished and before anything
 //     after it starts: an unexpected dump loads slower, never differently.
@@ -42,6 +47,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -81,7 +87,11 @@ type Options struct {
 	// first index, constraint or trigger is made (at the end of a dump that has none),
 	// with no session busy.
 	AfterData func(ctx context.Context) error
-	Logger    *slog.Logger
+	// Phase, when set, is called each time the load moves on to another kind of work,
+	// once everything of the kind before has finished: "serial", "data", "after data",
+	// "index" (indexes and constraints), "trigger", "foreign key".
+	Phase  func(phase string)
+	Logger *slog.Logger
 }
 
 // Stats says how a load went.
@@ -128,9 +138,16 @@ type task struct {
 	parts [][]byte
 	// settings are the session settings that precede the task in the dump.
 	settings [][]byte
-	// tables are the tables a foreign key locks ("*": unknown, conflicts with all);
-	// nil: no lock is taken by the loader.
+	// pooled: an index, constraint, trigger or foreign key, which the post-data
+	// scheduler hands out (runPool) with the tables it locks: tables ("*": unknown,
+	// conflicts with all), in share mode when shared (CREATE INDEX), else exclusive; cost
+	// is the bytes of table data it reads, the longest first.
+	pooled bool
+	// free is a COPY piece's buffer, handed back to the loader once written.
+	free   []byte
 	tables []string
+	shared bool
+	cost   int64
 	// barrier
 	wg      *sync.WaitGroup
 	release chan struct{}
@@ -148,6 +165,14 @@ type loader struct {
 	stop     chan struct{}
 	workers  sync.WaitGroup
 	locks    *tableLocks
+	// pool is the post-data work of the current kind, run at the next barrier; idle
+	// holds one token per session not running pooled work.
+	pool       []*task
+	idle       chan struct{}
+	tableBytes map[string]int64
+	// bufs are COPY piece buffers written out and free for the next pieces: filling a
+	// buffer whose pages are already in costs a copy, a new one also the kernel's zeroing.
+	bufs chan []byte
 
 	errOnce sync.Once
 	err     error
@@ -168,6 +193,7 @@ type loader struct {
 }
 
 type copyState struct {
+	table    string
 	header   []byte
 	buf      []byte
 	parallel bool
@@ -198,7 +224,8 @@ func Load(ctx context.Context, src *pgdump.Checked, opts Options) (Stats, error)
 	defer cancel()
 	l := &loader{opts: opts, ctx: lctx, cancel: cancel, key: hex.EncodeToString(b),
 		shared: make(chan *task, opts.Connections), stop: make(chan struct{}), locks: newTableLocks(),
-		t0: time.Now()}
+		idle: make(chan struct{}, opts.Connections), tableBytes: map[string]int64{},
+		bufs: make(chan []byte, 2*opts.Connections+2), t0: time.Now()}
 	l.stats.Sessions = opts.Connections
 	for i := 0; i < opts.Connections; i++ {
 		s, err := l.startSession(i)
@@ -207,6 +234,7 @@ func Load(ctx context.Context, src *pgdump.Checked, opts Options) (Stats, error)
 			break
 		}
 		l.sessions = append(l.sessions, s)
+		l.idle <- struct{}{}
 		l.workers.Add(1)
 		go l.work(s)
 	}
@@ -338,7 +366,7 @@ func (l *loader) statement(it *pgdump.Item) error {
 	}
 	switch {
 	case it.Copy != nil:
-		l.copy = &copyState{header: clone(it.Raw), parallel: typ == "TABLE DATA"}
+		l.copy = &copyState{table: it.Copy.Table, header: clone(it.Raw), parallel: typ == "TABLE DATA"}
 		if l.copy.parallel {
 			l.markData()
 			return nil
@@ -389,8 +417,17 @@ func (l *loader) flushPend() error {
 	}
 	t, cls := l.pend, l.pendCls
 	l.pend, l.pendHdr, l.attach = nil, nil, nil
-	if cls == classFK {
+	t.pooled = true
+	switch cls {
+	case classFK:
 		t.tables = fkTables(t.parts[0])
+	case classIndex:
+		t.tables, t.shared = indexTables(t.parts[0])
+	case classTrigger:
+		t.tables = triggerTables(t.parts[0])
+	}
+	if t.tables[0] != "*" {
+		t.cost = l.tableBytes[t.tables[0]]
 	}
 	l.stats.Post++
 	return l.dispatch(t, cls)
@@ -404,8 +441,9 @@ func (l *loader) copyData(it *pgdump.Item) error {
 	if !c.parallel {
 		return l.dispatch(&task{parts: [][]byte{clone(it.Raw)}}, classSerial)
 	}
+	l.tableBytes[c.table] += int64(len(it.Raw))
 	if c.buf == nil {
-		c.buf = make([]byte, 0, l.opts.Chunk+len(it.Raw))
+		c.buf = l.newBuf(len(it.Raw))
 	}
 	c.buf = append(c.buf, it.Raw...)
 	for len(c.buf) >= l.opts.Chunk {
@@ -415,21 +453,32 @@ func (l *loader) copyData(it *pgdump.Item) error {
 			return nil
 		}
 		cut := l.opts.Chunk + j
-		rest := c.buf[cut:]
-		c.buf = c.buf[:cut:cut]
+		// The rest goes into another buffer, taken before this one is handed on.
+		next := append(l.newBuf(len(c.buf)-cut), c.buf[cut:]...)
+		c.buf = c.buf[:cut]
 		if err := l.emitCopy(); err != nil {
 			return err
 		}
-		c.buf = append(make([]byte, 0, l.opts.Chunk+len(rest)), rest...)
+		c.buf = next
 	}
 	return nil
 }
 
 var copyEnd = []byte("\\.\n")
 
+// newBuf is an empty buffer for a COPY piece, one written out before if there is one.
+func (l *loader) newBuf(extra int) []byte {
+	select {
+	case b := <-l.bufs:
+		return b[:0]
+	default:
+		return make([]byte, 0, l.opts.Chunk+max(extra, 512<<10))
+	}
+}
+
 func (l *loader) emitCopy() error {
 	c := l.copy
-	t := &task{data: true, parts: [][]byte{c.header, c.buf, copyEnd}}
+	t := &task{data: true, parts: [][]byte{c.header, c.buf, copyEnd}, free: c.buf}
 	c.buf = nil
 	c.emitted++
 	l.stats.Data++
@@ -466,6 +515,7 @@ func (l *loader) afterData() error {
 	} else {
 		l.stats.PreData = now.Sub(l.t0)
 	}
+	l.phase("after data")
 	if l.opts.AfterData != nil {
 		if err := l.opts.AfterData(l.ctx); err != nil {
 			return err
@@ -487,8 +537,13 @@ func (l *loader) dispatch(t *task, cls class) error {
 			}
 		}
 		l.mode = cls
+		l.phase(cls.String())
 	}
 	t.settings = l.settings
+	if t.pooled {
+		l.pool = append(l.pool, t)
+		return nil
+	}
 	ch := l.shared
 	if cls == classSerial {
 		ch = l.sessions[0].own
@@ -501,8 +556,62 @@ func (l *loader) dispatch(t *task, cls class) error {
 	}
 }
 
+func (l *loader) phase(name string) {
+	if l.opts.Phase != nil {
+		l.opts.Phase(name)
+	}
+}
+
+// runPool hands out the post-data work gathered in the pool, one piece to each session
+// that is free: the one that reads the most table data first, of those whose tables no
+// running piece holds in a conflicting mode (the server would make it wait for that
+// lock, with the session idle, while another piece could run), so that the long index
+// builds of a large table start first and the sessions end together.
+func (l *loader) runPool() error {
+	pool := longestFirst(l.pool)
+	l.pool = nil
+	for len(pool) > 0 {
+		select {
+		case <-l.idle:
+		case <-l.ctx.Done():
+			return l.firstErr()
+		}
+		for {
+			i, wake := l.locks.pick(pool)
+			if i >= 0 {
+				t := pool[i]
+				pool = append(pool[:i], pool[i+1:]...)
+				select {
+				case l.shared <- t:
+				case <-l.ctx.Done():
+					return l.firstErr()
+				}
+				break
+			}
+			select {
+			case <-wake:
+			case <-l.ctx.Done():
+				return l.firstErr()
+			}
+		}
+	}
+	return nil
+}
+
+// longestFirst orders pool by cost, the highest first, in dump order among equals (so
+// that a table's constraints, which pg_dump writes before its indexes, come first).
+func longestFirst(pool []*task) []*task {
+	sort.SliceStable(pool, func(i, j int) bool { return pool[i].cost > pool[j].cost })
+	return pool
+}
+
 // barrier returns when every session has run all the work handed to it so far.
 func (l *loader) barrier() error {
+	if len(l.pool) > 0 {
+		if err := l.runPool(); err != nil {
+			return err
+		}
+	}
 	l.stats.Barriers++
 	n := len(l.sessions)
 	var wg sync.WaitGroup
@@ -570,22 +679,27 @@ func (l *loader) run(s *session, t *task) error {
 	if t.data {
 		s.data++
 	}
-	if t.tables != nil {
-		if err := l.locks.lock(l.ctx, t.tables); err != nil {
-			return l.firstErr()
-		}
-		defer l.locks.unlock(t.tables)
-	}
+	var err error
 	for _, p := range t.parts {
-		if err := s.write(p); err != nil {
-			return err
+		if err = s.write(p); err != nil {
+			break
 		}
 	}
-	if t.tables != nil {
-		// The tables stay locked until the server has finished with them.
-		return s.sync(l.ctx)
+	if t.free != nil && err == nil {
+		select {
+		case l.bufs <- t.free:
+		default:
+		}
 	}
-	return nil
+	if t.pooled {
+		if err == nil {
+			// The tables stay locked until the server has finished with them.
+			err = s.sync(l.ctx)
+		}
+		l.locks.unlock(t.tables, t.shared)
+		l.idle <- struct{}{}
+	}
+	return err
 }
 
 // isSetting says whether a statement sets session state: pg_dump's SET statements and
@@ -627,72 +741,132 @@ func fkTables(raw []byte) []string {
 	if refTable == "" || strings.ContainsAny(refTable, `"`) {
 		return []string{"*"}
 	}
+	table, refTable = strings.ToLower(table), strings.ToLower(refTable)
 	if refTable == table {
 		return []string{table}
 	}
 	return []string{table, refTable}
 }
 
-// tableLocks lets no two foreign keys on a common table run at once.
+// indexTables is the table a CREATE INDEX (share mode: other indexes of the table can
+// be built at the same time) or an ALTER TABLE ... ADD CONSTRAINT (exclusive) locks;
+// "*" (exclusive) when it cannot be read.
+func indexTables(raw []byte) ([]string, bool) {
+	n := pgdump.Normalize(raw)
+	if rest, ok := strings.CutPrefix(n, "CREATE "); ok {
+		rest = strings.TrimPrefix(rest, "UNIQUE ")
+		if rest, ok = strings.CutPrefix(rest, "INDEX "); ok {
+			if _, on, ok := strings.Cut(rest, " ON "); ok {
+				on = strings.TrimPrefix(on, "ONLY ")
+				table, _, _ := strings.Cut(on, " ")
+				if table != "" && !strings.ContainsAny(table, `"(`) {
+					return []string{strings.ToLower(table)}, true
+				}
+			}
+		}
+		return []string{"*"}, false
+	}
+	if rest, ok := strings.CutPrefix(n, "ALTER TABLE "); ok {
+		rest = strings.TrimPrefix(rest, "ONLY ")
+		table, _, _ := strings.Cut(rest, " ")
+		if table != "" && !strings.ContainsAny(table, `"`) {
+			return []string{strings.ToLower(table)}, false
+		}
+	}
+	return []string{"*"}, false
+}
+
+// triggerTables is the table a CREATE TRIGGER locks (in a mode that conflicts with
+// itself); "*" when it cannot be read.
+func triggerTables(raw []byte) []string {
+	n := pgdump.Normalize(raw)
+	if rest, ok := strings.CutPrefix(n, "CREATE "); ok {
+		rest = strings.TrimPrefix(rest, "CONSTRAINT ")
+		if rest, ok = strings.CutPrefix(rest, "TRIGGER "); ok {
+			if _, on, ok := strings.Cut(rest, " ON "); ok {
+				table, _, _ := strings.Cut(on, " ")
+				if table != "" && !strings.ContainsAny(table, `"(`) {
+					return []string{strings.ToLower(table)}
+				}
+			}
+		}
+	}
+	return []string{"*"}
+}
+
+// tableLocks keeps apart the pieces of post-data work that would wait for each other's
+// locks in the server (two foreign keys on a common table could even deadlock): a table
+// is held by any number of pieces in share mode or by one exclusively; "*" holds all.
 type tableLocks struct {
 	mu   sync.Mutex
-	held map[string]bool
+	held map[string]int // > 0: holders in share mode; -1: exclusive
 	all  bool
 	wake chan struct{}
 }
 
 func newTableLocks() *tableLocks {
-	return &tableLocks{held: map[string]bool{}, wake: make(chan struct{})}
+	return &tableLocks{held: map[string]int{}, wake: make(chan struct{})}
 }
 
-func (tl *tableLocks) free(tables []string) bool {
+func (tl *tableLocks) free(tables []string, shared bool) bool {
 	if tl.all {
 		return false
 	}
 	for _, t := range tables {
-		if t == "*" {
+		switch {
+		case t == "*":
 			if len(tl.held) > 0 {
 				return false
 			}
-			continue
-		}
-		if tl.held[t] {
-			return false
+		case shared:
+			if tl.held[t] < 0 {
+				return false
+			}
+		default:
+			if tl.held[t] != 0 {
+				return false
+			}
 		}
 	}
 	return true
 }
 
-func (tl *tableLocks) lock(ctx context.Context, tables []string) error {
-	for {
-		tl.mu.Lock()
-		if tl.free(tables) {
-			for _, t := range tables {
-				if t == "*" {
-					tl.all = true
-				} else {
-					tl.held[t] = true
-				}
-			}
-			tl.mu.Unlock()
-			return nil
-		}
-		wake := tl.wake
-		tl.mu.Unlock()
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return ctx.Err()
+func (tl *tableLocks) take(tables []string, shared bool) {
+	for _, t := range tables {
+		switch {
+		case t == "*":
+			tl.all = true
+		case shared:
+			tl.held[t]++
+		default:
+			tl.held[t] = -1
 		}
 	}
 }
 
-func (tl *tableLocks) unlock(tables []string) {
+// pick takes the locks of the first task in pool whose tables are free and returns its
+// index; -1 and a channel closed at the next unlock when none is.
+func (tl *tableLocks) pick(pool []*task) (int, <-chan struct{}) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	for i, t := range pool {
+		if tl.free(t.tables, t.shared) {
+			tl.take(t.tables, t.shared)
+			return i, nil
+		}
+	}
+	return -1, tl.wake
+}
+
+func (tl *tableLocks) unlock(tables []string, shared bool) {
 	tl.mu.Lock()
 	for _, t := range tables {
-		if t == "*" {
+		switch {
+		case t == "*":
 			tl.all = false
-		} else {
+		case shared && tl.held[t] > 1:
+			tl.held[t]--
+		default:
 			delete(tl.held, t)
 		}
 	}
@@ -722,6 +896,7 @@ func (l *loader) startSession(id int) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start psql session %d: %w", id+1, err)
 	}
+	runner.SetPipeSize(pw, min(l.opts.Chunk+(64<<10), 1<<20))
 	s := &session{id: id, l: l, in: pw, readEnd: pr, own: make(chan *task), tokens: make(chan string, 4), exit: make(chan struct{})}
 	pgopts := "-c client_min_messages=warning -c synchronous_commit=off"
 	if m := l.opts.MaintenanceWorkMem; m != "-" {

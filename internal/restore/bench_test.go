@@ -7,7 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,7 +30,15 @@ import (
 // with FLIGHTCTL_DR_BENCH_RESTORE_SERIAL=1, a whole restore with db_load_connections 1 (the
 // serial path), side by side. downtime-s is from the units being stopped to the last one
 // started again; down-*-s are its parts (stop, swap, files with volume and labels, device
-// preparation, start) for the default restore.
+// preparation, start) for the default restore. loader-alone-s is the restore's load step
+// without the archive around it (restore.LoadDump of the plain dump file: the dump checker
+// and the loader over the same sessions, no device preparation), so that restore-s against
+// it and psql-load-s shows what the verifying load pass adds. *-go-cpu-s, *-psql-cpu-s and
+// *-backend-cpu-s are the CPU-seconds of psql -f, the loader alone and the whole restore in
+// this process, in its psql processes and in the server's backends (those that ended within
+// the part: autovacuum workers count where they end; FLIGHTCTL_DR_BENCH_AUTOVACUUM=off turns
+// autovacuum off). Each part runs in a pprof label phase=loader-alone or phase=restore, so
+// that `go tool pprof -tagfocus=phase=restore` shows one part of a -cpuprofile.
 func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	ctx := context.Background()
 	mb := 64
@@ -45,6 +56,16 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	serialToo := os.Getenv("FLIGHTCTL_DR_BENCH_RESTORE_SERIAL") == "1"
 	testbed.Need(b, "psql", "/usr/lib/postgresql/15/bin/pg_dump")
 	pg := testbed.PostgresForTest(b)
+	if os.Getenv("FLIGHTCTL_DR_BENCH_AUTOVACUUM") == "off" {
+		// No autovacuum worker on the freshly loaded tables: each part's CPU is then its own.
+		c, err := pg.SuperuserConn(ctx, "postgres")
+		require.NoError(b, err)
+		_, err = c.Exec(ctx, "ALTER SYSTEM SET autovacuum = off")
+		require.NoError(b, err)
+		_, err = c.Exec(ctx, "SELECT pg_reload_conf()")
+		require.NoError(b, err)
+		c.Close(ctx)
+	}
 	rd := testbed.RedisForTest(b)
 	sd := testbed.SystemdForTest(b)
 	require.NoError(b, pg.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
@@ -103,7 +124,14 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	dumpInfo, _ := os.Stat(dumpPath)
 	b.Logf("dump %.0f MiB, archive %.0f MiB", float64(dumpInfo.Size())/(1<<20), float64(ar.Size)/(1<<20))
 
-	var psqlTotal, restoreTotal, verifyTotal, downTotal, serialTotal, serialDown time.Duration
+	var psqlTotal, restoreTotal, verifyTotal, downTotal, serialTotal, serialDown, aloneTotal time.Duration
+	// CPU-seconds of each part, which a loaded machine changes far less than its wall time:
+	// this process (the Go side), its reaped children (psql), the server's reaped backends.
+	var psqlCPU, aloneCPU, restoreCPU cpuSpent
+	md, err := archive.ReadMetadata(ctx, ar.Path)
+	require.NoError(b, err)
+	pm := postmasterPID(b, pg.DataDir)
+	benchPostmaster = pm
 	// The downtime's parts, from the checkpoints each step passes when it is done: units
 	// stopped, database swapped, files, volume and labels, device preparation, units started.
 	parts := []struct{ step, metric string }{
@@ -152,18 +180,57 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 		b.StartTimer()
 
 		start := time.Now()
+		serverIdle(pm)
+		c0 := cpuNow(pm)
 		psql := exec.Command("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "admin", "-d", emptyDB, "-f", dumpPath)
 		psql.Env = append(os.Environ(), "PGPASSWORD=adminpass", "PGOPTIONS=-c client_min_messages=warning")
 		out, err := psql.CombinedOutput()
 		require.NoError(b, err, "%s", out)
 		psqlTotal += time.Since(start)
+		psqlCPU.add(c0, cpuAfter(pm))
+		// Dropped at once, so that its autovacuum does not run into the next part's time.
+		b.StopTimer()
+		c, err = pg.SuperuserConn(ctx, "postgres")
+		require.NoError(b, err)
+		_, err = c.Exec(ctx, "DROP DATABASE "+emptyDB+" WITH (FORCE)")
+		require.NoError(b, err)
+		c.Close(ctx)
+		b.StartTimer()
+
+		// The loader alone on the same dump: the plain file through the dump checker and
+		// the loader (restore.LoadDump, the restore's load step without the archive around
+		// it), over the restore's default number of sessions, into an empty database.
+		b.StopTimer()
+		aloneDB := fmt.Sprintf("bench_alone_%d", i)
+		adb := target(ctx, b, cfg, nil).Database()
+		require.NoError(b, adb.Create(ctx, aloneDB, restore.DatabaseInfo{Owner: "admin"}))
+		b.StartTimer()
+		df, err := os.Open(dumpPath)
+		require.NoError(b, err)
+		serverIdle(pm)
+		start = time.Now()
+		c0 = cpuNow(pm)
+		pprof.Do(ctx, pprof.Labels("phase", "loader-alone"), func(ctx context.Context) {
+			_, _, err = restore.LoadDump(ctx, adb, aloneDB, df, *md, nil, benchLogger())
+		})
+		require.NoError(b, err)
+		aloneTotal += time.Since(start)
+		aloneCPU.add(c0, cpuAfter(pm))
+		df.Close()
+		b.StopTimer()
+		require.NoError(b, adb.Drop(ctx, aloneDB))
+		b.StartTimer()
 
 		start = time.Now()
 		_, err = archive.Verify(ctx, ar.Path, archive.VerifyOptions{RequireChecksum: true})
 		require.NoError(b, err)
 		verifyTotal += time.Since(start)
 
-		total, down := restoreOnce(0, true)
+		var total, down time.Duration
+		serverIdle(pm)
+		c0 = cpuNow(pm)
+		pprof.Do(ctx, pprof.Labels("phase", "restore"), func(context.Context) { total, down = restoreOnce(0, true) })
+		restoreCPU.add(c0, cpuAfter(pm))
 		restoreTotal += total
 		downTotal += down
 		if serialToo {
@@ -172,19 +239,22 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 			serialDown += down
 		}
 
-		b.StopTimer()
-		c, err = pg.SuperuserConn(ctx, "postgres")
-		require.NoError(b, err)
-		_, err = c.Exec(ctx, "DROP DATABASE "+emptyDB)
-		require.NoError(b, err)
-		c.Close(ctx)
-		b.StartTimer()
 	}
 	n := float64(b.N)
 	b.ReportMetric(psqlTotal.Seconds()/n, "psql-load-s")
 	b.ReportMetric(verifyTotal.Seconds()/n, "verify-s")
 	b.ReportMetric(restoreTotal.Seconds()/n, "restore-s")
 	b.ReportMetric(restoreTotal.Seconds()/psqlTotal.Seconds(), "restore/psql")
+	b.ReportMetric(aloneTotal.Seconds()/n, "loader-alone-s")
+	b.ReportMetric(aloneTotal.Seconds()/psqlTotal.Seconds(), "loader-alone/psql")
+	for _, c := range []struct {
+		name string
+		c    cpuSpent
+	}{{"psql", psqlCPU}, {"alone", aloneCPU}, {"restore", restoreCPU}} {
+		b.ReportMetric(c.c.self/n, c.name+"-go-cpu-s")
+		b.ReportMetric(c.c.children/n, c.name+"-psql-cpu-s")
+		b.ReportMetric(c.c.server/n, c.name+"-backend-cpu-s")
+	}
 	b.ReportMetric(downTotal.Seconds()/n, "downtime-s")
 	for i, p := range parts {
 		b.ReportMetric(partTotal[i].Seconds()/n, p.metric)
@@ -199,10 +269,120 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	b.ReportMetric(float64(ar.Size)/(1<<20), "archive-MiB")
 }
 
-// benchLogger shows the steps with their times when FLIGHTCTL_DR_BENCH_LOG=1.
+// benchLogger shows the steps with their times when FLIGHTCTL_DR_BENCH_LOG=1, each with
+// the CPU-seconds spent so far (cpu_go: this process, cpu_psql: its reaped psql
+// processes, cpu_backend: the server's reaped backends), so that a step's CPU is the
+// difference between two lines.
 func benchLogger() *slog.Logger {
 	if os.Getenv("FLIGHTCTL_DR_BENCH_LOG") != "1" {
 		return nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return slog.New(cpuHandler{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})})
+}
+
+// benchPostmaster is the PID of the benchmark's database server, for cpuHandler.
+var benchPostmaster int
+
+type cpuHandler struct{ slog.Handler }
+
+func (h cpuHandler) Handle(ctx context.Context, r slog.Record) error {
+	c := cpuNow(benchPostmaster)
+	r.AddAttrs(slog.String("cpu_go", strconv.FormatFloat(c.self, 'f', 2, 64)), slog.String("cpu_psql", strconv.FormatFloat(c.children, 'f', 2, 64)),
+		slog.String("cpu_backend", strconv.FormatFloat(c.server, 'f', 2, 64)))
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h cpuHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return cpuHandler{h.Handler.WithAttrs(as)}
+}
+func (h cpuHandler) WithGroup(name string) slog.Handler { return cpuHandler{h.Handler.WithGroup(name)} }
+
+// cpuSpent adds up CPU-seconds: this process's, its reaped children's (the psql
+// processes) and the database server's reaped backends' (the postmaster's children).
+type cpuSpent struct{ self, children, server float64 }
+
+func (c *cpuSpent) add(from, to cpuSpent) {
+	c.self += to.self - from.self
+	c.children += to.children - from.children
+	c.server += to.server - from.server
+}
+
+// cpuAfter is cpuNow once the server has reaped every backend (client sessions, parallel
+// and autovacuum workers): a backend ends a moment after its psql, and its CPU counts only
+// once the postmaster has waited for it.
+func cpuAfter(postmaster int) cpuSpent {
+	serverIdle(postmaster)
+	return cpuNow(postmaster)
+}
+
+// serverIdle waits until the postmaster has no child but its auxiliary processes.
+func serverIdle(postmaster int) {
+	deadline := time.Now().Add(time.Minute)
+	for serverBackends(postmaster) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// serverBackends counts the postmaster's children other than its auxiliary processes.
+func serverBackends(postmaster int) int {
+	dirs, _ := os.ReadDir("/proc")
+	n := 0
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		i := strings.LastIndexByte(string(raw), ')')
+		if i < 0 {
+			continue
+		}
+		if f := strings.Fields(string(raw)[i+2:]); len(f) < 2 || f[1] != strconv.Itoa(postmaster) {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		aux := false
+		for _, a := range []string{"checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher", "stats collector", "archiver", "logger"} {
+			if strings.Contains(string(cmd), a) {
+				aux = true
+			}
+		}
+		if !aux {
+			n++
+		}
+	}
+	return n
+}
+
+func cpuNow(postmaster int) cpuSpent {
+	var self, kids syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	c := cpuSpent{self: tv(self.Utime) + tv(self.Stime), children: tv(kids.Utime) + tv(kids.Stime)}
+	// /proc/PID/stat fields 16 and 17: cutime and cstime, the reaped children's, in clock ticks.
+	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", postmaster)); err == nil {
+		if i := strings.LastIndexByte(string(raw), ')'); i >= 0 {
+			f := strings.Fields(string(raw)[i+2:])
+			if len(f) > 14 {
+				cu, _ := strconv.ParseFloat(f[13], 64)
+				cs, _ := strconv.ParseFloat(f[14], 64)
+				c.server = (cu + cs) / 100 // USER_HZ
+			}
+		}
+	}
+	return c
+}
+
+// postmasterPID reads the server's PID from its postmaster.pid.
+func postmasterPID(b *testing.B, dataDir string) int {
+	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	require.NoError(b, err)
+	first, _, _ := strings.Cut(string(raw), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	require.NoError(b, err)
+	return pid
 }

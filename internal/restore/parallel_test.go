@@ -10,7 +10,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
+	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/testbed"
 )
 
@@ -81,4 +83,38 @@ func TestRestoreParallelLoadErrorHalfwayLeavesLiveDatabase(t *testing.T) {
 	require.Contains(t, rec.String(), "loading the dump over several database sessions")
 	e.assertRolledBackUnchanged(ctx, res, before)
 	require.Equal(t, []string{"flightctl"}, e.databases(ctx), "the temporary database is dropped")
+}
+
+// Device preparation's update runs in the loader's slot between data and indexes; the reads
+// that follow it (the counts and the devices whose keys the KV part writes) run on a session
+// of their own once it is committed, beside the index phase, and the KV part still gets
+// every key.
+func TestRestorePreparedReadsOwnSession(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	path := e.writeArchive(ctx, filepath.Join(t.TempDir(), "out"), metadata(), e.dump(ctx))
+	e.damage(ctx)
+	opts, rec := parallelOptions(ctx, e, path, 2)
+	rr := &recordingRunner{inner: runner.Exec{}, phase: "all"}
+	opts.Target.(*estate.PodmanRestore).Runner = rr
+	_, err := restore.Run(ctx, opts)
+	require.NoError(t, err)
+	e.assertRestored(ctx)
+	update, reads := -1, -1
+	for i, c := range rr.in("all") {
+		if strings.Contains(c, "WITH updated AS (") {
+			require.NotContains(t, c, "concat_ws", "the update and the reads in one session")
+			update = i
+		}
+		if strings.Contains(c, "SELECT concat_ws('|'") {
+			reads = i
+		}
+	}
+	require.GreaterOrEqual(t, update, 0, "device preparation's update ran")
+	require.Greater(t, reads, update, "the reads ran on their own session after the update")
+	log := rec.String()
+	early := strings.Index(log, "database prepared in the temporary database")
+	require.Positive(t, early)
+	require.Greater(t, strings.Index(log, "step=stop_units"), early)
+	require.Contains(t, log[early:], "devices_updated=18")
 }

@@ -183,26 +183,17 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	r.logger.Info("loading the dump over several database sessions", "sessions", n)
 	src := pgdump.NewChecked(rd)
 	popts := ParallelLoadOptions{Connections: n}
+	var prep *preparedReads
 	if f, ok := r.target.Devices().(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() {
 		// The database part of device preparation, on the temporary database once its data
 		// is in and before its indexes exist, while the server still runs on the live one.
-		// The same session then reads what the KV part needs (the counts and the devices
-		// whose keys it writes), so that in the downtime device preparation reads no row.
+		// Then what the KV part needs (the counts and the devices whose keys it writes) is
+		// read, so that in the downtime device preparation reads no row.
+		prep = newPreparedReads(ctx, pl, temp, r.journal.ID)
+		defer prep.stop()
 		popts.AfterData = func(ctx context.Context) error {
 			r.logger.Info("preparing devices in the temporary database", "database", temp)
-			out, err := pl.RunSQL(ctx, temp, devprep.PreparedScript(r.journal.ID))
-			if err != nil {
-				return fmt.Errorf("device preparation in %s: %w", temp, err)
-			}
-			counts, err := devprep.ParsePrepared(out)
-			if err != nil {
-				return err
-			}
-			r.journal.DevicesPrepared = counts
-			r.logger.Info("database prepared in the temporary database", "devices_updated", counts.DevicesUpdated,
-				"timestamps_cleared", counts.TimestampsCleared, "enrollment_requests_updated", counts.EnrollmentRequestsUpdated, "event_created", counts.EventCreated,
-				"keys_to_write", counts.After.Keys())
-			return nil
+			return prep.update(ctx)
 		}
 	}
 	st, err := pl.LoadChecked(ctx, temp, src, popts)
@@ -211,6 +202,16 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	}
 	if err != nil {
 		return err
+	}
+	if prep != nil && prep.started {
+		counts, err := prep.wait()
+		if err != nil {
+			return err
+		}
+		r.journal.DevicesPrepared = counts
+		r.logger.Info("database prepared in the temporary database", "devices_updated", counts.DevicesUpdated,
+			"timestamps_cleared", counts.TimestampsCleared, "enrollment_requests_updated", counts.EnrollmentRequestsUpdated, "event_created", counts.EventCreated,
+			"keys_to_write", counts.After.Keys())
 	}
 	if !src.Complete() {
 		return fmt.Errorf("load the dump into %s: the load stopped before the end of the dump: %w", temp, errArchiveChanged)
@@ -221,6 +222,81 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	rows, _ := src.Rows()
 	fillCounts(counts, rows)
 	return compareRows(rows, r.report.Metadata, r.res, r.logger)
+}
+
+// preparedReads runs device preparation's database part on the temporary database in the
+// loader's AfterData slot, where the other load sessions wait for it, and the reads that
+// follow it (the counts and the devices whose keys the KV part writes: sequential scans
+// that change nothing) on a session of their own beside the index phase. They see what the
+// update committed: the index phase changes no row. A script that cannot be split so runs
+// whole in the slot, as one session.
+type preparedReads struct {
+	ctx            context.Context
+	cancel         context.CancelFunc
+	pl             ParallelLoader
+	temp           string
+	update1, reads string
+	started        bool
+	updateOut      string
+	done           chan preparedOut
+}
+
+type preparedOut struct {
+	out string
+	err error
+}
+
+func newPreparedReads(ctx context.Context, pl ParallelLoader, temp, restoreID string) *preparedReads {
+	p := &preparedReads{pl: pl, temp: temp, done: make(chan preparedOut, 1)}
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	whole := devprep.PreparedScript(restoreID)
+	update := devprep.DatabaseScript(restoreID)
+	if reads, ok := strings.CutPrefix(whole, update); ok && strings.TrimSpace(reads) != "" {
+		p.update1, p.reads = update, reads
+	} else {
+		p.update1 = whole
+	}
+	return p
+}
+
+// update runs the database part (AfterData), then starts the reads.
+func (p *preparedReads) update(ctx context.Context) error {
+	out, err := p.pl.RunSQL(ctx, p.temp, p.update1)
+	if err != nil {
+		return fmt.Errorf("device preparation in %s: %w", p.temp, err)
+	}
+	p.updateOut, p.started = out, true
+	if p.reads == "" {
+		p.done <- preparedOut{}
+		return nil
+	}
+	go func() {
+		out, err := p.pl.RunSQL(p.ctx, p.temp, p.reads)
+		p.done <- preparedOut{out: out, err: err}
+	}()
+	return nil
+}
+
+// wait returns the counts once the reads are done.
+func (p *preparedReads) wait() (*devprep.DatabaseCounts, error) {
+	res := <-p.done
+	p.done = nil
+	if res.err != nil {
+		return nil, fmt.Errorf("device preparation in %s: read the prepared devices: %w", p.temp, res.err)
+	}
+	out := p.updateOut
+	if res.out != "" {
+		out += "\n" + res.out
+	}
+	return devprep.ParsePrepared(out)
+}
+
+// stop ends reads still running (a load that failed) and waits for them.
+func (p *preparedReads) stop() {
+	p.cancel()
+	if p.started && p.done != nil {
+		<-p.done
+	}
 }
 
 // planDump runs the dump through the checker only (check mode): the plan then says

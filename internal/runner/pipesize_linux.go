@@ -1,4 +1,4 @@
-package estate
+package runner
 
 import (
 	"os"
@@ -8,8 +8,10 @@ import (
 // fcntlSetPipeSize is F_SETPIPE_SZ (Linux).
 const fcntlSetPipeSize = 1031
 
-// setPipeSize asks the kernel for a pipe of n bytes; a refusal keeps the default size.
-func setPipeSize(f *os.File, n int) {
+// SetPipeSize asks the kernel for a pipe of n bytes, so that a writer of large pieces
+// waits for its reader once per piece instead of once per 64 KiB (the default size); a
+// refusal keeps the default size.
+func SetPipeSize(f *os.File, n int) {
 	raw, err := f.SyscallConn()
 	if err != nil {
 		return
