@@ -4,7 +4,7 @@
 #   2. upstream's way: pg_dump to a staging file, then tar czf of the staging directory
 #   3. flightctl_backup (this project), direct database access, at every gzip level in
 #      BENCH_LEVELS with `compression: fixed` (archive size against time, for the choice of
-#      the default level), then with the defaults (`compression: adaptive`, level 2)
+#      the default level), then with `compression: adaptive` from level 2 (opt-in)
 # Wall times from hyperfine (BENCH_RUNS runs each, one warm-up before the first command);
 # peak RSS of every run from /usr/bin/time (the largest process of the command: pg_dump,
 # tar or flightctl_backup). Everything runs on a private PostgreSQL 15 cluster on a free
@@ -128,7 +128,7 @@ stat -c %s "$WORK/upstream.tar.gz" >"$WORK/upstream.size"
 rm -rf "$WORK/staging" "$WORK/upstream.tar.gz"
 for level in $LEVELS adaptive; do
 	if [ "$level" = adaptive ]; then
-		id=adaptive label="flightctl_backup, defaults (adaptive from level 2)"
+		id=adaptive label="flightctl_backup, compression: adaptive from level 2"
 		args "$id" 2 adaptive
 	else
 		id=level$level label="flightctl_backup, level $level (fixed)"
