@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/testbed"
 )
 
 // Benchmarks (off the default test run):
@@ -151,27 +152,11 @@ func BenchmarkPrepare(b *testing.B) {
 // dbCPU is the CPU seconds used so far by db's server process and by the postmaster's
 // exited children (the parallel workers of index builds; also autovacuum's).
 func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
-	pm, err := os.ReadFile(be.pg.DataDir + "/postmaster.pid")
+	backend, err := testbed.ReadProcStat(int(db.PgConn().PID()))
 	require.NoError(b, err)
-	pmPID, _, _ := strings.Cut(string(pm), "\n")
-	return procCPU(b, strconv.Itoa(int(db.PgConn().PID())), false) + procCPU(b, strings.TrimSpace(pmPID), true)
-}
-
-// procCPU reads utime+stime (or, with children, cutime+cstime) of a process, in seconds.
-func procCPU(b *testing.B, pid string, children bool) float64 {
-	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	postmaster, err := testbed.ReadProcStat(be.pg.PostmasterPID())
 	require.NoError(b, err)
-	s := string(stat)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // f[0] is field 3 (state)
-	first := 11                                              // utime is field 14
-	if children {
-		first = 13 // cutime is field 16
-	}
-	a, err := strconv.ParseFloat(f[first], 64)
-	require.NoError(b, err)
-	c, err := strconv.ParseFloat(f[first+1], 64)
-	require.NoError(b, err)
-	return (a + c) / 100 // USER_HZ
+	return backend.CPU() + postmaster.ChildrenCPU()
 }
 
 // benchLogger shows the phases' timing with BENCH_LOG=1.

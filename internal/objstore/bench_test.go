@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -186,30 +185,23 @@ type cpuTimes struct {
 }
 
 func cpuClock(m *testbed.MinIO) cpuTimes {
-	return cpuTimes{m: m, self: procCPU("self"), server: procCPU(strconv.Itoa(m.PID))}
+	return cpuTimes{m: m, self: procCPU(os.Getpid()), server: procCPU(m.PID)}
 }
 
 // report adds the CPU seconds used since the clock started (client-cpu-s: this
 // process, uploading; minio-cpu-s: the server).
 func (c cpuTimes) report(b *testing.B) {
-	b.ReportMetric(procCPU("self")-c.self, "client-cpu-s")
-	b.ReportMetric(procCPU(strconv.Itoa(c.m.PID))-c.server, "minio-cpu-s")
+	b.ReportMetric(procCPU(os.Getpid())-c.self, "client-cpu-s")
+	b.ReportMetric(procCPU(c.m.PID)-c.server, "minio-cpu-s")
 }
 
-// procCPU reads utime+stime of a process from /proc (clock ticks of 1/100 s).
-func procCPU(pid string) float64 {
-	raw, err := os.ReadFile("/proc/" + pid + "/stat")
+// procCPU is the CPU seconds (utime+stime) a process has used so far.
+func procCPU(pid int) float64 {
+	st, err := testbed.ReadProcStat(pid)
 	if err != nil {
 		return 0
 	}
-	// The command name (field 2) may hold spaces: count from after its ')'.
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseFloat(f[11], 64)
-	k, _ := strconv.ParseFloat(f[12], 64)
-	return (u + k) / 100
+	return st.CPU()
 }
 
 // BenchmarkPrunePlanBucket10000: list 10,000 archives (20,000 objects) of an

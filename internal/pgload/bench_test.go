@@ -86,7 +86,7 @@ func BenchmarkLoadVsPsql(b *testing.B) {
 		db := fmt.Sprintf("psql_%d", i)
 		createDB(b, pg, db)
 		pos := &psqlPos{self: os.Getpid(), file: file}
-		smp := newCPUSampler(pg.DataDir, func() string { return phases.at(pos.pos()) })
+		smp := newCPUSampler(pg.PostmasterPID(), func() string { return phases.at(pos.pos()) })
 		smp.start()
 		start := time.Now()
 		require.NoError(b, loadPsqlFile(pg, db, file))
@@ -100,7 +100,7 @@ func BenchmarkLoadVsPsql(b *testing.B) {
 			createDB(b, pg, db)
 			var mu sync.Mutex
 			cur, post := "serial", false
-			smp := newCPUSampler(pg.DataDir, func() string { mu.Lock(); defer mu.Unlock(); return cur })
+			smp := newCPUSampler(pg.PostmasterPID(), func() string { mu.Lock(); defer mu.Unlock(); return cur })
 			onPhase := func(p string) {
 				mu.Lock()
 				defer mu.Unlock()

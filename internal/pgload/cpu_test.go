@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/pgdump"
+	"flightctl.dr/internal/testbed"
 )
 
 // cpuSampler reads, every few milliseconds, the CPU time (utime+stime from
@@ -34,39 +34,13 @@ type cpuSampler struct {
 	done   chan struct{}
 	lastT  time.Time
 	cmdAt  map[int]string
-	ticks  float64
 	period time.Duration
 }
 
-func newCPUSampler(dataDir string, phase func() string) *cpuSampler {
-	b, _ := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	first, _, _ := strings.Cut(string(b), "\n")
-	pm, _ := strconv.Atoi(strings.TrimSpace(first))
+func newCPUSampler(pm int, phase func() string) *cpuSampler {
 	return &cpuSampler{postmaster: pm, self: os.Getpid(), phase: phase, last: map[int]uint64{},
 		cpu: map[string]map[string]float64{}, perPid: map[string]map[int]float64{}, wall: map[string]time.Duration{}, cmdAt: map[int]string{},
-		ticks: 100, period: 50 * time.Millisecond}
-}
-
-// procStat returns a process's parent, command name and utime+stime in clock ticks.
-func procStat(pid int) (ppid int, comm string, t uint64, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, "", 0, false
-	}
-	i := bytes.IndexByte(b, '(')
-	j := bytes.LastIndexByte(b, ')')
-	if i < 0 || j < i {
-		return 0, "", 0, false
-	}
-	comm = string(b[i+1 : j])
-	f := strings.Fields(string(b[j+2:]))
-	if len(f) < 13 {
-		return 0, "", 0, false
-	}
-	ppid, _ = strconv.Atoi(f[1])
-	u, _ := strconv.ParseUint(f[11], 10, 64)
-	s, _ := strconv.ParseUint(f[12], 10, 64)
-	return ppid, comm, u + s, true
+		period: 50 * time.Millisecond}
 }
 
 func (c *cpuSampler) who(pid, ppid int, comm string) string {
@@ -122,11 +96,12 @@ func (c *cpuSampler) sample(count bool) {
 	}
 	c.lastT = now
 	for _, pid := range pids {
-		ppid, comm, t, ok := procStat(pid)
-		if !ok {
+		st, err := testbed.ReadProcStat(pid)
+		if err != nil {
 			continue
 		}
-		w := c.who(pid, ppid, comm)
+		t := st.CPUTicks
+		w := c.who(pid, st.PPID, st.Comm)
 		if w == "" {
 			continue
 		}
@@ -143,14 +118,14 @@ func (c *cpuSampler) sample(count bool) {
 			m = map[string]float64{}
 			c.cpu[ph] = m
 		}
-		m[w] += float64(t-prev) / c.ticks
+		m[w] += float64(t-prev) / testbed.ClockTicks
 		if w == "backend" {
 			pp := c.perPid[ph]
 			if pp == nil {
 				pp = map[int]float64{}
 				c.perPid[ph] = pp
 			}
-			pp[pid] += float64(t-prev) / c.ticks
+			pp[pid] += float64(t-prev) / testbed.ClockTicks
 		}
 	}
 }
@@ -326,8 +301,8 @@ func (p *psqlPos) pos() int64 {
 
 func (p *psqlPos) find() string {
 	for _, pid := range children(p.self) {
-		ppid, comm, _, ok := procStat(pid)
-		if !ok || ppid != p.self || comm != "psql" {
+		st, err := testbed.ReadProcStat(pid)
+		if err != nil || st.PPID != p.self || st.Comm != "psql" {
 			continue
 		}
 		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))

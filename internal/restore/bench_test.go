@@ -130,7 +130,7 @@ func BenchmarkRestoreVsPsqlLoad(b *testing.B) {
 	var psqlCPU, aloneCPU, restoreCPU cpuSpent
 	md, err := archive.ReadMetadata(ctx, ar.Path)
 	require.NoError(b, err)
-	pm := postmasterPID(b, pg.DataDir)
+	pm := pg.PostmasterPID()
 	benchPostmaster = pm
 	// The downtime's parts, from the checkpoints each step passes when it is done: units
 	// stopped, database swapped, files, volume and labels, device preparation, units started.
@@ -332,15 +332,7 @@ func serverBackends(postmaster int) int {
 		if err != nil {
 			continue
 		}
-		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		i := strings.LastIndexByte(string(raw), ')')
-		if i < 0 {
-			continue
-		}
-		if f := strings.Fields(string(raw)[i+2:]); len(f) < 2 || f[1] != strconv.Itoa(postmaster) {
+		if st, err := testbed.ReadProcStat(pid); err != nil || st.PPID != postmaster {
 			continue
 		}
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -363,26 +355,9 @@ func cpuNow(postmaster int) cpuSpent {
 	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
 	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 	c := cpuSpent{self: tv(self.Utime) + tv(self.Stime), children: tv(kids.Utime) + tv(kids.Stime)}
-	// /proc/PID/stat fields 16 and 17: cutime and cstime, the reaped children's, in clock ticks.
-	if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", postmaster)); err == nil {
-		if i := strings.LastIndexByte(string(raw), ')'); i >= 0 {
-			f := strings.Fields(string(raw)[i+2:])
-			if len(f) > 14 {
-				cu, _ := strconv.ParseFloat(f[13], 64)
-				cs, _ := strconv.ParseFloat(f[14], 64)
-				c.server = (cu + cs) / 100 // USER_HZ
-			}
-		}
+	// The server's backends count once the postmaster has reaped them.
+	if st, err := testbed.ReadProcStat(postmaster); err == nil {
+		c.server = st.ChildrenCPU()
 	}
 	return c
-}
-
-// postmasterPID reads the server's PID from its postmaster.pid.
-func postmasterPID(b *testing.B, dataDir string) int {
-	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	require.NoError(b, err)
-	first, _, _ := strings.Cut(string(raw), "\n")
-	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	require.NoError(b, err)
-	return pid
 }

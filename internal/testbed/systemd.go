@@ -554,15 +554,8 @@ func pidAlive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name in parentheses.
-	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
-		return b[i+2] != 'Z'
-	}
-	return true
+	st, err := ReadProcStat(pid)
+	return err == nil && st.State != 'Z'
 }
 
 func envOr(key, def string) string {
