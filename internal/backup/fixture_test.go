@@ -240,7 +240,7 @@ func readOnlyDir(t *testing.T) string {
 type failingDumpRunner struct{}
 
 func (failingDumpRunner) Run(ctx context.Context, c runner.Cmd) error {
-	if c.Name == "pg_dump" && len(c.Args) > 0 && c.Args[0] != "--version" {
+	if filepath.Base(c.Name) == "pg_dump" && len(c.Args) > 0 && c.Args[0] != "--version" {
 		c.Args = append([]string{"-c", `pg_dump "$@"; echo "pg_dump: error: simulated failure at the end" >&2; exit 3`, "sh"}, c.Args...)
 		c.Name = "sh"
 	}

@@ -44,22 +44,58 @@ func (a *AfterState) Keys() int { return len(a.devices) }
 func DatabaseScript(restoreID string) string {
 	msg := EventMessage(123456789)
 	prefix, suffix, _ := strings.Cut(msg, "123456789")
-	// Not ON CONFLICT: before the indexes are built there is no unique index to name.
-	org, name := literal(DefaultOrgID)+"::uuid", literal(eventName(restoreID))
+	return databaseScript(`, ev AS (
+`+eventInsert(restoreID, literal(prefix)+` || (SELECT count(*) FROM updated) || `+literal(suffix))+`
+	RETURNING 1
+)`, "(SELECT count(*) FROM ev)")
+}
+
+// PreparedTables are the tables DatabaseUpdateScript writes, as pg_dump names them.
+var PreparedTables = []string{"public.devices", "public.device_timestamps", "public.enrollment_requests"}
+
+// DatabaseUpdateScript is DatabaseScript without the event, so that it writes only
+// PreparedTables: a restore runs it beside the index builds of the other tables (events,
+// the largest, among them), then EventScript once every index exists. Its line has 0 in
+// the events field.
+func DatabaseUpdateScript() string {
+	return databaseScript("", "0")
+}
+
+// EventScript records the SystemRestored event named after restoreID, with the number of
+// devices DatabaseUpdateScript updated, unless it exists; it prints 1 when it recorded
+// it, else 0.
+func EventScript(restoreID string, devicesUpdated int) string {
+	return `WITH ev AS (
+` + eventInsert(restoreID, literal(EventMessage(devicesUpdated))) + `
+	RETURNING 1
+)
+SELECT count(*) FROM ev;
+`
+}
+
+// databaseScript is the one statement of DatabaseScript and DatabaseUpdateScript: the
+// device, timestamp and enrollment request updates, then the event CTE given (if any),
+// printing the counts with events as given.
+func databaseScript(eventCTE, events string) string {
 	return `WITH ` + updateDevicesCTE + `, ers AS (
 ` + updateEnrollmentRequestsSQL + `
 	RETURNING 1
-), ev AS (
-` + insertEventColumns + `
-	SELECT ` + org + `, ` + name + `, ` + insertEventFixed + `,
-		` + literal(prefix) + ` || (SELECT count(*) FROM updated) || ` + literal(suffix) + `, ` + insertEventTail + `
-	WHERE NOT EXISTS (SELECT 1 FROM events WHERE org_id = ` + org + ` AND name = ` + name + `)
-	RETURNING 1
-)
-SELECT (SELECT count(*) FROM updated) || '|' || (SELECT count(*) FROM cleared) || '|' || (SELECT count(*) FROM ers) || '|' || (SELECT count(*) FROM ev)
+)` + eventCTE + `
+SELECT (SELECT count(*) FROM updated) || '|' || (SELECT count(*) FROM cleared) || '|' || (SELECT count(*) FROM ers) || '|' || ` + events + `
 	|| '|' || ((SELECT count(*) FROM devices AS d WHERE ` + devQualifies + ` AND (` + notObject("d.status") + ` OR ` + notObject("d.annotations") + `))
 		+ (SELECT count(*) FROM enrollment_requests AS e WHERE ` + erQualifies + ` AND ` + notObject("e.annotations") + `));
 `
+}
+
+// eventInsert inserts the SystemRestored event named after restoreID with the message
+// SQL expression given, unless it exists. Not ON CONFLICT: before the indexes are built
+// there is no unique index to name.
+func eventInsert(restoreID, message string) string {
+	org, name := literal(DefaultOrgID)+"::uuid", literal(eventName(restoreID))
+	return insertEventColumns + `
+	SELECT ` + org + `, ` + name + `, ` + insertEventFixed + `,
+		` + message + `, ` + insertEventTail + `
+	WHERE NOT EXISTS (SELECT 1 FROM events WHERE org_id = ` + org + ` AND name = ` + name + `)`
 }
 
 func literal(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
@@ -87,7 +123,14 @@ func ParseDatabaseCounts(out string) (*DatabaseCounts, error) {
 // runs it on its temporary database before anything is stopped; ParsePrepared reads its
 // output, and Run with those counts as Options.Prepared reads no row.
 func PreparedScript(restoreID string) string {
-	return DatabaseScript(restoreID) + afterCountsSQL + ";\n" + keyedDevicesListSQL + ";\n"
+	return DatabaseScript(restoreID) + PreparedReadsScript()
+}
+
+// PreparedReadsScript is what PreparedScript reads after DatabaseScript (or
+// DatabaseUpdateScript and EventScript): the counts and the devices whose keys the KV
+// part writes, as the lines after the first that ParsePrepared reads. It changes nothing.
+func PreparedReadsScript() string {
+	return afterCountsSQL + ";\n" + keyedDevicesListSQL + ";\n"
 }
 
 // afterCountsSQL prints readCounts' ten numbers on one line.

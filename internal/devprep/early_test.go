@@ -51,17 +51,8 @@ func TestDatabaseScriptThenPreparedEqualsRun(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, &DatabaseCounts{DevicesUpdated: 6, TimestampsCleared: 6, EnrollmentRequestsUpdated: 4, EventCreated: true, JSONRepaired: 2}, counts)
 	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the script leaves the KV store alone")
-	optsB := b.options(t)
-	optsB.RestoreID = "r-1"
-	optsB.Prepared = counts
-	resB, err := Run(ctx, optsB)
-	require.NoError(t, err)
-
-	ra, rb := a.rowsWithoutTimes(t), b.rowsWithoutTimes(t)
-	require.True(t, ra == rb, "rows differ:\n%s\n%s", ra, rb)
-	require.Equal(t, a.kvKeys(t), b.kvKeys(t))
+	resB := finishLikeRun(t, a, b, resA, counts)
 	require.NotContains(t, b.kvKeys(t), "v1/stale/cache", "flushed")
-	require.Equal(t, resA.Counts, resB.Counts)
 	require.Equal(t, resA.EventName, resB.EventName)
 	require.True(t, resB.KVFlushed)
 	require.True(t, resB.Changed)
@@ -71,6 +62,61 @@ func TestDatabaseScriptThenPreparedEqualsRun(t *testing.T) {
 	require.NoError(t, b.admin.QueryRow(ctx, DatabaseScript("r-1")).Scan(&out))
 	require.Equal(t, "0|0|0|0|0", out)
 	require.Equal(t, before, b.rowsWithoutTimes(t))
+}
+
+// finishLikeRun runs Run on b with the database part's counts as Prepared (restore ID
+// r-1) and requires it to end where Run alone ended on a (resA): same rows, keys, counts.
+func finishLikeRun(t *testing.T, a, b *env, resA *Result, counts *DatabaseCounts) *Result {
+	t.Helper()
+	optsB := b.options(t)
+	optsB.RestoreID = "r-1"
+	optsB.Prepared = counts
+	resB, err := Run(context.Background(), optsB)
+	require.NoError(t, err)
+	ra, rb := a.rowsWithoutTimes(t), b.rowsWithoutTimes(t)
+	require.True(t, ra == rb, "rows differ:\n%s\n%s", ra, rb)
+	require.Equal(t, a.kvKeys(t), b.kvKeys(t))
+	require.Equal(t, resA.Counts, resB.Counts)
+	return resB
+}
+
+// The database part split as a restore runs it beside the index builds
+// (DatabaseUpdateScript, then EventScript with its device count), then Run with
+// Prepared, ends where Run alone ends; the update touches only PreparedTables.
+func TestDatabaseUpdateThenEventEqualsRun(t *testing.T) {
+	ctx := context.Background()
+	a, b := newEnv(t), newEnv(t)
+	workedExample(t, a)
+	workedExample(t, b)
+	optsA := a.options(t)
+	optsA.RestoreID = "r-1"
+	resA, err := Run(ctx, optsA)
+	require.NoError(t, err)
+
+	eventsBefore := func() int {
+		var n int
+		require.NoError(t, b.admin.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&n))
+		return n
+	}
+	n0 := eventsBefore()
+	var out string
+	require.NoError(t, b.admin.QueryRow(ctx, DatabaseUpdateScript()).Scan(&out))
+	counts, err := ParseDatabaseCounts(out)
+	require.NoError(t, err)
+	require.Equal(t, &DatabaseCounts{DevicesUpdated: 6, TimestampsCleared: 6, EnrollmentRequestsUpdated: 4, JSONRepaired: 2}, counts)
+	require.Equal(t, n0, eventsBefore(), "the update leaves events alone")
+	var created int
+	require.NoError(t, b.admin.QueryRow(ctx, EventScript("r-1", counts.DevicesUpdated)).Scan(&created))
+	require.Equal(t, 1, created)
+	counts.EventCreated = true
+	resB := finishLikeRun(t, a, b, resA, counts)
+	require.Equal(t, resA.EventCreated, resB.EventCreated)
+
+	// Run again, neither records a second event.
+	require.NoError(t, b.admin.QueryRow(ctx, EventScript("r-1", 0)).Scan(&created))
+	require.Zero(t, created)
+	require.NoError(t, b.admin.QueryRow(ctx, DatabaseUpdateScript()).Scan(&out))
+	require.Equal(t, "0|0|0|0|0", out)
 }
 
 // preparedOutput runs PreparedScript as psql -A -t would print it: every row's one column,

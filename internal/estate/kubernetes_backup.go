@@ -782,7 +782,7 @@ func (b *KubernetesBackup) dump(ctx context.Context, cl *kube.Client, st *kubeSt
 	v := &dumpVerifier{w: w, h: h}
 	if b.Config.DBAccess == DBAccessDirect {
 		err := b.Runner.Run(ctx, runner.Cmd{
-			Name: "pg_dump", Args: []string{"--clean", "--if-exists", "--no-password", "-h", b.Config.DBHost, "-p", strconv.Itoa(b.Config.DBPort), "-U", st.dbUser, "-d", b.Config.DBName},
+			Name: clientProgram("pg_dump"), Args: []string{"--clean", "--if-exists", "--no-password", "-h", b.Config.DBHost, "-p", strconv.Itoa(b.Config.DBPort), "-U", st.dbUser, "-d", b.Config.DBName},
 			Env: []string{"PGPASSWORD=" + st.dbPassword, "PGCONNECT_TIMEOUT=15"}, Stdout: v,
 		})
 		if err != nil {

@@ -544,7 +544,11 @@ func (k *KubernetesRestore) psqlCommand(psqlArgs, env []string) runner.Cmd {
 	if k.Restore.DBAdminPassword == "" {
 		args = append(args, "-w")
 	}
-	return runner.Cmd{Name: "psql", Args: append(args, psqlArgs...), Env: append(env, "PGCONNECT_TIMEOUT=15")}
+	name := "psql" // in the database pod, on its PATH
+	if c.DBAccess == DBAccessDirect {
+		name = clientProgram("psql")
+	}
+	return runner.Cmd{Name: name, Args: append(args, psqlArgs...), Env: append(env, "PGCONNECT_TIMEOUT=15")}
 }
 
 func (k *KubernetesRestore) freeSpace(ctx context.Context, dir string) (int64, bool, error) {

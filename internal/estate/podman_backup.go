@@ -909,7 +909,7 @@ func (d dbClient) local(ctx context.Context, name string, args []string, stdout 
 	if d.password != "" {
 		env = append(env, "PGPASSWORD="+d.password)
 	}
-	return d.run.Run(ctx, runner.Cmd{Name: name, Args: args, Env: env, Stdout: stdout})
+	return d.run.Run(ctx, runner.Cmd{Name: clientProgram(name), Args: args, Env: env, Stdout: stdout})
 }
 
 // containerConn renders connArgs for sh, quoting user and database as upstream does.
@@ -951,7 +951,7 @@ func (d dbClient) pgDumpVersion(ctx context.Context) (string, error) {
 	if d.cfg.DBAccess == DBAccessContainer {
 		err = d.podman.Exec(ctx, podman.ExecOptions{Container: d.cfg.DBContainer, Command: []string{"pg_dump", "--version"}, Stdout: &out})
 	} else {
-		err = d.run.Run(ctx, runner.Cmd{Name: "pg_dump", Args: []string{"--version"}, Stdout: &out})
+		err = d.run.Run(ctx, runner.Cmd{Name: clientProgram("pg_dump"), Args: []string{"--version"}, Stdout: &out})
 	}
 	if err != nil {
 		return "", err

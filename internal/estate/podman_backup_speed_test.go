@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -221,7 +222,7 @@ func (e *earlyRunner) dumpEnded() bool {
 func (e *earlyRunner) Run(ctx context.Context, c runner.Cmd) error {
 	args := strings.Join(c.Args, " ")
 	switch {
-	case c.Name == "pg_dump" && strings.Contains(args, "--clean"):
+	case filepath.Base(c.Name) == "pg_dump" && strings.Contains(args, "--clean"):
 		close(e.started)
 		defer func() { e.mu.Lock(); e.ended = true; e.mu.Unlock() }()
 		line := []byte("INSERT INTO t VALUES (1);\n")
@@ -233,16 +234,16 @@ func (e *earlyRunner) Run(ctx context.Context, c runner.Cmd) error {
 				return err
 			}
 		}
-	case c.Name == "pg_dump":
+	case filepath.Base(c.Name) == "pg_dump":
 		_, err := c.Stdout.Write([]byte(e.answers["pg_dump --version"]))
 		return err
-	case c.Name == "psql" && strings.Contains(args, "pg_database_size"):
+	case filepath.Base(c.Name) == "psql" && strings.Contains(args, "pg_database_size"):
 		if e.failQuery {
 			return &runner.ExitError{Cmd: "psql", ExitCode: 2, Stderr: "psql: error: connection refused"}
 		}
 		_, err := c.Stdout.Write([]byte(e.answers["size"]))
 		return err
-	case c.Name == "psql":
+	case filepath.Base(c.Name) == "psql":
 		return &runner.ExitError{Cmd: "psql", ExitCode: 1, Stderr: "permission denied"}
 	}
 	return errors.New("unexpected " + c.String())

@@ -202,7 +202,7 @@ func TestDirectCommandsKeepPasswordInEnv(t *testing.T) {
 	assert.Equal(t, "-- dump\n", out.String())
 	require.Len(t, fake.Calls, 1)
 	c := fake.Calls[0].Cmd
-	assert.Equal(t, "pg_dump", c.Name)
+	assert.Equal(t, "pg_dump", filepath.Base(c.Name))
 	assert.Equal(t, []string{"--clean", "--if-exists", "--no-password", "-h", "127.0.0.1", "-p", "5432", "-U", "flightctl_app", "-d", "flightctl"}, c.Args)
 	assert.Contains(t, c.Env, "PGPASSWORD=s3cret")
 	assert.Nil(t, c.Stdin)

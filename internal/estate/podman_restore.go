@@ -173,7 +173,7 @@ func (p *PodmanRestore) psqlCommand(psqlArgs, env []string) runner.Cmd {
 		return runner.Cmd{Name: "podman", Args: append(args, psqlArgs...), Env: env}
 	}
 	args := []string{"-h", c.DBHost, "-p", strconv.Itoa(c.DBPort), "-U", c.DBAdminUser, "-w"}
-	return runner.Cmd{Name: "psql", Args: append(args, psqlArgs...), Env: append(env, "PGCONNECT_TIMEOUT=15")}
+	return runner.Cmd{Name: clientProgram("psql"), Args: append(args, psqlArgs...), Env: append(env, "PGCONNECT_TIMEOUT=15")}
 }
 
 // freeSpace asks df inside the container, or statfs here for a direct database.

@@ -46,7 +46,7 @@ func TestPodmanRestorePsqlCommandKeepsPasswordOutOfArgv(t *testing.T) {
 			require.Equal(t, "podman", c.Name)
 			require.Equal(t, []string{"exec", "-i", "-e", "PGOPTIONS", "-e", "PGPASSWORD", "flightctl-db", "psql", "-U", "postgres"}, c.Args[:10])
 		} else {
-			require.Equal(t, "psql", c.Name)
+			require.Equal(t, "psql", filepath.Base(c.Name))
 			require.Equal(t, []string{"-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-w"}, c.Args[:7])
 		}
 	}

@@ -87,6 +87,12 @@ type Options struct {
 	// first index, constraint or trigger is made (at the end of a dump that has none),
 	// with no session busy.
 	AfterData func(ctx context.Context) error
+	// AfterDataTables, when set, are the tables AfterData writes, as the dump names them
+	// ("public.devices"). AfterData then runs beside the post-data work instead of before
+	// it: an index, constraint, trigger or foreign key of one of these tables waits for it
+	// to return, the rest (the largest tables' index builds) goes on meanwhile. AfterData
+	// must then use a session of its own; the load returns once it has.
+	AfterDataTables []string
 	// Phase, when set, is called each time the load moves on to another kind of work,
 	// once everything of the kind before has finished: "serial", "data", "after data",
 	// "index" (indexes and constraints), "trigger", "foreign key".
@@ -186,10 +192,13 @@ type loader struct {
 	copy     *copyState
 	dataSeen bool
 	hookDone bool
-	stats    Stats
-	t0       time.Time
-	tData    time.Time
-	tPost    time.Time
+	// besideDone is closed when an AfterData run beside the post-data work has returned.
+	besideDone chan struct{}
+	besideTime time.Duration
+	stats      Stats
+	t0         time.Time
+	tData      time.Time
+	tPost      time.Time
 }
 
 type copyState struct {
@@ -252,6 +261,11 @@ func Load(ctx context.Context, src *pgdump.Checked, opts Options) (Stats, error)
 		if err != nil {
 			l.fail(err)
 		}
+	}
+	if l.besideDone != nil {
+		// A failure of the load has cancelled the hook's context.
+		<-l.besideDone
+		l.stats.AfterData = l.besideTime
 	}
 	close(l.stop)
 	l.workers.Wait()
@@ -516,6 +530,11 @@ func (l *loader) afterData() error {
 		l.stats.PreData = now.Sub(l.t0)
 	}
 	l.phase("after data")
+	if l.opts.AfterData != nil && len(l.opts.AfterDataTables) > 0 {
+		l.startBeside(now)
+		l.tPost = now
+		return nil
+	}
 	if l.opts.AfterData != nil {
 		if err := l.opts.AfterData(l.ctx); err != nil {
 			return err
@@ -524,6 +543,26 @@ func (l *loader) afterData() error {
 	l.tPost = time.Now()
 	l.stats.AfterData = l.tPost.Sub(now)
 	return nil
+}
+
+// startBeside runs AfterData beside the post-data work, holding AfterDataTables
+// exclusively until it returns, so that no post-data work of those tables starts
+// before (none has started yet: the data barrier has just passed).
+func (l *loader) startBeside(start time.Time) {
+	tables := l.opts.AfterDataTables
+	l.locks.mu.Lock()
+	l.locks.take(tables, false)
+	l.locks.mu.Unlock()
+	l.besideDone = make(chan struct{})
+	go func() {
+		defer close(l.besideDone)
+		err := l.opts.AfterData(l.ctx)
+		l.besideTime = time.Since(start)
+		l.locks.unlock(tables, false)
+		if err != nil {
+			l.fail(err)
+		}
+	}()
 }
 
 // dispatch hands t to a session: serial work to the first session, after everything

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -225,6 +226,68 @@ func TestAfterDataRunsBetweenDataAndIndexes(t *testing.T) {
 	// A failing hook stops the load.
 	createDB(t, pg, "par2")
 	_, err = loadParallel(t, pg, "par2", dump, pgload.Options{Connections: 2, AfterData: func(context.Context) error { return errors.New("hook failed") }})
+	require.ErrorContains(t, err, "hook failed")
+}
+
+// With AfterDataTables the hook runs beside the post-data work: the index builds of the
+// other tables go on while it runs (the hook waits until one on events exists, a state the
+// load reaches only if they do), those of its tables wait for it, and the load returns
+// after it, with the same database as psql -f plus what the hook wrote.
+func TestAfterDataBesidePostData(t *testing.T) {
+	pg := testbed.PostgresForTest(t)
+	dump := flightctlDump(t, pg, 30)
+	createDB(t, pg, "ref")
+	require.NoError(t, loadPsql(t, pg, "ref", dump))
+	exec1(t, pg, "ref", "UPDATE public.devices SET resource_version = resource_version + 1")
+	createDB(t, pg, "par")
+	var seen struct{ devices, deviceIndexes, eventIndexes int }
+	returned := false
+	st, err := loadParallel(t, pg, "par", dump, pgload.Options{Connections: 2, AfterDataTables: []string{"public.devices"},
+		AfterData: func(ctx context.Context) error {
+			c, err := pg.SuperuserConn(ctx, "par")
+			if err != nil {
+				return err
+			}
+			defer c.Close(ctx)
+			indexes := func(table string) (n int, err error) {
+				err = c.QueryRow(ctx, "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = $1", table).Scan(&n)
+				return n, err
+			}
+			// Waits for a state: if the other tables' work waited for the hook, it would
+			// never come, and the bound turns that into a failure instead of a hang.
+			wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer cancel()
+			for seen.eventIndexes == 0 {
+				if seen.eventIndexes, err = indexes("events"); err != nil {
+					return err
+				}
+				select {
+				case <-wctx.Done():
+					return errors.New("no index of events was built while the hook ran")
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			if seen.deviceIndexes, err = indexes("devices"); err != nil {
+				return err
+			}
+			if _, err := c.Exec(ctx, "UPDATE public.devices SET resource_version = resource_version + 1"); err != nil {
+				return err
+			}
+			returned = true
+			return c.QueryRow(ctx, "SELECT count(*) FROM public.devices").Scan(&seen.devices)
+		}})
+	require.NoError(t, err)
+	require.True(t, returned, "the load returned after the hook")
+	require.Equal(t, 30, seen.devices, "all data in")
+	require.Positive(t, seen.eventIndexes, "events indexed while the hook ran")
+	require.Zero(t, seen.deviceIndexes, "no index of devices before the hook returned")
+	requireSame(t, pg, "ref", "par")
+	require.Positive(t, st.AfterData)
+
+	// A failing hook stops the load.
+	createDB(t, pg, "par2")
+	_, err = loadParallel(t, pg, "par2", dump, pgload.Options{Connections: 2, AfterDataTables: []string{"public.devices"},
+		AfterData: func(context.Context) error { return errors.New("hook failed") }})
 	require.ErrorContains(t, err, "hook failed")
 }
 

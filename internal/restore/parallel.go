@@ -72,6 +72,9 @@ type ParallelLoadOptions struct {
 	Connections int
 	// AfterData runs once all table data is in, before the first index is built.
 	AfterData func(ctx context.Context) error
+	// AfterDataTables, when set, are the tables AfterData writes: it then runs beside the
+	// index builds of the other tables (pgload.Options.AfterDataTables).
+	AfterDataTables []string
 }
 
 var _ ParallelLoader = (*PsqlDatabase)(nil)
@@ -98,13 +101,14 @@ func (d *PsqlDatabase) LoadConnections(ctx context.Context, requested int) (int,
 // built by Command, each in restricted mode when this psql knows it.
 func (d *PsqlDatabase) LoadChecked(ctx context.Context, name string, src *pgdump.Checked, opts ParallelLoadOptions) (pgload.Stats, error) {
 	st, err := pgload.Load(ctx, src, pgload.Options{
-		Database:    name,
-		Connections: opts.Connections,
-		Command:     d.Command,
-		Runner:      d.Runner,
-		Restrict:    d.RestrictsMetaCommands(ctx),
-		AfterData:   opts.AfterData,
-		Logger:      d.logger(),
+		Database:        name,
+		Connections:     opts.Connections,
+		Command:         d.Command,
+		Runner:          d.Runner,
+		Restrict:        d.RestrictsMetaCommands(ctx),
+		AfterData:       opts.AfterData,
+		AfterDataTables: opts.AfterDataTables,
+		Logger:          d.logger(),
 	})
 	if err != nil {
 		return st, fmt.Errorf("load the dump into %s: %w", name, err)

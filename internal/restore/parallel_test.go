@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
@@ -100,18 +101,30 @@ func TestRestorePreparedReadsOwnSession(t *testing.T) {
 	_, err := restore.Run(ctx, opts)
 	require.NoError(t, err)
 	e.assertRestored(ctx)
-	update, reads := -1, -1
+	update, reads, event := -1, -1, -1
 	for i, c := range rr.in("all") {
 		if strings.Contains(c, "WITH updated AS (") {
 			require.NotContains(t, c, "concat_ws", "the update and the reads in one session")
+			// Beside the index builds of events, the update must not wait for their lock.
+			require.NotContains(t, c, "INSERT INTO events", "the update writes only its own tables")
 			update = i
 		}
 		if strings.Contains(c, "SELECT concat_ws('|'") {
 			reads = i
 		}
+		if strings.Contains(c, "INSERT INTO events") {
+			event = i
+		}
 	}
 	require.GreaterOrEqual(t, update, 0, "device preparation's update ran")
 	require.Greater(t, reads, update, "the reads ran on their own session after the update")
+	require.Greater(t, event, update, "the event recorded after the update")
+	conn, err := e.pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	var msg string
+	require.NoError(t, conn.QueryRow(ctx, `SELECT message FROM events WHERE reason = 'SystemRestored'`).Scan(&msg))
+	require.Equal(t, devprep.EventMessage(18), msg, "the event counts the devices the update changed")
 	log := rec.String()
 	early := strings.Index(log, "database prepared in the temporary database")
 	require.Positive(t, early)

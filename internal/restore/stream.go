@@ -195,6 +195,7 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 			r.logger.Info("preparing devices in the temporary database", "database", temp)
 			return prep.update(ctx)
 		}
+		popts.AfterDataTables = devprep.PreparedTables
 	}
 	st, err := pl.LoadChecked(ctx, temp, src, popts)
 	if ferr := src.Err(); ferr != nil {
@@ -206,6 +207,9 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	if prep != nil && prep.started {
 		counts, err := prep.wait()
 		if err != nil {
+			return err
+		}
+		if err := prep.recordEvent(ctx, counts); err != nil {
 			return err
 		}
 		r.journal.DevicesPrepared = counts
@@ -224,17 +228,20 @@ func (r *run) loadParallel(ctx context.Context, pl ParallelLoader, n int, temp s
 	return compareRows(rows, r.report.Metadata, r.res, r.logger)
 }
 
-// preparedReads runs device preparation's database part on the temporary database in the
-// loader's AfterData slot, where the other load sessions wait for it, and the reads that
-// follow it (the counts and the devices whose keys the KV part writes: sequential scans
-// that change nothing) on a session of their own beside the index phase. They see what the
-// update committed: the index phase changes no row. A script that cannot be split so runs
-// whole in the slot, as one session.
+// preparedReads runs device preparation's database part on the temporary database once
+// its data is in: the update of devices, timestamps and enrollment requests in the
+// loader's AfterData slot, beside the index builds of the other tables (those of its own
+// tables wait for it), then the reads that follow it (the counts and the devices whose
+// keys the KV part writes: sequential scans that change nothing) on a session of their
+// own beside the rest of the index phase, and the SystemRestored event once the load is
+// done, when the index of events makes its existence check a lookup instead of a scan of
+// every event. They see what the update committed: the index phase changes no row.
 type preparedReads struct {
 	ctx            context.Context
 	cancel         context.CancelFunc
 	pl             ParallelLoader
 	temp           string
+	restoreID      string
 	update1, reads string
 	started        bool
 	updateOut      string
@@ -247,16 +254,20 @@ type preparedOut struct {
 }
 
 func newPreparedReads(ctx context.Context, pl ParallelLoader, temp, restoreID string) *preparedReads {
-	p := &preparedReads{pl: pl, temp: temp, done: make(chan preparedOut, 1)}
+	p := &preparedReads{pl: pl, temp: temp, restoreID: restoreID, done: make(chan preparedOut, 1),
+		update1: devprep.DatabaseUpdateScript(), reads: devprep.PreparedReadsScript()}
 	p.ctx, p.cancel = context.WithCancel(ctx)
-	whole := devprep.PreparedScript(restoreID)
-	update := devprep.DatabaseScript(restoreID)
-	if reads, ok := strings.CutPrefix(whole, update); ok && strings.TrimSpace(reads) != "" {
-		p.update1, p.reads = update, reads
-	} else {
-		p.update1 = whole
-	}
 	return p
+}
+
+// recordEvent records the SystemRestored event with the count of devices updated.
+func (p *preparedReads) recordEvent(ctx context.Context, counts *devprep.DatabaseCounts) error {
+	out, err := p.pl.RunSQL(ctx, p.temp, devprep.EventScript(p.restoreID, counts.DevicesUpdated))
+	if err != nil {
+		return fmt.Errorf("device preparation in %s: record the event: %w", p.temp, err)
+	}
+	counts.EventCreated = strings.TrimSpace(out) == "1"
+	return nil
 }
 
 // update runs the database part (AfterData), then starts the reads.
@@ -266,10 +277,6 @@ func (p *preparedReads) update(ctx context.Context) error {
 		return fmt.Errorf("device preparation in %s: %w", p.temp, err)
 	}
 	p.updateOut, p.started = out, true
-	if p.reads == "" {
-		p.done <- preparedOut{}
-		return nil
-	}
 	go func() {
 		out, err := p.pl.RunSQL(p.ctx, p.temp, p.reads)
 		p.done <- preparedOut{out: out, err: err}
