@@ -13,7 +13,6 @@ import (
 	"os"
 	"regexp"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"flightctl.dr/internal/kube"
+	"flightctl.dr/internal/procstat"
 	"flightctl.dr/internal/restore"
 )
 
@@ -149,24 +149,15 @@ func holderOnThisHost(holder string) (local, alive bool) {
 // processStart reads this boot's id and the start time of process pid (clock ticks since
 // boot, field 22 of /proc/<pid>/stat); ok is false where /proc cannot tell.
 func processStart(pid int) (boot, start string, ok bool) {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	boot, err := procstat.BootID()
 	if err != nil {
 		return "", "", false
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procstat.Read(pid)
 	if err != nil {
-		return strings.TrimSpace(string(b)), "", false
+		return boot, "", false
 	}
-	// The command name (field 2) may hold spaces: the fields after it follow its ')'.
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
-		return strings.TrimSpace(string(b)), "", false
-	}
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 20 {
-		return strings.TrimSpace(string(b)), "", false
-	}
-	return strings.TrimSpace(string(b)), f[19], true
+	return boot, strconv.FormatUint(st.StartTicks, 10), true
 }
 
 // Lock takes the Lease. In check mode it takes nothing: a check writes nothing.
