@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/drill"
+	"flightctl.dr/internal/procstat"
 )
 
 // childEnv carries a drill's configuration to the child process.
@@ -138,7 +139,14 @@ func TestKilledThrowawayDrillIsCleanedUp(t *testing.T) {
 	rep, err := drill.Run(ctx, drill.Options{ArchivePath: path, Server: &drill.Throwaway{Parent: parent}, StateDir: f.state, Logger: testLogger(t)})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"throwaway PostgreSQL " + dir}, rep.CleanedUp)
-	assert.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "the old postmaster is gone")
+	// pg_ctl stop returns once the postmaster has removed its pid file, a moment before it
+	// exits: wait for that state (a zombie has exited), bounded so that a postmaster left
+	// running fails the test.
+	deadline := time.Now().Add(time.Minute)
+	for procstat.Alive(pid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.False(t, procstat.Alive(pid), "the old postmaster is gone")
 	entries, err = os.ReadDir(parent)
 	require.NoError(t, err)
 	assert.Empty(t, entries)

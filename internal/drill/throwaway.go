@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"flightctl.dr/internal/devprep"
+	"flightctl.dr/internal/procstat"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
 )
@@ -357,7 +358,7 @@ func (t *Throwaway) Close(ctx context.Context) error {
 func stopCluster(ctx context.Context, r runner.Runner, bin, dir, asUser string) error {
 	data := filepath.Join(dir, "data")
 	pid := postmasterPID(data)
-	if pid <= 0 || syscall.Kill(pid, 0) != nil {
+	if !procstat.Alive(pid) {
 		return nil
 	}
 	if bin != "" {
@@ -373,7 +374,8 @@ func stopCluster(ctx context.Context, r runner.Runner, bin, dir, asUser string) 
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
+	// Gone, or a zombie: it has exited, and whoever its parent is now reaps it.
+	for procstat.Alive(pid) {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the throwaway PostgreSQL (pid %d, %s) does not stop", pid, dir)
 		}

@@ -65,3 +65,13 @@ func BootID() (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
+
+// Alive says whether process pid exists and has not exited: a zombie, which has exited
+// and waits only for its parent to reap it, is not alive.
+func Alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	st, err := Read(pid)
+	return err == nil && st.State != 'Z'
+}

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"flightctl.dr/internal/procstat"
 )
 
 // SystemdBinary is the systemd executable started in user mode.
@@ -550,13 +552,7 @@ func removeCgroupTree(dir string) error {
 }
 
 // pidAlive reports whether a process exists and is not a zombie.
-func pidAlive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	st, err := ReadProcStat(pid)
-	return err == nil && st.State != 'Z'
-}
+func pidAlive(pid int) bool { return procstat.Alive(pid) }
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
