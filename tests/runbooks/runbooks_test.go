@@ -18,7 +18,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/moduletest"
 )
+
+// TestMain removes the module binaries the runbooks build.
+func TestMain(m *testing.M) { moduletest.Main(m) }
 
 // §1.8 step 3 and §3.2 step 2 / step 11: the application units, as the document lists them.
 const (
