@@ -228,8 +228,8 @@ func BenchmarkKV(b *testing.B) {
 	}
 }
 
-// listed is the devices that need a key, as PreparedScript lists them before a restore's
-// stop.
+// listed is the devices that need a key, as PreparedReadsScript lists them before a
+// restore's stop.
 func (be *benchEnv) listed(b *testing.B) *AfterState {
 	rows, err := be.db.Query(context.Background(), keyedDevicesSQL)
 	require.NoError(b, err)

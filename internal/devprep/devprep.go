@@ -48,10 +48,10 @@ type Options struct {
 	// restore does: every key counts as missing. A restore drill's scratch database has
 	// no KV store of its own.
 	WithoutKV bool
-	// Prepared says the database part already ran (DatabaseScript, on the database before
-	// it went live) with these counts: Run then updates no row and records no event, but
-	// clears the KV store (with FlushKV, whatever the rows say) and writes and checks the
-	// keys of the devices the database part annotated.
+	// Prepared says the database part already ran (DatabaseUpdateScript and EventScript,
+	// on the database before it went live) with these counts: Run then updates no row and
+	// records no event, but clears the KV store (with FlushKV, whatever the rows say) and
+	// writes and checks the keys of the devices the database part annotated.
 	Prepared *DatabaseCounts
 }
 

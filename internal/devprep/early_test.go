@@ -28,42 +28,6 @@ func (e *env) rowsWithoutTimes(t *testing.T) string {
 	return timestampRE.ReplaceAllString(fp, "T")
 }
 
-// The database part run ahead as DatabaseScript (as a restore does on its temporary
-// database), then Run with Prepared, ends where Run alone ends: same rows, same event,
-// same keys, same counts.
-func TestDatabaseScriptThenPreparedEqualsRun(t *testing.T) {
-	ctx := context.Background()
-	a, b := newEnv(t), newEnv(t)
-	workedExample(t, a)
-	workedExample(t, b)
-	for _, e := range []*env{a, b} {
-		require.NoError(t, e.redis.Set(ctx, "v1/stale/cache", "x", 0).Err())
-	}
-
-	optsA := a.options(t)
-	optsA.RestoreID = "r-1"
-	resA, err := Run(ctx, optsA)
-	require.NoError(t, err)
-
-	var out string
-	require.NoError(t, b.admin.QueryRow(ctx, DatabaseScript("r-1")).Scan(&out))
-	counts, err := ParseDatabaseCounts(out)
-	require.NoError(t, err)
-	require.Equal(t, &DatabaseCounts{DevicesUpdated: 6, TimestampsCleared: 6, EnrollmentRequestsUpdated: 4, EventCreated: true, JSONRepaired: 2}, counts)
-	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the script leaves the KV store alone")
-	resB := finishLikeRun(t, a, b, resA, counts)
-	require.NotContains(t, b.kvKeys(t), "v1/stale/cache", "flushed")
-	require.Equal(t, resA.EventName, resB.EventName)
-	require.True(t, resB.KVFlushed)
-	require.True(t, resB.Changed)
-
-	// The script run again changes nothing and records no second event.
-	before := b.rowsWithoutTimes(t)
-	require.NoError(t, b.admin.QueryRow(ctx, DatabaseScript("r-1")).Scan(&out))
-	require.Equal(t, "0|0|0|0|0", out)
-	require.Equal(t, before, b.rowsWithoutTimes(t))
-}
-
 // finishLikeRun runs Run on b with the database part's counts as Prepared (restore ID
 // r-1) and requires it to end where Run alone ended on a (resA): same rows, keys, counts.
 func finishLikeRun(t *testing.T, a, b *env, resA *Result, counts *DatabaseCounts) *Result {
@@ -80,14 +44,18 @@ func finishLikeRun(t *testing.T, a, b *env, resA *Result, counts *DatabaseCounts
 	return resB
 }
 
-// The database part split as a restore runs it beside the index builds
-// (DatabaseUpdateScript, then EventScript with its device count), then Run with
-// Prepared, ends where Run alone ends; the update touches only PreparedTables.
+// The database part run ahead as a restore runs it on its temporary database, beside the
+// index builds (DatabaseUpdateScript, then EventScript with its device count), then Run
+// with Prepared, ends where Run alone ends: same rows, same event, same keys, same
+// counts; the update touches only PreparedTables.
 func TestDatabaseUpdateThenEventEqualsRun(t *testing.T) {
 	ctx := context.Background()
 	a, b := newEnv(t), newEnv(t)
 	workedExample(t, a)
 	workedExample(t, b)
+	for _, e := range []*env{a, b} {
+		require.NoError(t, e.redis.Set(ctx, "v1/stale/cache", "x", 0).Err())
+	}
 	optsA := a.options(t)
 	optsA.RestoreID = "r-1"
 	resA, err := Run(ctx, optsA)
@@ -109,21 +77,28 @@ func TestDatabaseUpdateThenEventEqualsRun(t *testing.T) {
 	require.NoError(t, b.admin.QueryRow(ctx, EventScript("r-1", counts.DevicesUpdated)).Scan(&created))
 	require.Equal(t, 1, created)
 	counts.EventCreated = true
+	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the scripts leave the KV store alone")
 	resB := finishLikeRun(t, a, b, resA, counts)
+	require.NotContains(t, b.kvKeys(t), "v1/stale/cache", "flushed")
+	require.Equal(t, resA.EventName, resB.EventName)
 	require.Equal(t, resA.EventCreated, resB.EventCreated)
+	require.True(t, resB.KVFlushed)
+	require.True(t, resB.Changed)
 
-	// Run again, neither records a second event.
+	// The scripts run again change nothing and record no second event.
+	before := b.rowsWithoutTimes(t)
 	require.NoError(t, b.admin.QueryRow(ctx, EventScript("r-1", 0)).Scan(&created))
 	require.Zero(t, created)
 	require.NoError(t, b.admin.QueryRow(ctx, DatabaseUpdateScript()).Scan(&out))
 	require.Equal(t, "0|0|0|0|0", out)
+	require.Equal(t, before, b.rowsWithoutTimes(t))
 }
 
-// preparedOutput runs PreparedScript as psql -A -t would print it: every row's one column,
-// one per line.
-func preparedOutput(t *testing.T, e *env, restoreID string) string {
+// scriptOutput runs sql as psql -A -t would print it: every row's one column, one per
+// line.
+func scriptOutput(t *testing.T, e *env, sql string) string {
 	t.Helper()
-	results, err := e.admin.PgConn().Exec(context.Background(), PreparedScript(restoreID)).ReadAll()
+	results, err := e.admin.PgConn().Exec(context.Background(), sql).ReadAll()
 	require.NoError(t, err)
 	var lines []string
 	for _, r := range results {
@@ -133,6 +108,22 @@ func preparedOutput(t *testing.T, e *env, restoreID string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// prepareAsRestore runs the database part as a restore does on its temporary database:
+// DatabaseUpdateScript, EventScript with its device count, then PreparedReadsScript, and
+// returns what ParsePrepared reads of the update's line and the reads, with the event's
+// outcome.
+func prepareAsRestore(t *testing.T, e *env, restoreID string) *DatabaseCounts {
+	t.Helper()
+	update := scriptOutput(t, e, DatabaseUpdateScript())
+	first, err := ParseDatabaseCounts(update)
+	require.NoError(t, err)
+	created := scriptOutput(t, e, EventScript(restoreID, first.DevicesUpdated))
+	counts, err := ParsePrepared(update + "\n" + scriptOutput(t, e, PreparedReadsScript()))
+	require.NoError(t, err)
+	counts.EventCreated = created == "1"
+	return counts
 }
 
 // sqlLog records every statement a connection sends.
@@ -150,10 +141,11 @@ func (l *sqlLog) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQu
 
 func (l *sqlLog) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
-// PreparedScript (the database part and, in the same session, what the KV part needs),
-// then Run with what it printed, ends where Run alone ends, and Run then reads no row of
-// devices or enrollment requests: the downtime of a restore holds only the KV part.
-func TestPreparedScriptThenRunReadsNoRow(t *testing.T) {
+// The database part and what the KV part needs, read as a restore reads it
+// (PreparedReadsScript), then Run with what was printed, ends where Run alone ends, and
+// Run then reads no row of devices or enrollment requests: the downtime of a restore holds
+// only the KV part.
+func TestPreparedReadsThenRunReadsNoRow(t *testing.T) {
 	ctx := context.Background()
 	a, b := newEnv(t), newEnv(t)
 	for _, e := range []*env{a, b} {
@@ -168,11 +160,11 @@ func TestPreparedScriptThenRunReadsNoRow(t *testing.T) {
 	resA, err := Run(ctx, optsA)
 	require.NoError(t, err)
 
-	counts, err := ParsePrepared(preparedOutput(t, b, "r-1"))
-	require.NoError(t, err)
+	counts := prepareAsRestore(t, b, "r-1")
+	require.True(t, counts.EventCreated)
 	require.NotNil(t, counts.After)
 	require.Equal(t, 9, counts.After.Keys())
-	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the script leaves the KV store alone")
+	require.Equal(t, map[string]string{"v1/stale/cache": "x"}, b.kvKeys(t), "the scripts leave the KV store alone")
 
 	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%d dbname=%s user=flightctl_app sslmode=disable", b.pg.Host, b.pg.Port, b.dbName))
 	require.NoError(t, err)

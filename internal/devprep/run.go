@@ -233,8 +233,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return res, nil
 }
 
-// finishPrepared is Run's database step when DatabaseScript already ran: the counts are
-// the script's, the rows are left alone, and the KV store is cleared (with FlushKV).
+// finishPrepared is Run's database step when DatabaseUpdateScript and EventScript
+// already ran: the counts are the scripts', the rows are left alone, and the KV store is
+// cleared (with FlushKV).
 func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
 	log := opts.logger()
 	p := opts.Prepared

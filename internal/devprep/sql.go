@@ -71,7 +71,7 @@ var updateDevicesSQL = `WITH ` + updateDevicesCTE + `
 SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
 
 // updateDevicesCTE is the device update as the CTEs "updated" and "cleared", shared by
-// Run's transaction and DatabaseScript.
+// Run's transaction and DatabaseUpdateScript.
 var updateDevicesCTE = `updated AS (
 	UPDATE devices AS d SET
 		annotations = ` + asObject("d.annotations") + ` || ` + awaitingJSON + `,
@@ -94,7 +94,7 @@ var updateEnrollmentRequestsSQL = `UPDATE enrollment_requests AS e SET
 WHERE ` + erQualifies
 
 // insertEventColumns and insertEventValues are insertEventSQL's parts, shared by
-// DatabaseScript.
+// EventScript.
 const (
 	insertEventColumns = `INSERT INTO events (org_id, name, reason, source_component, actor, type, message, details,
 	involved_object_name, involved_object_kind, annotations, created_at, updated_at)`

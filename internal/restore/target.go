@@ -148,8 +148,8 @@ type DevicePrepRequest struct {
 	// DryRun reports the counts and changes nothing.
 	DryRun bool
 	// DatabasePrepared says the database part already ran on the restored database
-	// before it went live (devprep.DatabaseScript, with these counts): only the KV part is
-	// left (clear, keys, check). Sent only to a DevicePreparer that is a
+	// before it went live (devprep.DatabaseUpdateScript and EventScript, with these
+	// counts): only the KV part is left (clear, keys, check). Sent only to a DevicePreparer that is a
 	// PreparedDatabaseFinisher.
 	DatabasePrepared *devprep.DatabaseCounts
 }
