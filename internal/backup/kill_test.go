@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/estate"
+	"flightctl.dr/internal/procstat"
 	"flightctl.dr/internal/testbed"
 )
 
@@ -149,11 +150,8 @@ func childPIDs(pid int) []int {
 func waitExit(t *testing.T, pid int) {
 	t.Helper()
 	for i := 0; i < 500; i++ {
-		if err := syscall.Kill(pid, 0); err != nil {
-			return
-		}
-		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); strings.Contains(string(b), ") Z ") {
-			return // a zombie waiting for init: it holds no file
+		if !procstat.Alive(pid) {
+			return // gone, or a zombie waiting for init: it holds no file
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -14,7 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"flightctl.dr/internal/testbed"
+	"flightctl.dr/internal/procstat"
 )
 
 // Benchmarks (off the default test run):
@@ -152,9 +152,9 @@ func BenchmarkPrepare(b *testing.B) {
 // dbCPU is the CPU seconds used so far by db's server process and by the postmaster's
 // exited children (the parallel workers of index builds; also autovacuum's).
 func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
-	backend, err := testbed.ReadProcStat(int(db.PgConn().PID()))
+	backend, err := procstat.Read(int(db.PgConn().PID()))
 	require.NoError(b, err)
-	postmaster, err := testbed.ReadProcStat(be.pg.PostmasterPID())
+	postmaster, err := procstat.Read(be.pg.PostmasterPID())
 	require.NoError(b, err)
 	return backend.CPU() + postmaster.ChildrenCPU()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"flightctl.dr/internal/procstat"
 	"flightctl.dr/internal/retention"
 	"flightctl.dr/internal/testbed"
 )
@@ -197,7 +198,7 @@ func (c cpuTimes) report(b *testing.B) {
 
 // procCPU is the CPU seconds (utime+stime) a process has used so far.
 func procCPU(pid int) float64 {
-	st, err := testbed.ReadProcStat(pid)
+	st, err := procstat.Read(pid)
 	if err != nil {
 		return 0
 	}

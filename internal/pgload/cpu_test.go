@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/pgdump"
-	"flightctl.dr/internal/testbed"
+	"flightctl.dr/internal/procstat"
 )
 
 // cpuSampler reads, every few milliseconds, the CPU time (utime+stime from
@@ -96,7 +96,7 @@ func (c *cpuSampler) sample(count bool) {
 	}
 	c.lastT = now
 	for _, pid := range pids {
-		st, err := testbed.ReadProcStat(pid)
+		st, err := procstat.Read(pid)
 		if err != nil {
 			continue
 		}
@@ -118,14 +118,14 @@ func (c *cpuSampler) sample(count bool) {
 			m = map[string]float64{}
 			c.cpu[ph] = m
 		}
-		m[w] += float64(t-prev) / testbed.ClockTicks
+		m[w] += float64(t-prev) / procstat.ClockTicks
 		if w == "backend" {
 			pp := c.perPid[ph]
 			if pp == nil {
 				pp = map[int]float64{}
 				c.perPid[ph] = pp
 			}
-			pp[pid] += float64(t-prev) / testbed.ClockTicks
+			pp[pid] += float64(t-prev) / procstat.ClockTicks
 		}
 	}
 }
@@ -301,7 +301,7 @@ func (p *psqlPos) pos() int64 {
 
 func (p *psqlPos) find() string {
 	for _, pid := range children(p.self) {
-		st, err := testbed.ReadProcStat(pid)
+		st, err := procstat.Read(pid)
 		if err != nil || st.PPID != p.self || st.Comm != "psql" {
 			continue
 		}

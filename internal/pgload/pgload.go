@@ -550,9 +550,7 @@ func (l *loader) afterData() error {
 // before (none has started yet: the data barrier has just passed).
 func (l *loader) startBeside(start time.Time) {
 	tables := l.opts.AfterDataTables
-	l.locks.mu.Lock()
-	l.locks.take(tables, false)
-	l.locks.mu.Unlock()
+	l.locks.hold(tables)
 	l.besideDone = make(chan struct{})
 	go func() {
 		defer close(l.besideDone)
@@ -881,6 +879,13 @@ func (tl *tableLocks) take(tables []string, shared bool) {
 			tl.held[t] = -1
 		}
 	}
+}
+
+// hold takes tables exclusively for work outside the pool (unlock gives them back).
+func (tl *tableLocks) hold(tables []string) {
+	tl.mu.Lock()
+	tl.take(tables, false)
+	tl.mu.Unlock()
 }
 
 // pick takes the locks of the first task in pool whose tables are free and returns its

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/procstat"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/testbed"
 )
@@ -332,7 +333,7 @@ func serverBackends(postmaster int) int {
 		if err != nil {
 			continue
 		}
-		if st, err := testbed.ReadProcStat(pid); err != nil || st.PPID != postmaster {
+		if st, err := procstat.Read(pid); err != nil || st.PPID != postmaster {
 			continue
 		}
 		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -356,7 +357,7 @@ func cpuNow(postmaster int) cpuSpent {
 	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 	c := cpuSpent{self: tv(self.Utime) + tv(self.Stime), children: tv(kids.Utime) + tv(kids.Stime)}
 	// The server's backends count once the postmaster has reaped them.
-	if st, err := testbed.ReadProcStat(postmaster); err == nil {
+	if st, err := procstat.Read(postmaster); err == nil {
 		c.server = st.ChildrenCPU()
 	}
 	return c

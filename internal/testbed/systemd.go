@@ -408,7 +408,7 @@ func (s *Systemd) exited() bool {
 			return false
 		}
 	}
-	return !pidAlive(s.PID) || !s.ownsPID()
+	return !procstat.Alive(s.PID) || !s.ownsPID()
 }
 
 // ownsPID checks that s.PID still is our manager (not a reused PID) by its cgroup.
@@ -550,9 +550,6 @@ func removeCgroupTree(dir string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-// pidAlive reports whether a process exists and is not a zombie.
-func pidAlive(pid int) bool { return procstat.Alive(pid) }
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {

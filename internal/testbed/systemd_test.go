@@ -11,6 +11,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"flightctl.dr/internal/procstat"
 )
 
 func TestSystemdStartsConfinedAndStopsClean(t *testing.T) {
@@ -80,9 +82,9 @@ func TestSystemdStartsConfinedAndStopsClean(t *testing.T) {
 
 	require.NoError(t, s.Stop())
 	stopped = true
-	assert.False(t, pidAlive(s.PID), "systemd must be gone")
-	assert.False(t, pidAlive(unitPID), "the unit's process must be gone")
-	assert.False(t, pidAlive(s.HostNamespacePID), "the keeper must be gone")
+	assert.False(t, procstat.Alive(s.PID), "systemd must be gone")
+	assert.False(t, procstat.Alive(unitPID), "the unit's process must be gone")
+	assert.False(t, procstat.Alive(s.HostNamespacePID), "the keeper must be gone")
 	for _, d := range s.CgroupDirs {
 		assert.NoDirExists(t, d)
 	}
