@@ -2,8 +2,10 @@
 // told to reconnect and report its real state before the server renders anything for it.
 //
 // Unlike upstream, the database part (devices, device_timestamps, enrollment requests, the
-// SystemRestored event) commits in one transaction or not at all, and the KV keys are
-// derived from the database after the commit, written in pipelined batches and checked.
+// SystemRestored event) commits in one transaction or not at all (on a large fleet the
+// device update is split over several sessions that commit together, parallel.go), and
+// the KV keys are derived from the database after the commit, written in pipelined
+// batches and checked.
 // Running it again after any failure converges to the same end state.
 package devprep
 
@@ -17,6 +19,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+
+	"flightctl.dr/internal/pgload"
 )
 
 // DefaultKeyBatchSize is how many keys go in one pipeline.
@@ -41,6 +45,11 @@ type Options struct {
 	// a re-run never records a second event for the same restore. Without it, the event
 	// is created only when this run updated devices.
 	RestoreID string
+	// Connections is the number of database sessions the device update is split over
+	// on a large fleet (0: one per CPU of this machine, 2 to 8, within half the server's
+	// free connections; 1: the run's own transaction alone). The extra sessions connect
+	// as DB does.
+	Connections int
 	// KeyBatchSize is the number of keys per pipeline (default DefaultKeyBatchSize).
 	KeyBatchSize int
 	Logger       *slog.Logger
@@ -62,6 +71,9 @@ func (o *Options) Validate() error {
 	}
 	if o.KV == nil && !o.WithoutKV {
 		return errors.New("device preparation: no KV client given")
+	}
+	if o.Connections < 0 || o.Connections > pgload.MaxConnections {
+		return fmt.Errorf("device preparation: %d database connections: give 0 (the default) to %d", o.Connections, pgload.MaxConnections)
 	}
 	if o.KeyBatchSize < 0 {
 		return fmt.Errorf("device preparation: key batch size %d must be positive", o.KeyBatchSize)
@@ -132,6 +144,9 @@ type Result struct {
 	// dropped before the update and built again before the commit, instead of adding
 	// every updated row to them (only as the table's owner, and when most rows change).
 	IndexesRebuilt int `json:"indexes_rebuilt,omitempty"`
+	// DeviceUpdateSessions is the number of database sessions the device update was
+	// split over (Options.Connections), when more than one.
+	DeviceUpdateSessions int `json:"device_update_sessions,omitempty"`
 	// Before and After are filled by Plan only: the state now and the state a run would
 	// leave. For a measured diff, call Plan before and after Run.
 	Before *State `json:"before,omitempty"`

@@ -59,6 +59,47 @@ func generatedDevices(t *testing.T, e *env, n int) {
 	}
 }
 
+// twoGenerated is two databases holding the same generatedDevices(n).
+func twoGenerated(t *testing.T, n int) (*env, *env) {
+	a, b := newEnv(t), newEnv(t)
+	generatedDevices(t, a, n)
+	generatedDevices(t, b, n)
+	require.Equal(t, a.snapshot(t).contents, b.snapshot(t).contents, "the two inputs differ")
+	return a, b
+}
+
+// devicesLeft counts the devices a run would still prepare.
+func (e *env) devicesLeft(t *testing.T) int {
+	var n int
+	require.NoError(t, e.admin.QueryRow(context.Background(), `SELECT count(*) FROM devices AS d WHERE `+devQualifies).Scan(&n))
+	return n
+}
+
+// assertSameOutcome checks that got, a database prepared from before, holds what want, the
+// same input prepared the other way, holds: schema, rows, event and KV keys.
+func assertSameOutcome(t *testing.T, want, got *env, before snapshot) {
+	after := got.snapshot(t)
+	assert.NotEqual(t, before.contents["public.devices"], after.contents["public.devices"], "nothing was prepared")
+	w := want.snapshot(t)
+	assert.True(t, w.schema == after.schema, "pg_dump --schema-only differs")
+	assert.True(t, before.schema == after.schema, "pg_dump --schema-only differs from before")
+	assert.Equal(t, w.contents, after.contents)
+	assert.Equal(t, w.events, after.events)
+	assert.Equal(t, want.kvKeys(t), got.kvKeys(t))
+}
+
+// superuserTx is a transaction of a session of its own, rolled back at the end of the test.
+func (e *env) superuserTx(t *testing.T) pgx.Tx {
+	ctx := context.Background()
+	c, err := e.pg.SuperuserConn(ctx, e.dbName)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close(context.Background()) })
+	tx, err := c.Begin(ctx)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	return tx
+}
+
 // rebuildableBtrees are the btree indexes of devices not backing a constraint, as the
 // fixture schema has them.
 func rebuildableBtrees(t *testing.T, e *env) []string {
@@ -97,11 +138,8 @@ func (e *env) snapshot(t *testing.T) snapshot {
 func TestIndexRebuildGivesTheSameDatabase(t *testing.T) {
 	rebuildAtAnySize(t)
 	ctx := context.Background()
-	rowByRow, rebuilt := newEnv(t), newEnv(t)
-	generatedDevices(t, rowByRow, 600)
-	generatedDevices(t, rebuilt, 600)
+	rowByRow, rebuilt := twoGenerated(t, 600)
 	before := rebuilt.snapshot(t)
-	require.Equal(t, rowByRow.snapshot(t).contents, before.contents, "the two inputs differ")
 	btrees := rebuildableBtrees(t, rebuilt)
 
 	// flightctl_app does not own devices: its run maintains the indexes row by row.
@@ -119,14 +157,7 @@ func TestIndexRebuildGivesTheSameDatabase(t *testing.T) {
 	resApp.IndexesRebuilt = resOwner.IndexesRebuilt
 	assert.Equal(t, resApp, resOwner)
 	assert.Greater(t, resOwner.DevicesUpdated, 500)
-	after := rebuilt.snapshot(t)
-	assert.NotEqual(t, before.contents["public.devices"], after.contents["public.devices"], "nothing was prepared")
-	want := rowByRow.snapshot(t)
-	assert.True(t, want.schema == after.schema, "pg_dump --schema-only differs")
-	assert.True(t, before.schema == after.schema, "pg_dump --schema-only differs from before")
-	assert.Equal(t, want.contents, after.contents)
-	assert.Equal(t, want.events, after.events)
-	assert.Equal(t, rowByRow.kvKeys(t), rebuilt.kvKeys(t))
+	assertSameOutcome(t, rowByRow, rebuilt, before)
 
 	// Every live row is in each rebuilt index (amcheck, created after the comparison).
 	_, err = rebuilt.admin.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS amcheck`)
@@ -144,12 +175,7 @@ func TestIndexRebuildGivesWayToALock(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	generatedDevices(t, e, 50)
-	reader, err := e.pg.SuperuserConn(ctx, e.dbName)
-	require.NoError(t, err)
-	defer reader.Close(ctx)
-	tx, err := reader.Begin(ctx)
-	require.NoError(t, err)
-	defer tx.Rollback(ctx)
+	tx := e.superuserTx(t)
 	var n int
 	require.NoError(t, tx.QueryRow(ctx, `SELECT count(*) FROM devices`).Scan(&n)) // holds ACCESS SHARE until the end
 
@@ -253,8 +279,6 @@ func testInterruptedRebuild(t *testing.T, e *env, interrupt func(db *pgx.Conn, c
 	assert.Greater(t, res.DevicesUpdated, 150)
 	assert.True(t, res.EventCreated)
 	assert.True(t, before.schema == e.snapshot(t).schema, "the indexes differ after the run")
-	var left int
-	require.NoError(t, e.admin.QueryRow(ctx, `SELECT count(*) FROM devices AS d WHERE `+devQualifies).Scan(&left))
-	assert.Zero(t, left)
+	assert.Zero(t, e.devicesLeft(t))
 	assert.NotContains(t, e.kvKeys(t), "v1/stale/cache")
 }

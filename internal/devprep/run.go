@@ -184,7 +184,8 @@ func PlanOrRun(ctx context.Context, opts Options, dryRun bool) (*Result, bool, e
 	return res, res.Changed, nil
 }
 
-// Run prepares the devices. The database part commits in one transaction; the KV store is
+// Run prepares the devices. The database part commits in one transaction (a split device
+// update in its sessions' transactions, committed together: splitUpdate); the KV store is
 // flushed (when it should be) before that commit, and the keys are written and checked
 // after it. On error the returned Result (non-nil once the commit happened) says how far
 // it got; running again converges.
@@ -295,20 +296,20 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	}
 	log.Debug("rows counted")
 	c := &res.Counts
-	rebuild, err := dropIndexes(ctx, tx, opts, toUpdate, toUpdate+c.DevicesAlreadyAwaiting+c.DevicesSkippedDecommissioned+c.DevicesDeleted)
+	total := toUpdate + c.DevicesAlreadyAwaiting + c.DevicesSkippedDecommissioned + c.DevicesDeleted
+	split, err := openSplit(ctx, tx, opts, toUpdate, total)
 	if err != nil {
 		return nil, fmt.Errorf("device preparation: %w", err)
 	}
-	if err := tx.QueryRow(ctx, updateDevicesSQL).Scan(&res.DevicesUpdated, &res.TimestampsCleared); err != nil {
-		return nil, fmt.Errorf("device preparation: update devices: %w", err)
-	}
-	log.Debug("devices updated")
-	if err := rebuild.buildIndexes(ctx, tx); err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
-	}
-	res.IndexesRebuilt = len(rebuild.indexes)
-	if res.IndexesRebuilt > 0 {
-		log.Debug("btree indexes of devices built again", "indexes", res.IndexesRebuilt)
+	if split != nil {
+		defer split.close()
+		res.DeviceUpdateSessions = len(split.ranges)
+		if res.DevicesUpdated, res.TimestampsCleared, err = split.run(ctx, tx); err != nil {
+			return nil, fmt.Errorf("device preparation: update devices (nothing was committed): %w", err)
+		}
+		log.Debug("devices updated", "sessions", res.DeviceUpdateSessions)
+	} else if err := updateDevicesAlone(ctx, tx, opts, res, toUpdate, total); err != nil {
+		return nil, err
 	}
 	tag, err := tx.Exec(ctx, updateEnrollmentRequestsSQL)
 	if err != nil {
@@ -341,12 +342,52 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	} else if err := opts.KV.Ping(ctx).Err(); err != nil {
 		return nil, fmt.Errorf("device preparation: KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
 	}
-	if err := tx.Commit(ctx); err != nil {
+	commit := tx.Commit
+	if split != nil {
+		commit = func(ctx context.Context) error { return split.commit(ctx, tx) }
+	}
+	if err := commit(ctx); err != nil {
 		flushed := ""
 		if res.KVFlushed {
 			flushed = " (the KV store was already cleared)"
 		}
+		if split != nil {
+			flushed += " (the device update ran in " + fmt.Sprint(len(split.ranges)) + " sessions, some of which may have committed)"
+		}
 		return nil, fmt.Errorf("device preparation: commit%s: %w: run device preparation again", flushed, err)
 	}
 	return res, nil
+}
+
+// openSplit opens the sessions that share the device update (splitUpdate), or says
+// (nil) that the run's own transaction does it alone.
+func openSplit(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total int) (*splitUpdate, error) {
+	n, err := updateSessions(ctx, tx, opts.Connections, toUpdate)
+	if err != nil || n < 2 {
+		return nil, err
+	}
+	return openSplitUpdate(ctx, tx, opts, n, total)
+}
+
+// updateDevicesAlone is the device update in the run's own transaction, with the btree
+// indexes of devices built again instead of maintained row by row when that is cheaper
+// and allowed (dropIndexes).
+func updateDevicesAlone(ctx context.Context, tx pgx.Tx, opts *Options, res *Result, toUpdate, total int) error {
+	log := opts.logger()
+	rebuild, err := dropIndexes(ctx, tx, opts, toUpdate, total)
+	if err != nil {
+		return fmt.Errorf("device preparation: %w", err)
+	}
+	if err := tx.QueryRow(ctx, updateDevicesSQL).Scan(&res.DevicesUpdated, &res.TimestampsCleared); err != nil {
+		return fmt.Errorf("device preparation: update devices: %w", err)
+	}
+	log.Debug("devices updated")
+	if err := rebuild.buildIndexes(ctx, tx); err != nil {
+		return fmt.Errorf("device preparation: %w", err)
+	}
+	res.IndexesRebuilt = len(rebuild.indexes)
+	if res.IndexesRebuilt > 0 {
+		log.Debug("btree indexes of devices built again", "indexes", res.IndexesRebuilt)
+	}
+	return nil
 }

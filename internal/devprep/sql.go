@@ -72,14 +72,18 @@ SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
 
 // updateDevicesCTE is the device update as the CTEs "updated" and "cleared", shared by
 // Run's transaction and DatabaseUpdateScript.
-var updateDevicesCTE = `updated AS (
+var updateDevicesCTE = updateDevicesCTEWhere(devQualifies)
+
+// updateDevicesCTEWhere is updateDevicesCTE for the qualifying devices that where selects.
+func updateDevicesCTEWhere(where string) string {
+	return `updated AS (
 	UPDATE devices AS d SET
 		annotations = ` + asObject("d.annotations") + ` || ` + awaitingJSON + `,
 		status = ` + asObject("d.status") + ` || jsonb_build_object(
 			'summary', jsonb_build_object('status', 'AwaitingReconnect', 'info', '` + SummaryInfo + `'),
 			'updated', jsonb_build_object('status', 'Unknown')),
 		resource_version = COALESCE(d.resource_version, 0) + 1
-	WHERE ` + devQualifies + `
+	WHERE ` + where + `
 	RETURNING d.org_id, d.name
 ), cleared AS (
 	UPDATE device_timestamps AS t SET last_seen = NULL
@@ -87,6 +91,19 @@ var updateDevicesCTE = `updated AS (
 	WHERE t.org_id = u.org_id AND t.name = u.name
 	RETURNING 1
 )`
+}
+
+// updateDeviceRangeSQL is updateDevicesSQL for the devices from ($1, $2) (inclusive) up
+// to ($3, $4) (exclusive) in the order of (org_id, name); a NULL org_id leaves that end
+// open. The key does not change in the update, so a row another session changes at the
+// same time is still in the same range when the update reads it again.
+var updateDeviceRangeSQL = `WITH ` + updateDevicesCTEWhere(`($1::uuid IS NULL OR (d.org_id, d.name) >= ($1::uuid, $2::text))
+		AND ($3::uuid IS NULL OR (d.org_id, d.name) < ($3::uuid, $4::text))
+		AND `+devQualifies) + `
+SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
+
+// deviceKeyAtSQL is the (org_id, name) of the device at offset $1 in key order.
+const deviceKeyAtSQL = `SELECT org_id::text, name FROM devices ORDER BY org_id, name OFFSET $1 LIMIT 1`
 
 var updateEnrollmentRequestsSQL = `UPDATE enrollment_requests AS e SET
 	annotations = ` + asObject("e.annotations") + ` || ` + awaitingJSON + `,

@@ -11,3 +11,6 @@ func DefaultConnections(cpus, free int) int {
 	}
 	return max(n, 1)
 }
+
+// FreeConnectionsSQL counts the connections the server still accepts from ordinary users.
+const FreeConnectionsSQL = `SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')`

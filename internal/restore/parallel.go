@@ -87,7 +87,7 @@ func (d *PsqlDatabase) LoadConnections(ctx context.Context, requested int) (int,
 		return min(requested, pgload.MaxConnections), nil
 	}
 	free := -1
-	out, err := d.query(ctx, "postgres", "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend');")
+	out, err := d.query(ctx, "postgres", pgload.FreeConnectionsSQL+";")
 	if err != nil {
 		return 0, fmt.Errorf("count the database server's free connections: %w", err)
 	}

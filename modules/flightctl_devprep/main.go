@@ -1,6 +1,7 @@
 // flightctl_devprep prepares devices after a Flight Control database restore (SPEC §5):
 // every device is told to reconnect and report its real state. The database part commits
-// in one transaction; the KV keys are derived from the database, written in pipelined
+// in one transaction (a large fleet's device update in several sessions' transactions,
+// committed together); the KV keys are derived from the database, written in pipelined
 // batches and checked. Running it again converges.
 package main
 
@@ -31,6 +32,7 @@ type Options struct {
 	FlushKV     bool   `ansible:"flush_kv" default:"true" help:"clear the KV store before writing the keys, as upstream does"`
 	CreateEvent bool   `ansible:"create_event" default:"true" help:"record a SystemRestored event"`
 	RestoreID   string `ansible:"restore_id" help:"names the restore; a re-run never records a second event for it"`
+	Connections int    `ansible:"db_connections" default:"0" min:"0" max:"64" help:"database sessions a large fleet's device update is split over (0: one per CPU, 2 to 8, within half the server's free connections; 1: one transaction)"`
 }
 
 func (o *Options) conn() devprep.ConnOptions {
@@ -52,7 +54,7 @@ func prepare(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.
 	}
 	defer db.Close(context.Background())
 	defer kv.Close()
-	opts := devprep.Options{DB: db, KV: kv, FlushKV: o.FlushKV, CreateEvent: o.CreateEvent, RestoreID: o.RestoreID, Logger: env.Log}
+	opts := devprep.Options{DB: db, KV: kv, FlushKV: o.FlushKV, CreateEvent: o.CreateEvent, RestoreID: o.RestoreID, Connections: o.Connections, Logger: env.Log}
 
 	// Check mode is the plan; diff mode also reads the state before and after.
 	var plan *devprep.Result
@@ -113,7 +115,8 @@ func result(r *devprep.Result, before, after *devprep.State, check bool) *ansibl
 var App = cli.App[Options]{
 	Module: ansiblemod.Module[Options]{Name: "flightctl_devprep", Run: prepare},
 	Short:  "Prepare devices after a Flight Control database restore",
-	Long: "Marks every device of a restored Flight Control database as awaiting reconnection, in one transaction, " +
+	Long: "Marks every device of a restored Flight Control database as awaiting reconnection (a large fleet's update split over " +
+		"several database sessions that commit together, --db-connections 1 for one transaction), " +
 		"and writes the KV keys the server needs to act on it, pipelined and checked. Use it after a database was " +
 		"restored by other means (pg_restore, a volume snapshot). Passwords come from DB_PASSWORD and KV_PASSWORD " +
 		"(or --db-password-file / --kv-password-file). Running it again converges; --check shows what it would do.",
