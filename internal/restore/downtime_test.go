@@ -111,16 +111,22 @@ func TestRestoreDowntimeStartsNoDatabaseCommand(t *testing.T) {
 // The one-session swap decides from what exists, as the step-by-step swap did: it refuses
 // when all three databases exist or the restored one is missing before the swap, changes
 // nothing then, finishes a swap already done, and ends the sessions on both databases.
-func TestSwapDatabasesInOneSession(t *testing.T) {
-	ctx := context.Background()
-	testbed.Need(t, "psql")
-	pg := testbed.PostgresForTest(t)
-	require.NoError(t, pg.CreateFlightctlDB(ctx, "flightctl", testbed.FlightctlPasswords{}))
-	db := &restore.PsqlDatabase{DBName: "flightctl", Runner: runner.Exec{}, Logger: testLogger(t),
+// adminPsql administers pg's databases through this machine's psql as the admin user,
+// flightctl being the live one, after creating it.
+func adminPsql(t *testing.T, pg *testbed.Postgres) *restore.PsqlDatabase {
+	require.NoError(t, pg.CreateFlightctlDB(context.Background(), "flightctl", testbed.FlightctlPasswords{}))
+	return &restore.PsqlDatabase{DBName: "flightctl", Runner: runner.Exec{}, Logger: testLogger(t),
 		Command: func(psqlArgs, env []string) runner.Cmd {
 			args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "admin", "-w"}, psqlArgs...)
 			return runner.Cmd{Name: "psql", Args: args, Env: append(env, "PGPASSWORD=adminpass")}
 		}}
+}
+
+func TestSwapDatabasesInOneSession(t *testing.T) {
+	ctx := context.Background()
+	testbed.Need(t, "psql")
+	pg := testbed.PostgresForTest(t)
+	db := adminPsql(t, pg)
 	var sw restore.DatabaseSwapper = db
 	info, err := db.Info(ctx, "flightctl")
 	require.NoError(t, err)
@@ -180,4 +186,40 @@ func TestSwapDatabasesInOneSession(t *testing.T) {
 	require.Equal(t, info.Owner, after.Owner)
 	require.ElementsMatch(t, info.ACL, after.ACL)
 	require.Equal(t, swapped.ACL, after.ACL)
+}
+
+// Recreate, the load step's drop and create in one psql, gives a temporary database left
+// half-loaded by a dead run back empty, with the live one's owner, and creates one that
+// is missing; a session still on the old one does not stop it.
+func TestRecreateStartsTheTemporaryDatabaseAfresh(t *testing.T) {
+	ctx := context.Background()
+	testbed.Need(t, "psql")
+	pg := testbed.PostgresForTest(t)
+	db := adminPsql(t, pg)
+	info, err := db.Info(ctx, "flightctl")
+	require.NoError(t, err)
+	const temp = "flightctl_restore_y"
+	tables := func() int {
+		c, err := pg.SuperuserConn(ctx, temp)
+		require.NoError(t, err)
+		defer c.Close(ctx)
+		var n int
+		require.NoError(t, c.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace`).Scan(&n))
+		return n
+	}
+
+	require.NoError(t, db.Recreate(ctx, temp, info)) // missing: created
+	half, err := pg.SuperuserConn(ctx, temp)
+	require.NoError(t, err)
+	defer half.Close(ctx)
+	_, err = half.Exec(ctx, `CREATE TABLE public.devices (name text); INSERT INTO public.devices VALUES ('x')`)
+	require.NoError(t, err)
+	require.Equal(t, 1, tables())
+
+	require.NoError(t, db.Recreate(ctx, temp, info)) // half-loaded, a session still on it
+	require.Zero(t, tables())
+	got, err := db.Info(ctx, temp)
+	require.NoError(t, err)
+	require.Equal(t, info.Owner, got.Owner)
+	require.Equal(t, info.Encoding, got.Encoding)
 }

@@ -9,6 +9,7 @@ package restore
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"flightctl.dr/internal/archive"
@@ -223,6 +225,11 @@ type run struct {
 	swapSession PreparedSwap
 	// dbSpace is the database server's free space, read once (budget.go).
 	dbSpace *freeSpace
+	// liveInfo is the live database's owner, grants and size as the preflight read them,
+	// for the journal.
+	liveInfo *DatabaseInfo
+	// loadSetup is the load's questions to the database server, asked ahead (stream.go).
+	loadSetup *loadSetup
 }
 
 // Run restores (or, in check mode, plans) as opts say.
@@ -322,20 +329,30 @@ func (r *run) restore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if j == nil || j.State != StateRunning {
-		// What the archive may inflate to, from the free space where it goes, before it
-		// is read (budget.go). A resumed restore has already been held to it, and what it
-		// loaded and staged since takes some of that space.
-		r.opts.Limits.Budgets = r.budgets(ctx)
-	}
+	fresh := j == nil || j.State != StateRunning
 	// A fresh restore of one of our archives checks the checksum and reads metadata.json
 	// from the archive's tail now, and the rest (structure, manifest) during the load into
 	// the temporary database, before anything is stopped. Anything else is verified in
 	// full first.
 	var report *archive.Report
-	quick := !r.opts.CheckMode && !r.opts.Diff && (j == nil || j.State != StateRunning)
+	quick := !r.opts.CheckMode && !r.opts.Diff && fresh
+	var sum checksum
+	if fresh {
+		// What the archive may inflate to, from the free space where it goes, before it
+		// is read (budget.go); found while the checksum is computed, which reads every
+		// byte but keeps none. A resumed restore has already been held to it, and what it
+		// loaded and staged since takes some of that space.
+		var budgets []archive.Budget
+		hash := func() {}
+		if quick {
+			limits := r.opts.Limits
+			hash = func() { sum = r.archiveChecksum(ctx, limits) }
+		}
+		concurrently(func() { budgets = r.budgets(ctx) }, hash)
+		r.opts.Limits.Budgets = budgets
+	}
 	if quick {
-		report, err = r.quickCheck(ctx)
+		report, err = r.quickCheck(ctx, sum)
 		if errors.Is(err, archive.ErrNoQuickMetadata) {
 			quick = false
 		} else if err != nil {
@@ -438,13 +455,27 @@ func (r *run) restore(ctx context.Context) error {
 	return r.applyAndRecord(ctx)
 }
 
-// quickCheck checks the archive's checksum and reads metadata.json from its tail. The
-// report's entries are the manifest's; the archive's structure and content are checked
-// later, by the load pass. archive.ErrNoQuickMetadata: verify the archive in full instead.
-func (r *run) quickCheck(ctx context.Context) (*archive.Report, error) {
+// checksum is the archive's sha256 as archiveChecksum found it (checked against the
+// checksum file).
+type checksum struct {
+	sum  string
+	size int64
+	err  error
+}
+
+func (r *run) archiveChecksum(ctx context.Context, limits archive.Limits) checksum {
 	r.logger.Info("checking the archive's checksum", "archive", r.opts.ArchivePath)
 	sum, size, err := archive.ChecksumOK(ctx, r.opts.ArchivePath, archive.VerifyOptions{
-		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: r.opts.Limits})
+		ChecksumFile: r.opts.ChecksumFile, RequireChecksum: true, Limits: limits})
+	return checksum{sum: sum, size: size, err: err}
+}
+
+// quickCheck takes the archive's checksum, once checked, and reads metadata.json from its
+// tail. The report's entries are the manifest's; the archive's structure and content are
+// checked later, by the load pass. archive.ErrNoQuickMetadata: verify the archive in full
+// instead.
+func (r *run) quickCheck(ctx context.Context, c checksum) (*archive.Report, error) {
+	sum, size, err := c.sum, c.size, c.err
 	if err != nil {
 		return nil, wrap.Prefix("archive integrity check failed", err)
 	}
@@ -611,28 +642,29 @@ func (r *run) preflight(ctx context.Context) (*Plan, error) {
 
 func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan, error) {
 	dp := &DatabasePlan{Name: db.Name()}
-	if err := db.Ping(ctx); err != nil {
-		return nil, err
-	}
 	for _, e := range r.report.Entries {
 		if e.Path == archive.DatabaseDump {
 			dp.DumpSize = e.Size
 		}
 	}
-	live, err := db.Exists(ctx, db.Name())
-	if err != nil {
+	var live bool
+	var pingErr, existsErr error
+	concurrently(func() { pingErr = db.Ping(ctx) }, func() { live, existsErr = db.Exists(ctx, db.Name()) })
+	if err := cmp.Or(pingErr, existsErr); err != nil { // the admin user's error first
 		return nil, err
 	}
 	dp.LiveExists = live
 	if live {
-		info, err := db.Info(ctx, db.Name())
-		if err != nil {
+		// Each is a psql of its own (a podman or kubectl exec with container access).
+		var info DatabaseInfo
+		var infoErr, countsErr error
+		concurrently(func() { info, infoErr = db.Info(ctx, db.Name()) },
+			func() { dp.CountsNow, countsErr = db.Counts(ctx, db.Name(), CountedTables) })
+		if err := cmp.Or(infoErr, countsErr); err != nil {
 			return nil, err
 		}
 		dp.LiveSize, dp.Owner = info.Size, info.Owner
-		if dp.CountsNow, err = db.Counts(ctx, db.Name(), CountedTables); err != nil {
-			return nil, err
-		}
+		r.liveInfo = &info
 	} else {
 		r.res.warn(r.logger, "database %s does not exist yet: the restore creates it", db.Name())
 	}
@@ -713,7 +745,9 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	if db := r.target.Database(); db != nil && r.hasDump {
 		jd := &JournalDatabase{Live: db.Name(), Temp: db.Name() + "_restore_" + id, Old: db.Name() + "_old_" + id,
 			LiveExisted: plan.Database.LiveExists}
-		if jd.LiveExisted {
+		if jd.LiveExisted && r.liveInfo != nil {
+			jd.Info = *r.liveInfo // read by the preflight just before
+		} else if jd.LiveExisted {
 			info, err := db.Info(ctx, db.Name())
 			if err != nil {
 				return err
@@ -746,4 +780,17 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	}
 	r.logger.Info("restore journal created", "id", id, "journal", r.store.path)
 	return nil
+}
+
+// concurrently runs fns at once and returns when all have returned. The restore's
+// database calls are each a psql process (a podman or kubectl exec with container access,
+// 0.1-0.3 s to start): those that do not depend on each other run side by side.
+func concurrently(fns ...func()) {
+	var wg sync.WaitGroup
+	for _, fn := range fns[1:] {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn() }()
+	}
+	fns[0]()
+	wg.Wait()
 }

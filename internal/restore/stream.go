@@ -142,7 +142,7 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 	// A fresh load: whatever an earlier load of the temporary database prepared is gone.
 	r.journal.DevicesPrepared = nil
 	if pl, ok := db.(ParallelLoader); ok {
-		n, err := pl.LoadConnections(ctx, r.opts.LoadConnections)
+		n, err := r.loadSessions(ctx, pl)
 		if err != nil {
 			return err
 		}
@@ -174,6 +174,49 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 	rows, _ := f.Rows()
 	fillCounts(counts, rows)
 	return compareRows(rows, r.report.Metadata, r.res, r.logger)
+}
+
+// loadSetup is what a load asks the database server before it starts (the number of
+// sessions, whether psql has a restricted mode), asked beside the drop and creation of the
+// temporary database: each is a psql process, and with container access a podman or
+// kubectl exec that takes 0.1-0.3 s to start.
+type loadSetup struct {
+	db       Database
+	done     chan struct{}
+	sessions int
+	err      error
+}
+
+func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup {
+	s := &loadSetup{db: db, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		concurrently(func() {
+			if pl, ok := db.(ParallelLoader); ok {
+				s.sessions, s.err = pl.LoadConnections(ctx, requested)
+			}
+		}, func() {
+			if rp, ok := db.(interface{ RestrictsMetaCommands(context.Context) bool }); ok {
+				rp.RestrictsMetaCommands(ctx) // remembered by db
+			}
+		})
+	}()
+	return s
+}
+
+// loadSessions is the number of sessions the load of pl uses: what loadSetup asked, when
+// it asked pl.
+func (r *run) loadSessions(ctx context.Context, pl ParallelLoader) (int, error) {
+	if s := r.loadSetup; s != nil && any(s.db) == any(pl) {
+		r.loadSetup = nil
+		select {
+		case <-s.done:
+			return s.sessions, s.err
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	return pl.LoadConnections(ctx, r.opts.LoadConnections)
 }
 
 // loadParallel is loadDump over n sessions: the checked stream goes to the parallel
