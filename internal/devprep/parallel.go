@@ -92,9 +92,14 @@ type splitUpdate struct {
 	extra []*updateSession
 }
 
-// openSplitUpdate opens the sessions of a device update split n ways. When a session
-// cannot be opened the update is not split: the run's own transaction does it all.
-func openSplitUpdate(ctx context.Context, tx pgx.Tx, opts *Options, n, total int) (*splitUpdate, error) {
+// openSplitUpdate opens the sessions that share the update of toUpdate of the total rows
+// of devices (updateSessions), or says (nil) that the run's own transaction does it
+// alone: on a small fleet, with Options.Connections 1, or when a session cannot be opened.
+func openSplitUpdate(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total int) (*splitUpdate, error) {
+	n, err := updateSessions(ctx, tx, opts.Connections, toUpdate)
+	if err != nil || n < 2 {
+		return nil, err
+	}
 	ranges, err := splitDevices(ctx, tx, n, total)
 	if err != nil {
 		return nil, err

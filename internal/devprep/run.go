@@ -297,7 +297,7 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	log.Debug("rows counted")
 	c := &res.Counts
 	total := toUpdate + c.DevicesAlreadyAwaiting + c.DevicesSkippedDecommissioned + c.DevicesDeleted
-	split, err := openSplit(ctx, tx, opts, toUpdate, total)
+	split, err := openSplitUpdate(ctx, tx, opts, toUpdate, total)
 	if err != nil {
 		return nil, fmt.Errorf("device preparation: %w", err)
 	}
@@ -357,16 +357,6 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 		return nil, fmt.Errorf("device preparation: commit%s: %w: run device preparation again", flushed, err)
 	}
 	return res, nil
-}
-
-// openSplit opens the sessions that share the device update (splitUpdate), or says
-// (nil) that the run's own transaction does it alone.
-func openSplit(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total int) (*splitUpdate, error) {
-	n, err := updateSessions(ctx, tx, opts.Connections, toUpdate)
-	if err != nil || n < 2 {
-		return nil, err
-	}
-	return openSplitUpdate(ctx, tx, opts, n, total)
 }
 
 // updateDevicesAlone is the device update in the run's own transaction, with the btree

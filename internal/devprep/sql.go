@@ -67,8 +67,13 @@ const organizationsCountSQL = `SELECT count(*) FROM organizations`
 
 // updateDevicesSQL updates the qualifying devices and, in the same statement, clears
 // last_seen for exactly those devices.
-var updateDevicesSQL = `WITH ` + updateDevicesCTE + `
+var updateDevicesSQL = updateDevicesWhere(devQualifies)
+
+// updateDevicesWhere is updateDevicesSQL for the qualifying devices that where selects.
+func updateDevicesWhere(where string) string {
+	return `WITH ` + updateDevicesCTEWhere(where) + `
 SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
+}
 
 // updateDevicesCTE is the device update as the CTEs "updated" and "cleared", shared by
 // Run's transaction and DatabaseUpdateScript.
@@ -97,10 +102,9 @@ func updateDevicesCTEWhere(where string) string {
 // to ($3, $4) (exclusive) in the order of (org_id, name); a NULL org_id leaves that end
 // open. The key does not change in the update, so a row another session changes at the
 // same time is still in the same range when the update reads it again.
-var updateDeviceRangeSQL = `WITH ` + updateDevicesCTEWhere(`($1::uuid IS NULL OR (d.org_id, d.name) >= ($1::uuid, $2::text))
+var updateDeviceRangeSQL = updateDevicesWhere(`($1::uuid IS NULL OR (d.org_id, d.name) >= ($1::uuid, $2::text))
 		AND ($3::uuid IS NULL OR (d.org_id, d.name) < ($3::uuid, $4::text))
-		AND `+devQualifies) + `
-SELECT (SELECT count(*) FROM updated), (SELECT count(*) FROM cleared)`
+		AND ` + devQualifies)
 
 // deviceKeyAtSQL is the (org_id, name) of the device at offset $1 in key order.
 const deviceKeyAtSQL = `SELECT org_id::text, name FROM devices ORDER BY org_id, name OFFSET $1 LIMIT 1`

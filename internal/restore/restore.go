@@ -147,6 +147,8 @@ type DatabasePlan struct {
 	Owner          string           `json:"owner,omitempty"`
 	CountsNow      map[string]int64 `json:"counts_now,omitempty"`
 	CountsArchive  map[string]int64 `json:"counts_archive,omitempty"`
+	// liveInfo is the live database's owner, grants and size, for the journal.
+	liveInfo DatabaseInfo
 }
 
 // Plan is what a restore would do (check mode) or did.
@@ -225,9 +227,6 @@ type run struct {
 	swapSession PreparedSwap
 	// dbSpace is the database server's free space, read once (budget.go).
 	dbSpace *freeSpace
-	// liveInfo is the live database's owner, grants and size as the preflight read them,
-	// for the journal.
-	liveInfo *DatabaseInfo
 	// loadSetup is the load's questions to the database server, asked ahead (stream.go).
 	loadSetup *loadSetup
 }
@@ -663,8 +662,7 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 		if err := cmp.Or(infoErr, countsErr); err != nil {
 			return nil, err
 		}
-		dp.LiveSize, dp.Owner = info.Size, info.Owner
-		r.liveInfo = &info
+		dp.LiveSize, dp.Owner, dp.liveInfo = info.Size, info.Owner, info
 	} else {
 		r.res.warn(r.logger, "database %s does not exist yet: the restore creates it", db.Name())
 	}
@@ -745,14 +743,8 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	if db := r.target.Database(); db != nil && r.hasDump {
 		jd := &JournalDatabase{Live: db.Name(), Temp: db.Name() + "_restore_" + id, Old: db.Name() + "_old_" + id,
 			LiveExisted: plan.Database.LiveExists}
-		if jd.LiveExisted && r.liveInfo != nil {
-			jd.Info = *r.liveInfo // read by the preflight just before
-		} else if jd.LiveExisted {
-			info, err := db.Info(ctx, db.Name())
-			if err != nil {
-				return err
-			}
-			jd.Info = info
+		if jd.LiveExisted {
+			jd.Info = plan.Database.liveInfo // read by the preflight just before
 		} else {
 			// This host lost the database: it is created with the owner and grants the
 			// backup recorded.

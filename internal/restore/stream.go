@@ -181,14 +181,13 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 // temporary database: each is a psql process, and with container access a podman or
 // kubectl exec that takes 0.1-0.3 s to start.
 type loadSetup struct {
-	db       Database
 	done     chan struct{}
 	sessions int
 	err      error
 }
 
 func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup {
-	s := &loadSetup{db: db, done: make(chan struct{})}
+	s := &loadSetup{done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		concurrently(func() {
@@ -204,10 +203,10 @@ func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup 
 	return s
 }
 
-// loadSessions is the number of sessions the load of pl uses: what loadSetup asked, when
-// it asked pl.
+// loadSessions is the number of sessions the load of pl uses: what loadSetup asked when
+// the load step started it for the same database, else asked now.
 func (r *run) loadSessions(ctx context.Context, pl ParallelLoader) (int, error) {
-	if s := r.loadSetup; s != nil && any(s.db) == any(pl) {
+	if s := r.loadSetup; s != nil {
 		r.loadSetup = nil
 		select {
 		case <-s.done:
