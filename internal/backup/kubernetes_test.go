@@ -27,6 +27,7 @@ import (
 
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/kube"
+	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/testbed"
 )
 
@@ -404,6 +405,39 @@ func TestKubernetesBackup(t *testing.T) {
 		require.NoError(t, err)
 		_, names := readTarGz(t, res.Archive)
 		assert.Contains(t, names, "config/helm-release-flightctl.yaml")
+	})
+
+	// A restore in the cluster keeps its journal in a Secret of the release namespace,
+	// which the state-directory check of every module cannot see: the backup reads it.
+	t.Run("unfinished restore in the cluster", func(t *testing.T) {
+		est := b.seed(t, testbed.HelmEstateOptions{})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cl, err := kube.New(kube.Config{Kubeconfig: b.k.Kubeconfig})
+		require.NoError(t, err)
+		journal := &estate.SecretJournal{Client: cl, Namespace: est.Namespace}
+		_, err = journal.Load(ctx)
+		require.NoError(t, err)
+		j := &restore.Journal{FormatVersion: 1, ID: "0badc0de", ArchivePath: "/backups/a.tar.gz", DeploymentType: "kubernetes",
+			State: restore.StateRunning, Started: time.Now().UTC(), Done: []string{}, ActiveUnits: []string{est.Namespace + "/flightctl-api"}}
+		require.NoError(t, journal.Save(ctx, j))
+
+		p, err := planBackup(ctx, b.options(t, est))
+		require.NoError(t, err)
+		w := strings.Join(p.Warnings, "\n")
+		assert.Contains(t, w, "an unfinished restore left Deployments scaled to zero; run the restore again or roll it back: restore 0badc0de of /backups/a.tar.gz")
+		assert.Contains(t, w, "scaled to zero "+est.Namespace+"/flightctl-api (")
+		assert.Contains(t, w, "journal in Secret "+est.Namespace+"/"+estate.KubeJournalSecret)
+		res, err := runBackup(ctx, b.options(t, est))
+		require.NoError(t, err)
+		assert.Contains(t, strings.Join(res.Warnings, "\n"), "an unfinished restore left Deployments scaled to zero")
+
+		// Finished, it is not mentioned.
+		j.State = restore.StateDone
+		require.NoError(t, journal.Save(ctx, j))
+		res, err = runBackup(ctx, b.options(t, est))
+		require.NoError(t, err)
+		assert.NotContains(t, strings.Join(res.Warnings, "\n"), "unfinished restore")
 	})
 
 	t.Run("check mode", func(t *testing.T) {

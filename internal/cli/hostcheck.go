@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -77,14 +76,8 @@ func stateDirOption(opts any) string {
 // journal under stateDir, or "" when there is none (or no journal can be read).
 func UnfinishedRestoreWarning(stateDir string) string {
 	j, err := restore.ReadJournal(stateDir)
-	if err != nil || j == nil || j.State != restore.StateRunning {
+	if err != nil {
 		return ""
 	}
-	stopped := "its application units"
-	if len(j.ActiveUnits) > 0 {
-		stopped = strings.Join(j.ActiveUnits, ", ")
-	}
-	return fmt.Sprintf("an unfinished restore left units stopped; run the restore again or roll it back: restore %s of %s, started %s, stopped %s "+
-		"(flightctl_restore with the same path finishes it, with rollback: true undoes it; journal in %s)",
-		j.ID, j.ArchivePath, j.Started.UTC().Format("2006-01-02 15:04:05 UTC"), stopped, stateDir)
+	return restore.UnfinishedWarning(j, stateDir)
 }

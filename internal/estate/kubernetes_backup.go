@@ -27,6 +27,7 @@ import (
 
 	"flightctl.dr/internal/backup/source"
 	"flightctl.dr/internal/kube"
+	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
 )
 
@@ -250,6 +251,10 @@ func (b *KubernetesBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 		}
 	}
 
+	if w := b.unfinishedRestore(ctx, cl); w != "" {
+		plan.Warnings = append(plan.Warnings, w)
+	}
+
 	st := &kubeState{}
 	// The release first: its chart gives the server version.
 	rel, relPlan, err := b.findRelease(ctx, cl)
@@ -325,6 +330,21 @@ func (b *KubernetesBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 	b.state, b.stateOK = st, true
 	b.mu.Unlock()
 	return plan, nil
+}
+
+// unfinishedRestore is the warning for a restore journal in the release namespace that
+// is still running: a restore in the cluster that was killed, or that runs now, with
+// Deployments scaled to zero. A host's journal is in its state directory, which every
+// module checks; this one only a module with a Kubernetes connection can read. "" when
+// there is none, or when it cannot be read (the backup does not depend on it).
+func (b *KubernetesBackup) unfinishedRestore(ctx context.Context, cl *kube.Client) string {
+	ns := WithKubernetesDefaults(b.Config).Namespace
+	j, err := ReadKubeJournal(ctx, cl, ns)
+	if err != nil {
+		b.log().Debug("restore journal in the cluster not read", "err", err)
+		return ""
+	}
+	return restore.UnfinishedWarning(j, "Secret "+ns+"/"+KubeJournalSecret)
 }
 
 // KubeExternalDatabaseGuidance tells the operator what the archive of an external database lacks.

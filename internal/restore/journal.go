@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -308,4 +309,23 @@ func syncDir(dir string) error {
 // ReadJournal returns the journal kept in stateDir, or nil when there is none.
 func ReadJournal(stateDir string) (*Journal, error) {
 	return NewFileJournal(stateDir).Load(context.Background())
+}
+
+// UnfinishedWarning is what the other modules say of journal j, kept in where, when its
+// restore has not finished (it was killed, or it still runs): the application units, or
+// on Kubernetes the Deployments, it stopped are still down. "" when j is nil or finished.
+func UnfinishedWarning(j *Journal, where string) string {
+	if j == nil || j.State != StateRunning {
+		return ""
+	}
+	left, stopped, names := "units stopped", "stopped", "its application units"
+	if j.DeploymentType == "kubernetes" {
+		left, stopped, names = "Deployments scaled to zero", "scaled to zero", "its Deployments"
+	}
+	if len(j.ActiveUnits) > 0 {
+		names = strings.Join(j.ActiveUnits, ", ")
+	}
+	return fmt.Sprintf("an unfinished restore left %s; run the restore again or roll it back: restore %s of %s, started %s, %s %s "+
+		"(flightctl_restore with the same path finishes it, with rollback: true undoes it; journal in %s)",
+		left, j.ID, j.ArchivePath, j.Started.UTC().Format("2006-01-02 15:04:05 UTC"), stopped, names, where)
 }

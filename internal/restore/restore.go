@@ -48,7 +48,8 @@ type Options struct {
 	KeepOldDB bool
 	// LoadConnections is the number of database sessions the dump loads over, when the
 	// Database is a ParallelLoader (0: its default from the CPUs and the server's free
-	// connections; 1: one psql reading the dump, as psql -f).
+	// connections; 1: one psql reading the dump, as psql -f), and the most that device
+	// preparation's update of the live database splits over (DevicePrepRequest.Connections).
 	LoadConnections int
 	// StateDir holds the journal (DefaultStateDir) unless Journal or the target keeps it
 	// elsewhere, and the saved PAM volume.
@@ -304,7 +305,7 @@ func (r *run) devicesOnly(ctx context.Context) error {
 	if err := r.devicesOnlyGuard(ctx, dev); err != nil {
 		return err
 	}
-	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode})
+	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode, Connections: r.opts.LoadConnections})
 	if err != nil {
 		return wrap.Prefix("device preparation", err)
 	}

@@ -412,7 +412,7 @@ func (r *run) prepareDevices(ctx context.Context) error {
 			return err
 		}
 	}
-	req := DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV}
+	req := DevicePrepRequest{RestoreID: r.journal.ID, FlushKV: r.opts.FlushKV, Connections: r.opts.LoadConnections}
 	if f, ok := dev.(PreparedDatabaseFinisher); ok && f.FinishesPreparedDatabase() && r.journal.DevicesPrepared != nil {
 		req.DatabasePrepared = r.journal.DevicesPrepared
 	}

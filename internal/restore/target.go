@@ -152,6 +152,10 @@ type DevicePrepRequest struct {
 	// counts): only the KV part is left (clear, keys, check). Sent only to a DevicePreparer that is a
 	// PreparedDatabaseFinisher.
 	DatabasePrepared *devprep.DatabaseCounts
+	// Connections is the most database sessions the device update may split over
+	// (devprep.Options.Connections: 0 picks from the CPUs and the server's free
+	// connections, 1 keeps one session).
+	Connections int
 }
 
 // DevicePreparer runs device preparation (SPEC §5) through the device-preparation engine.

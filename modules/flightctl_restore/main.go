@@ -55,7 +55,7 @@ type Options struct {
 	ConfigFile           string   `ansible:"config_file,abspath" default:"/etc/flightctl/service-config.yaml" help:"the live service configuration"`
 	PAMVolume            string   `ansible:"pam_volume" default:"flightctl-pam-issuer-etc" help:"the PAM issuer volume; empty to leave it alone"`
 	KeepOldDB            bool     `ansible:"keep_old_db" default:"false" help:"keep the previous database as <db>_old_<id> after success"`
-	DBLoadConnections    int      `ansible:"db_load_connections" default:"0" min:"0" max:"64" help:"database sessions the dump loads over (0: one per CPU, 2 to 8, within the server's free connections; 1: one psql reading the dump, as psql -f)"`
+	DBLoadConnections    int      `ansible:"db_load_connections" default:"0" min:"0" max:"64" help:"database sessions the dump loads over, and the most device preparation alone splits its device update over (0: one per CPU, 2 to 8, within the server's free connections; 1: one psql reading the dump, as psql -f, and one device update session)"`
 	StateDir             string   `ansible:"state_dir,abspath" default:"/var/lib/flightctl-dr" help:"where the restore journal is kept"`
 	FlushKV              bool     `ansible:"flush_kv" default:"true" help:"clear the KV store before device preparation (as upstream)"`
 	Units                []string `ansible:"units" items:"unit" help:"the application units to stop and start (default: upstream's list)"`

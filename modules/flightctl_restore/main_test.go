@@ -220,6 +220,27 @@ func TestModuleRestore(t *testing.T) {
 	require.Contains(t, dp.Out["msg"], "Device preparation done: KV store flushed, 1 devices marked AwaitingReconnect (4 already were)")
 	require.Equal(t, int64(0), kv.Exists(ctx, "v1/cache/sentinel").Val())
 
+	// On a large fleet device preparation alone splits its update over sessions, no more
+	// than db_load_connections: 1 keeps one transaction.
+	c3, err := pg.SuperuserConn(ctx, "flightctl")
+	require.NoError(t, err)
+	_, err = c3.Exec(ctx, fmt.Sprintf(`INSERT INTO devices (org_id, name, created_at, updated_at, spec, status)
+		SELECT '%s', 'fleet-' || i, now(), now(), '{}', '{}' FROM generate_series(1, 40000) i`, testbed.DefaultOrgID))
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		connections int
+		sessions    any
+	}{{1, nil}, {2, float64(2)}} {
+		_, err = c3.Exec(ctx, `UPDATE devices SET annotations = '{}' WHERE name LIKE 'fleet-%'`)
+		require.NoError(t, err)
+		fleet := moduletest.Run(t, bin, merge(only, map[string]any{"allow_running_units": true, "db_load_connections": tc.connections}))
+		require.Nil(t, fleet.Out["failed"], fleet.Out["msg"])
+		prep := fleet.Out["device_preparation"].(map[string]any)
+		require.Equal(t, float64(40000), prep["devices_updated"])
+		require.Equal(t, tc.sessions, prep["device_update_sessions"], "db_load_connections: %d", tc.connections)
+	}
+	c3.Close(ctx)
+
 	// A wrong KV password fails before anything is touched.
 	bad := moduletest.Run(t, bin, merge(args, map[string]any{"kv_password": "wrong-Secret-0000", "force": true}))
 	require.Equal(t, true, bad.Out["failed"])
