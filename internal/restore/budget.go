@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -58,6 +59,24 @@ func (r *run) budgets(ctx context.Context) []archive.Budget {
 		}
 	}
 	return append(out, r.stagingBudgets()...)
+}
+
+// spaceChecks lists the budgets with what the archive's entries (report's, from its
+// manifest or its tar) put under each.
+func spaceChecks(budgets []archive.Budget, report *archive.Report) []SpaceCheck {
+	var out []SpaceCheck
+	for _, b := range budgets {
+		c := SpaceCheck{What: b.What, Where: b.From, FreeBytes: b.Bytes}
+		if report != nil {
+			for _, e := range report.Entries {
+				if e.Type != archive.TypeDir && b.Holds(path.Clean(e.Path)) {
+					c.Bytes += e.Size
+				}
+			}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // stagePlace is a file system the restore stages entries on.

@@ -164,6 +164,20 @@ type Plan struct {
 	// EstateChecks are what the estate's own preflight found (controllers that would
 	// undo the quiesce and how they are handled, missing optional workloads).
 	EstateChecks []string `json:"estate_checks,omitempty"`
+	// Space is, for each place a fresh restore writes to before the swap, its free space
+	// and what the archive puts there (the bounds the archive is held to: budget.go).
+	Space []SpaceCheck `json:"space,omitempty"`
+}
+
+// SpaceCheck is one place a restore writes to before the swap.
+type SpaceCheck struct {
+	// What is written there: "the database dump", "the files staged beside the live ones".
+	What string `json:"what"`
+	// Where says whose free space it is.
+	Where     string `json:"where"`
+	FreeBytes int64  `json:"free_bytes"`
+	// Bytes is what the archive's entries written there hold (the dump's SQL, the files).
+	Bytes int64 `json:"bytes"`
 }
 
 // Diff is Ansible's before/after.
@@ -581,6 +595,7 @@ const volumeEntry = "volumes/pam-issuer-etc.tar"
 // the plan. A failure here changes nothing and stops nothing.
 func (r *run) preflight(ctx context.Context) (*Plan, error) {
 	plan := &Plan{UnitsToStop: []string{}, UnitsMissing: []string{}, Files: []FileChanges{}}
+	plan.Space = spaceChecks(r.opts.Limits.Budgets, r.report)
 	if err := r.estatePreflight(ctx, plan); err != nil {
 		return nil, err
 	}

@@ -123,6 +123,15 @@ func writePlan(line func(string, string, ...any), p *restore.Plan, done bool) {
 	if p.Volume != "" {
 		line("Volume", "%s: content replaced by the archive's", p.Volume)
 	}
+	if !done {
+		for i, c := range p.Space {
+			title := ""
+			if i == 0 {
+				title = "Space"
+			}
+			line(title, "%s: %s, %s free (%s)", c.What, humanize.Bytes(c.Bytes), humanize.Bytes(c.FreeBytes), c.Where)
+		}
+	}
 }
 
 func writeDevices(line func(string, string, ...any), d *devprep.Result) {

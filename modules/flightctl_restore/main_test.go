@@ -127,6 +127,18 @@ func TestModuleRestore(t *testing.T) {
 	require.Equal(t, true, check.Out["changed"])
 	plan := check.Out["plan"].(map[string]any)
 	require.Equal(t, []any{"flightctl-api.service"}, plan["units_to_stop"])
+	// The places written before the swap, with their free space and what goes there.
+	space := map[string]map[string]any{}
+	for _, c := range plan["space"].([]any) {
+		c := c.(map[string]any)
+		space[c["what"].(string)] = c
+	}
+	require.Contains(t, space, "the database dump", plan["space"])
+	require.Equal(t, float64(len(sql)), space["the database dump"]["bytes"])
+	require.Positive(t, space["the database dump"]["free_bytes"])
+	require.Contains(t, space["the database dump"]["where"], "database server")
+	require.Contains(t, space, "the files staged beside the live ones", plan["space"])
+	require.Equal(t, float64(len("CA\n")+len("db:\n  name: flightctl\n")), space["the files staged beside the live ones"]["bytes"])
 	db := plan["database"].(map[string]any)
 	require.Equal(t, float64(4), db["counts_now"].(map[string]any)["devices"])
 	require.Equal(t, float64(5), db["counts_archive"].(map[string]any)["devices"])
