@@ -50,6 +50,11 @@ type Options struct {
 	// free connections; 1: the run's own transaction alone). The extra sessions connect
 	// as DB does.
 	Connections int
+	// ServerRunning says the application runs against this database now (a restore's
+	// device preparation alone with allow_running_units): the btree indexes of devices are
+	// then maintained row by row, never dropped and built again, since a rebuild locks
+	// devices against the server's reads for the whole transaction.
+	ServerRunning bool
 	// KeyBatchSize is the number of keys per pipeline (default DefaultKeyBatchSize).
 	KeyBatchSize int
 	Logger       *slog.Logger

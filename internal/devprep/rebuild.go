@@ -91,6 +91,10 @@ func dropIndexes(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total 
 		return r, nil
 	}
 	log := opts.logger()
+	if opts.ServerRunning {
+		log.Info("the indexes of devices are maintained row by row: the application is running, and building them again would lock devices against its reads until the commit")
+		return r, nil
+	}
 	rows, err := tx.Query(ctx, rebuildableIndexesSQL)
 	if err != nil {
 		return nil, fmt.Errorf("list the indexes of devices: %w", err)

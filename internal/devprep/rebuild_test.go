@@ -282,3 +282,32 @@ func testInterruptedRebuild(t *testing.T, e *env, interrupt func(db *pgx.Conn, c
 	assert.Zero(t, e.devicesLeft(t))
 	assert.NotContains(t, e.kvKeys(t), "v1/stale/cache")
 }
+
+// With the application running (a restore's device preparation alone with
+// allow_running_units), even the table's owner keeps the indexes: building them again
+// would lock devices against the server's reads until the commit.
+func TestIndexRebuildNotWhileTheServerRuns(t *testing.T) {
+	rebuildAtAnySize(t)
+	ctx := context.Background()
+	e := newEnv(t)
+	generatedDevices(t, e, 50)
+	oids := func() []uint32 {
+		rows, err := e.admin.Query(ctx, `SELECT indexrelid::int8 FROM pg_index WHERE indrelid = 'public.devices'::regclass ORDER BY 1`)
+		require.NoError(t, err)
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		require.NoError(t, err)
+		out := make([]uint32, len(ids))
+		for i, id := range ids {
+			out[i] = uint32(id)
+		}
+		return out
+	}
+	before := oids()
+
+	db, kv := e.connectWith(t, e.ownerConnOptions())
+	res, err := Run(ctx, Options{DB: db, KV: kv, FlushKV: true, CreateEvent: true, ServerRunning: true})
+	require.NoError(t, err)
+	assert.Zero(t, res.IndexesRebuilt)
+	assert.Greater(t, res.DevicesUpdated, 40)
+	assert.Equal(t, before, oids(), "no index of devices was dropped and built again")
+}

@@ -1094,6 +1094,6 @@ func (d *kubeDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest
 	defer c.close()
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.k.Logger
-	opts.Prepared, opts.Connections = req.DatabasePrepared, req.Connections
+	opts.Prepared, opts.Connections, opts.ServerRunning = req.DatabasePrepared, req.Connections, req.ServerRunning
 	return devprep.PlanOrRun(ctx, opts, req.DryRun)
 }

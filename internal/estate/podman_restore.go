@@ -454,6 +454,6 @@ func (d *podmanDevices) Prepare(ctx context.Context, req restore.DevicePrepReque
 	defer c.close()
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.p.Logger
-	opts.Prepared, opts.Connections = req.DatabasePrepared, req.Connections
+	opts.Prepared, opts.Connections, opts.ServerRunning = req.DatabasePrepared, req.Connections, req.ServerRunning
 	return devprep.PlanOrRun(ctx, opts, req.DryRun)
 }

@@ -13,31 +13,32 @@ import (
 // flightctl-restore, the runbooks' step after a database restored by other means). It
 // says what the preparation will do, and refuses while application units are running:
 // the KV store would be flushed and every device marked AwaitingReconnect under a live
-// server, whose caches and queues would then be gone while it works.
-func (r *run) devicesOnlyGuard(ctx context.Context, dev DevicePreparer) error {
+// server, whose caches and queues would then be gone while it works. It says whether
+// application units run (allowed by allow_running_units).
+func (r *run) devicesOnlyGuard(ctx context.Context, dev DevicePreparer) (bool, error) {
 	running, err := r.runningUnits(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	counts, _, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: true})
 	if err != nil {
-		return wrap.Prefix("device preparation", err)
+		return false, wrap.Prefix("device preparation", err)
 	}
 	what := announce(counts, r.opts.FlushKV)
 	if len(running) > 0 {
 		kind := r.workloadKind()
 		if !r.opts.AllowRunningUnits {
-			return fmt.Errorf("device preparation refused: the application %s %s are running, and device preparation would %s under a live server. Stop them first (%s), as the runbooks do before device preparation, then run this again; or set allow_running_units to prepare the devices while they run",
+			return false, fmt.Errorf("device preparation refused: the application %s %s are running, and device preparation would %s under a live server. Stop them first (%s), as the runbooks do before device preparation, then run this again; or set allow_running_units to prepare the devices while they run",
 				kind, strings.Join(running, ", "), what, r.manualStop(running))
 		}
 		r.res.warn(r.logger, "application %s %s are running: device preparation goes ahead because allow_running_units is set", kind, strings.Join(running, ", "))
 	}
 	if r.opts.CheckMode {
 		r.res.Message = "Check mode, nothing changed. Device preparation would " + what + "."
-		return nil
+		return len(running) > 0, nil
 	}
 	r.logger.Info("device preparation will " + what)
-	return nil
+	return len(running) > 0, nil
 }
 
 // runningUnits are the target's application units that are active now.

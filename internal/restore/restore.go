@@ -316,10 +316,12 @@ func (r *run) devicesOnly(ctx context.Context) error {
 	if err := dev.Check(ctx); err != nil {
 		return wrap.Prefix("device preparation", err)
 	}
-	if err := r.devicesOnlyGuard(ctx, dev); err != nil {
+	running, err := r.devicesOnlyGuard(ctx, dev)
+	if err != nil {
 		return err
 	}
-	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode, Connections: r.opts.LoadConnections})
+	counts, changed, err := dev.Prepare(ctx, DevicePrepRequest{FlushKV: r.opts.FlushKV, DryRun: r.opts.CheckMode,
+		Connections: r.opts.LoadConnections, ServerRunning: running})
 	if err != nil {
 		return wrap.Prefix("device preparation", err)
 	}

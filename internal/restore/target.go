@@ -156,6 +156,10 @@ type DevicePrepRequest struct {
 	// (devprep.Options.Connections: 0 picks from the CPUs and the server's free
 	// connections, 1 keeps one session).
 	Connections int
+	// ServerRunning says application units are running while the devices are prepared
+	// (device preparation alone with allow_running_units): nothing may lock devices
+	// against the server's reads (devprep.Options.ServerRunning).
+	ServerRunning bool
 }
 
 // DevicePreparer runs device preparation (SPEC §5) through the device-preparation engine.

@@ -114,3 +114,40 @@ func mustJSON(t *testing.T, v any) string {
 	require.NoError(t, err)
 	return string(b)
 }
+
+// recordingDevices is a fake DevicePreparer that keeps the requests it gets, so that what
+// the restore asks of the estate's device preparation can be checked (the estates'
+// preparers hand these fields to devprep.Options, tested in internal/devprep).
+type recordingDevices struct{ requests *[]DevicePrepRequest }
+
+func (recordingDevices) Check(context.Context) error { return nil }
+func (d recordingDevices) Prepare(_ context.Context, req DevicePrepRequest) (any, bool, error) {
+	*d.requests = append(*d.requests, req)
+	return nil, false, nil
+}
+
+type recordingTarget struct {
+	fakeTarget
+	devices recordingDevices
+}
+
+func (r recordingTarget) Devices() DevicePreparer { return r.devices }
+
+// Device preparation alone hands the estate db_load_connections, and says whether
+// application units run (allow_running_units), so that nothing locks devices against them.
+func TestDevicesOnlyRequest(t *testing.T) {
+	ctx := context.Background()
+	for _, running := range []bool{false, true} {
+		var reqs []DevicePrepRequest
+		tg := recordingTarget{fakeTarget: fakeTarget{units: fakeUnits{map[string]bool{"flightctl-api.service": running}}, names: []string{"flightctl-api.service"}},
+			devices: recordingDevices{&reqs}}
+		_, err := Run(ctx, Options{Target: tg, StateDir: t.TempDir(), FlushKV: true, AllowRunningUnits: true, LoadConnections: 3})
+		require.NoError(t, err)
+		require.Len(t, reqs, 2, "the plan, then the run")
+		require.True(t, reqs[0].DryRun)
+		run := reqs[1]
+		require.False(t, run.DryRun)
+		require.Equal(t, 3, run.Connections)
+		require.Equal(t, running, run.ServerRunning, "units running: %v", running)
+	}
+}
