@@ -291,16 +291,12 @@ func TestIndexRebuildNotWhileTheServerRuns(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t)
 	generatedDevices(t, e, 50)
-	oids := func() []uint32 {
+	oids := func() []int64 {
 		rows, err := e.admin.Query(ctx, `SELECT indexrelid::int8 FROM pg_index WHERE indrelid = 'public.devices'::regclass ORDER BY 1`)
 		require.NoError(t, err)
 		ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 		require.NoError(t, err)
-		out := make([]uint32, len(ids))
-		for i, id := range ids {
-			out[i] = uint32(id)
-		}
-		return out
+		return ids
 	}
 	before := oids()
 

@@ -338,7 +338,7 @@ func (b *KubernetesBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 // module checks; this one only a module with a Kubernetes connection can read. "" when
 // there is none, or when it cannot be read (the backup does not depend on it).
 func (b *KubernetesBackup) unfinishedRestore(ctx context.Context, cl *kube.Client) string {
-	ns := WithKubernetesDefaults(b.Config).Namespace
+	ns := b.Config.Namespace // defaulted by Validate
 	j, err := ReadKubeJournal(ctx, cl, ns)
 	if err != nil {
 		b.log().Debug("restore journal in the cluster not read", "err", err)

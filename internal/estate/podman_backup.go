@@ -171,19 +171,17 @@ func (b *PodmanBackup) Plan(ctx context.Context) (*BackupPlan, error) {
 	}
 	var volExists bool
 	var volErr error
-	volDone := make(chan struct{})
-	go func() {
-		defer close(volDone)
+	var db *DatabasePlan
+	var dbErr error
+	runner.Concurrently(func() {
+		if !svc.DB.IsExternal() {
+			db, dbErr = b.planDatabase(ctx, svc)
+		}
+	}, func() {
 		if c.PAMVolume != "" {
 			volExists, volErr = b.podman().VolumeExists(ctx, c.PAMVolume)
 		}
-	}()
-	var db *DatabasePlan
-	var dbErr error
-	if !svc.DB.IsExternal() {
-		db, dbErr = b.planDatabase(ctx, svc)
-	}
-	<-volDone
+	})
 	if dbErr != nil {
 		_ = b.Close()
 		return nil, dbErr
@@ -415,34 +413,29 @@ type preflight struct {
 // dump's start by a tenth of a second).
 func (d dbClient) localPreflight(ctx context.Context) (preflight, error) {
 	var pf preflight
+	var ver, size string
 	var verErr, sizeErr error
-	var size string
-	var wg sync.WaitGroup
-	ask := func(fn func()) {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn() }()
-	}
-	ask(func() { pf.pgDumpVersion, verErr = d.pgDumpVersion(ctx) })
-	ask(func() { size, sizeErr = d.query(ctx, sizeQuery) })
-	ask(func() {
-		if out, err := d.query(ctx, countsQuery); err == nil {
-			pf.counts = strings.TrimSpace(out)
-		} else {
-			pf.countsErr = err.Error()
-		}
-	})
-	ask(func() {
-		if out, err := d.query(ctx, grantsQuery); err == nil {
-			pf.grants = strings.TrimSpace(out)
-		} else {
-			pf.grantsErr = err.Error()
-		}
-	})
-	wg.Wait()
+	runner.Concurrently(
+		func() { ver, verErr = d.pgDumpVersion(ctx) },
+		func() { size, sizeErr = d.query(ctx, sizeQuery) },
+		func() {
+			if out, err := d.query(ctx, countsQuery); err == nil {
+				pf.counts = strings.TrimSpace(out)
+			} else {
+				pf.countsErr = err.Error()
+			}
+		},
+		func() {
+			if out, err := d.query(ctx, grantsQuery); err == nil {
+				pf.grants = strings.TrimSpace(out)
+			} else {
+				pf.grantsErr = err.Error()
+			}
+		})
 	if verErr != nil {
-		pf.pgDumpVersion = ""
 		return pf, verErr
 	}
+	pf.pgDumpVersion = ver
 	if sizeErr != nil {
 		return pf, sizeErr
 	}

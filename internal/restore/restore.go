@@ -18,11 +18,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/encrypt"
+	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/wrap"
 )
 
@@ -364,7 +364,7 @@ func (r *run) restore(ctx context.Context) error {
 			limits := r.opts.Limits
 			hash = func() { sum = r.archiveChecksum(ctx, limits) }
 		}
-		concurrently(func() { budgets = r.budgets(ctx) }, hash)
+		runner.Concurrently(func() { budgets = r.budgets(ctx) }, hash)
 		r.opts.Limits.Budgets = budgets
 	}
 	if quick {
@@ -666,7 +666,7 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 	}
 	var live bool
 	var pingErr, existsErr error
-	concurrently(func() { pingErr = db.Ping(ctx) }, func() { live, existsErr = db.Exists(ctx, db.Name()) })
+	runner.Concurrently(func() { pingErr = db.Ping(ctx) }, func() { live, existsErr = db.Exists(ctx, db.Name()) })
 	if err := cmp.Or(pingErr, existsErr); err != nil { // the admin user's error first
 		return nil, err
 	}
@@ -675,7 +675,7 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 		// Each is a psql of its own (a podman or kubectl exec with container access).
 		var info DatabaseInfo
 		var infoErr, countsErr error
-		concurrently(func() { info, infoErr = db.Info(ctx, db.Name()) },
+		runner.Concurrently(func() { info, infoErr = db.Info(ctx, db.Name()) },
 			func() { dp.CountsNow, countsErr = db.Counts(ctx, db.Name(), CountedTables) })
 		if err := cmp.Or(infoErr, countsErr); err != nil {
 			return nil, err
@@ -790,17 +790,4 @@ func (r *run) newJournal(ctx context.Context, plan *Plan) error {
 	}
 	r.logger.Info("restore journal created", "id", id, "journal", r.store.path)
 	return nil
-}
-
-// concurrently runs fns at once and returns when all have returned. The restore's
-// database calls are each a psql process (a podman or kubectl exec with container access,
-// 0.1-0.3 s to start): those that do not depend on each other run side by side.
-func concurrently(fns ...func()) {
-	var wg sync.WaitGroup
-	for _, fn := range fns[1:] {
-		wg.Add(1)
-		go func() { defer wg.Done(); fn() }()
-	}
-	fns[0]()
-	wg.Wait()
 }

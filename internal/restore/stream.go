@@ -17,6 +17,7 @@ import (
 	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/pgdump"
+	"flightctl.dr/internal/runner"
 )
 
 // errArchiveChanged says the archive on disk is no longer the one that was verified.
@@ -190,7 +191,7 @@ func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup 
 	s := &loadSetup{done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
-		concurrently(func() {
+		runner.Concurrently(func() {
 			if pl, ok := db.(ParallelLoader); ok {
 				s.sessions, s.err = pl.LoadConnections(ctx, requested)
 			}
