@@ -110,7 +110,8 @@ func (be *benchEnv) annotateAll(b *testing.B) {
 
 // BenchmarkPrepare is the whole preparation (verify, the database part, flush, keys
 // written and checked) of every device: as flightctl_app with the device update split
-// over the default number of sessions (loopback, 1ms-link), in the run's own transaction
+// over the default number of sessions (loopback, 1ms-link; loopback-keys-after-commit
+// without a spare KV database for the keys, keyStage), in the run's own transaction
 // alone (loopback-one-session: every index of devices maintained row by row), and
 // (owner-loopback) alone as flightctl_migrator, the tables' owner, whose transaction
 // builds the btree indexes of devices again instead. db-cpu-s is the CPU time of the
@@ -119,7 +120,7 @@ func (be *benchEnv) annotateAll(b *testing.B) {
 // much less than the wall time).
 func BenchmarkPrepare(b *testing.B) {
 	be := benchSetup(b)
-	for _, link := range []string{"loopback", "loopback-one-session", "1ms-link", "owner-loopback"} {
+	for _, link := range []string{"loopback", "loopback-keys-after-commit", "loopback-one-session", "1ms-link", "owner-loopback"} {
 		b.Run(link, func(b *testing.B) {
 			kv, db, sessions := be.direct, be.db, 0
 			if link == "1ms-link" {
@@ -136,6 +137,9 @@ func BenchmarkPrepare(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				be.resetDevices(b)
+				if link == "loopback-keys-after-commit" {
+					occupySpare(b, be.env) // no stage: FLUSHALL, and the keys after the commit
+				}
 				cpu0 := be.dbCPU(b, db)
 				b.StartTimer()
 				res, err := Run(context.Background(), Options{DB: db, KV: kv, FlushKV: true, CreateEvent: true, Connections: sessions, Logger: benchLogger()})

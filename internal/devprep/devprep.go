@@ -67,6 +67,10 @@ type Options struct {
 	// records no event, but clears the KV store (with FlushKV, whatever the rows say) and
 	// writes and checks the keys of the devices the database part annotated.
 	Prepared *DatabaseCounts
+	// Staged are the keys of Prepared's devices, staged ahead of the run (StageKeys): with
+	// FlushKV, Run swaps them in instead of clearing the store and writing them, when the
+	// spare database still holds them whole.
+	Staged *StagedKeys
 }
 
 // Validate checks the options.
@@ -149,6 +153,10 @@ type Result struct {
 	// dropped before the update and built again before the commit, instead of adding
 	// every updated row to them (only as the table's owner, and when most rows change).
 	IndexesRebuilt int `json:"indexes_rebuilt,omitempty"`
+	// KeysStaged says the keys were written and read back in a spare database of the KV
+	// store before the commit (or, in a restore, before the units stopped), then put in
+	// place of the store's contents at once (SWAPDB) instead of FLUSHALL and writing them.
+	KeysStaged bool `json:"keys_staged,omitempty"`
 	// DeviceUpdateSessions is the number of database sessions the device update was
 	// split over (Options.Connections), when more than one.
 	DeviceUpdateSessions int `json:"device_update_sessions,omitempty"`

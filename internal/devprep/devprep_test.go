@@ -341,10 +341,13 @@ func TestWrongKeyValueIsNamed(t *testing.T) {
 }
 
 // A KV store that fills up half-way through the keys: the database part is committed, the
-// error says so, and a second run writes the rest.
+// error says so, and a second run writes the rest. The spare database holds someone
+// else's key, so the keys are written after the commit (no stage, TestStaged*), as on a
+// KV server with a single database.
 func TestKVFailureHalfWayThenRerunRepairs(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
+	occupySpare(t, e)
 	e.addOrg(t, orgB, "org-b")
 	_, err := e.admin.Exec(ctx, `INSERT INTO devices (org_id, name, status, resource_version)
 		SELECT CASE WHEN i % 2 = 0 THEN $1::uuid ELSE $2::uuid END, 'device-' || i || '-' || repeat('x', 200), $3::jsonb, 1
@@ -357,9 +360,9 @@ func TestKVFailureHalfWayThenRerunRepairs(t *testing.T) {
 	require.NotNil(t, m)
 	var base int64
 	fmt.Sscan(m[1], &base)
-	// Room for a few hundred keys, not 4000.
+	// Room for a few hundred keys, not 4000, beside the clients of the run.
 	require.NoError(t, e.redis.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err())
-	require.NoError(t, e.redis.ConfigSet(ctx, "maxmemory", fmt.Sprint(base+200*1024)).Err())
+	require.NoError(t, e.redis.ConfigSet(ctx, "maxmemory", fmt.Sprint(base+400*1024)).Err())
 
 	opts := e.options(t)
 	opts.KeyBatchSize = 250
@@ -386,14 +389,15 @@ func TestKVFailureHalfWayThenRerunRepairs(t *testing.T) {
 	assert.Equal(t, 1, e.eventCount(t))
 }
 
-// The KV store refuses FLUSHALL after the rows were updated inside the transaction: the
-// transaction rolls back, nothing is written.
+// The KV store refuses FLUSHALL (and SWAPDB, which puts staged keys in place instead) after
+// the rows were updated inside the transaction: the transaction rolls back, nothing is
+// written, and the spare database the keys were staged in is empty again.
 func TestKVFailureBeforeCommitRollsBack(t *testing.T) {
 	e := newEnv(t)
 	workedExample(t, e)
 	ctx := context.Background()
 	fp := e.fingerprint(t)
-	require.NoError(t, e.redis.Do(ctx, "ACL", "SETUSER", "default", "-flushall").Err())
+	require.NoError(t, e.redis.Do(ctx, "ACL", "SETUSER", "default", "-flushall", "-swapdb").Err())
 	opts := e.options(t)
 	res, err := Run(ctx, opts)
 	require.Error(t, err)
@@ -402,8 +406,9 @@ func TestKVFailureBeforeCommitRollsBack(t *testing.T) {
 	assert.Equal(t, fp, e.fingerprint(t), "the database is unchanged")
 	assert.Equal(t, 0, e.eventCount(t))
 	assert.Empty(t, e.kvKeys(t))
+	assert.Empty(t, e.kvDatabases(t), "no database of the KV store holds a key")
 
-	require.NoError(t, e.redis.Do(ctx, "ACL", "SETUSER", "default", "+flushall").Err())
+	require.NoError(t, e.redis.Do(ctx, "ACL", "SETUSER", "default", "+flushall", "+swapdb").Err())
 	res, err = Run(ctx, opts)
 	require.NoError(t, err)
 	assert.Equal(t, 6, res.DevicesUpdated)

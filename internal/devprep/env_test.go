@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -261,6 +262,21 @@ func (e *env) kvKeys(t testing.TB) map[string]string {
 		out[iter.Val()] = v
 	}
 	require.NoError(t, iter.Err())
+	return out
+}
+
+// kvDatabases is the number of keys in each database of the KV store that holds any.
+func (e *env) kvDatabases(t testing.TB) map[int]int {
+	t.Helper()
+	info, err := e.redis.Info(context.Background(), "keyspace").Result()
+	require.NoError(t, err)
+	out := map[int]int{}
+	for _, line := range strings.Split(info, "\n") {
+		var db, keys int
+		if n, _ := fmt.Sscanf(strings.TrimSpace(line), "db%d:keys=%d", &db, &keys); n == 2 {
+			out[db] = keys
+		}
+	}
 	return out
 }
 

@@ -58,6 +58,34 @@ func forEachDeviceBatch(ctx context.Context, q querier, size int, fn func([]devi
 	return err
 }
 
+// listDevices is every device that must have a key (keyedDevicesSQL), in memory.
+func listDevices(ctx context.Context, q querier, expected int) ([]device, error) {
+	rows, err := q.Query(ctx, keyedDevicesSQL)
+	if err != nil {
+		return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
+	}
+	devs := make([]device, 0, expected)
+	orgs := map[string]string{}
+	for rows.Next() {
+		var d device
+		if err := rows.Scan(&d.org, &d.name); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
+		}
+		// One string per organization, not one per device.
+		if o, ok := orgs[d.org]; ok {
+			d.org = o
+		} else {
+			orgs[d.org] = d.org
+		}
+		devs = append(devs, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
+	}
+	return devs, nil
+}
+
 func scanDevices(ctx context.Context, q querier, size int, out chan<- []device, stop <-chan struct{}) error {
 	rows, err := q.Query(ctx, keyedDevicesSQL)
 	if err != nil {
@@ -150,37 +178,13 @@ func (o *Options) batches(devs []device) [][]device {
 	return out
 }
 
-// msetKeys is writeKeys into an empty store: one MSET per batch. With the devices listed
-// in memory every batch goes in one pipeline, one round trip: on a loaded machine each
-// round trip waits for the KV server and this process to be scheduled again.
+// msetKeys is writeKeys into an empty store: one MSET per batch (msetListed when the
+// devices are listed in memory).
 func msetKeys(ctx context.Context, q querier, opts *Options) (int, error) {
-	log := opts.logger()
 	if devs := opts.listed(); devs != nil {
-		batches := opts.batches(devs)
-		pipe := opts.KV.Pipeline()
-		for _, batch := range batches {
-			args := make([]any, 0, 1+2*len(batch))
-			args = append(args, "mset")
-			for _, d := range batch {
-				args = append(args, d.key(), "true")
-			}
-			pipe.Do(ctx, args...)
-		}
-		cmds, err := pipe.Exec(ctx)
-		written := 0
-		for i, c := range cmds {
-			if c.Err() != nil {
-				break
-			}
-			written += len(batches[i])
-		}
-		if err != nil {
-			return written, fmt.Errorf("write awaiting-reconnect keys (%d of %d written): %w",
-				written, len(devs), describeKVError(err, opts.KV.Options().Addr))
-		}
-		log.Debug("awaiting-reconnect keys written", "devices", written, "created", written)
-		return written, nil
+		return msetListed(ctx, opts.KV, opts, devs)
 	}
+	log := opts.logger()
 	written := 0
 	args := make([]any, 0, 1+2*opts.batchSize())
 	err := opts.eachDeviceBatch(ctx, q, func(batch []device) error {
@@ -199,33 +203,42 @@ func msetKeys(ctx context.Context, q querier, opts *Options) (int, error) {
 	return written, err
 }
 
+// msetListed is msetKeys of devs, known in memory, into kv: every batch in one
+// pipeline, one round trip (on a loaded machine each round trip waits for the KV server
+// and this process to be scheduled again).
+func msetListed(ctx context.Context, kv *redis.Client, opts *Options, devs []device) (int, error) {
+	log := opts.logger()
+	batches := opts.batches(devs)
+	pipe := kv.Pipeline()
+	for _, batch := range batches {
+		args := make([]any, 0, 1+2*len(batch))
+		args = append(args, "mset")
+		for _, d := range batch {
+			args = append(args, d.key(), "true")
+		}
+		pipe.Do(ctx, args...)
+	}
+	cmds, err := pipe.Exec(ctx)
+	written := 0
+	for i, c := range cmds {
+		if c.Err() != nil {
+			break
+		}
+		written += len(batches[i])
+	}
+	if err != nil {
+		return written, fmt.Errorf("write awaiting-reconnect keys (%d of %d written): %w",
+			written, len(devs), describeKVError(err, kv.Options().Addr))
+	}
+	log.Debug("awaiting-reconnect keys written", "devices", written, "created", written)
+	return written, nil
+}
+
 // readBack reads each batch's keys with MGET and reports those not holding "true". With
 // the devices listed in memory every MGET goes in one pipeline.
 func readBack(ctx context.Context, q querier, opts *Options, missing func(device)) (present int, err error) {
 	if devs := opts.listed(); devs != nil {
-		batches := opts.batches(devs)
-		pipe := opts.KV.Pipeline()
-		cmds := make([]*redis.SliceCmd, len(batches))
-		for i, batch := range batches {
-			keys := make([]string, len(batch))
-			for j, d := range batch {
-				keys[j] = d.key()
-			}
-			cmds[i] = pipe.MGet(ctx, keys...)
-		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return 0, fmt.Errorf("read awaiting-reconnect keys back: %w", describeKVError(err, opts.KV.Options().Addr))
-		}
-		for i, c := range cmds {
-			for j, v := range c.Val() {
-				if s, ok := v.(string); ok && s == "true" {
-					present++
-				} else {
-					missing(batches[i][j])
-				}
-			}
-		}
-		return present, nil
+		return readBackListed(ctx, opts.KV, opts, devs, missing)
 	}
 	keys := make([]string, 0, opts.batchSize())
 	err = opts.eachDeviceBatch(ctx, q, func(batch []device) error {
@@ -247,6 +260,34 @@ func readBack(ctx context.Context, q querier, opts *Options, missing func(device
 		return nil
 	})
 	return present, err
+}
+
+// readBackListed is readBack of devs, known in memory, from kv: every MGET in one
+// pipeline.
+func readBackListed(ctx context.Context, kv *redis.Client, opts *Options, devs []device, missing func(device)) (present int, err error) {
+	batches := opts.batches(devs)
+	pipe := kv.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(batches))
+	for i, batch := range batches {
+		keys := make([]string, len(batch))
+		for j, d := range batch {
+			keys[j] = d.key()
+		}
+		cmds[i] = pipe.MGet(ctx, keys...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, fmt.Errorf("read awaiting-reconnect keys back: %w", describeKVError(err, kv.Options().Addr))
+	}
+	for i, c := range cmds {
+		for j, v := range c.Val() {
+			if s, ok := v.(string); ok && s == "true" {
+				present++
+			} else {
+				missing(batches[i][j])
+			}
+		}
+	}
+	return present, nil
 }
 
 // checkKeys reads every key back after writing; any key not holding "true" is an error

@@ -120,6 +120,7 @@ func TestSplitUpdateFailureRollsBackEverySession(t *testing.T) {
 			assert.Equal(t, fp, e.fingerprint(t), "rows changed")
 			assert.Equal(t, before.contents, e.snapshot(t).contents)
 			assert.Equal(t, keys, e.kvKeys(t), "the KV store changed")
+			assert.Equal(t, map[int]int{0: 1}, e.kvDatabases(t), "the spare database the keys were staged in is empty again")
 			// Only the caller's own connection is left.
 			require.Eventually(t, func() bool { return appSessions(t, e) == 1 }, time.Minute, 20*time.Millisecond)
 

@@ -85,7 +85,7 @@ func wantsRebuild(toUpdate, total int) bool {
 
 // dropIndexes drops, inside tx, the btree indexes of devices that buildIndexes creates
 // again, when that is cheaper and allowed; otherwise it drops nothing.
-func dropIndexes(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total int) (*indexRebuild, error) {
+func dropIndexes(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total int, stage *keyStage) (*indexRebuild, error) {
 	r := &indexRebuild{}
 	if !wantsRebuild(toUpdate, total) {
 		return r, nil
@@ -114,6 +114,8 @@ func dropIndexes(ctx context.Context, tx pgx.Tx, opts *Options, toUpdate, total 
 		log.Info("the indexes of devices are maintained row by row: this database user cannot build any of them again (only the owner of the table can, such as db_user flightctl_migrator; that is faster on large fleets)")
 		return r, nil
 	}
+	// The lock keeps the stage's listing of devices out until the commit.
+	stage.waitListed()
 	// A savepoint, so that a lock held elsewhere only means the slower way.
 	sp, err := tx.Begin(ctx)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -204,16 +205,24 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	log.Debug("database and KV store verified")
 	var res *Result
 	var err error
+	staged := false
 	if opts.Prepared != nil {
-		res, err = finishPrepared(ctx, &opts)
+		res, staged, err = finishPrepared(ctx, &opts)
 	} else {
-		res, err = runTransaction(ctx, &opts)
+		res, staged, err = runTransaction(ctx, &opts)
 	}
 	if err != nil {
 		return nil, err
 	}
 	log.Info("database prepared", "devices_updated", res.DevicesUpdated, "timestamps_cleared", res.TimestampsCleared,
 		"enrollment_requests_updated", res.EnrollmentRequestsUpdated, "event_created", res.EventCreated, "kv_flushed", res.KVFlushed)
+	if staged {
+		// Written and read back before the commit (keyStage).
+		res.KeysWritten, res.KeysVerified, res.KeysStaged = res.KeysExpected, res.KeysExpected, true
+		res.setChanged()
+		logCompleted(log, res)
+		return res, nil
+	}
 
 	written, err := writeKeys(ctx, opts.DB, &opts, res.KVFlushed)
 	res.KeysWritten = written
@@ -227,17 +236,22 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return res, fmt.Errorf("device preparation: %w", err)
 	}
+	logCompleted(log, res)
+	return res, nil
+}
+
+// logCompleted logs upstream's closing line.
+func logCompleted(log *slog.Logger, res *Result) {
 	log.Info(fmt.Sprintf("Post-restoration device preparation completed successfully. Updated %d devices, %d enrollment requests. Added %d awaiting reconnection keys across %d organizations.",
 		res.DevicesUpdated, res.EnrollmentRequestsUpdated, res.KeysWritten, res.Organizations),
 		"keys_verified", res.KeysVerified, "devices_already_awaiting", res.DevicesAlreadyAwaiting,
 		"devices_skipped_decommissioned", res.DevicesSkippedDecommissioned, "json_repaired", res.JSONRepaired)
-	return res, nil
 }
 
 // finishPrepared is Run's database step when DatabaseUpdateScript and EventScript
 // already ran: the counts are the scripts', the rows are left alone, and the KV store is
 // cleared (with FlushKV).
-func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
+func finishPrepared(ctx context.Context, opts *Options) (_ *Result, staged bool, _ error) {
 	log := opts.logger()
 	p := opts.Prepared
 	res := &Result{}
@@ -246,7 +260,7 @@ func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
 		// written since.
 		res.Counts = p.After.counts
 	} else if _, _, err := readCounts(ctx, opts.DB, &res.Counts); err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
+		return nil, false, fmt.Errorf("device preparation: %w", err)
 	}
 	res.DevicesUpdated, res.TimestampsCleared, res.EnrollmentRequestsUpdated = p.DevicesUpdated, p.TimestampsCleared, p.EnrollmentRequestsUpdated
 	// What was already awaiting before the database part ran.
@@ -259,12 +273,17 @@ func finishPrepared(ctx context.Context, opts *Options) (*Result, error) {
 	}
 	if opts.FlushKV {
 		log.Info("Clearing KV store after restoration")
-		if err := flushAll(ctx, opts.KV); err != nil {
-			return nil, fmt.Errorf("device preparation: clear the KV store: %w", describeKVError(err, opts.KV.Options().Addr))
+		staged = putStaged(ctx, opts)
+		if !staged {
+			if err := flushAll(ctx, opts.KV); err != nil {
+				return nil, false, fmt.Errorf("device preparation: clear the KV store: %w", describeKVError(err, opts.KV.Options().Addr))
+			}
 		}
 		res.KVFlushed = true
+	} else if opts.Staged != nil {
+		DiscardStagedKeys(ctx, opts.KV, opts.Staged)
 	}
-	return res, nil
+	return res, staged, nil
 }
 
 // flushAll clears the whole KV store (FLUSHALL, as upstream). The keyspace is empty when it
@@ -280,40 +299,51 @@ func flushAll(ctx context.Context, kv *redis.Client) error {
 }
 
 // runTransaction updates devices, timestamps and enrollment requests and records the event
-// in one transaction, flushing the KV store just before the commit.
-func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
+// in one transaction, flushing the KV store just before the commit. staged says the keys
+// are in place too, written and read back while the rows were updated (keyStage).
+func runTransaction(ctx context.Context, opts *Options) (_ *Result, staged bool, _ error) {
 	log := opts.logger()
 	tx, err := opts.DB.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("device preparation: begin transaction: %w", err)
+		return nil, false, fmt.Errorf("device preparation: begin transaction: %w", err)
 	}
 	defer tx.Rollback(context.Background())
 
 	res := &Result{}
 	toUpdate, _, err := readCounts(ctx, tx, &res.Counts)
 	if err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
+		return nil, false, fmt.Errorf("device preparation: %w", err)
 	}
 	log.Debug("rows counted")
 	c := &res.Counts
+	stage := stageKeys(ctx, opts, toUpdate, c.KeysExpected)
+	swapped := false
+	if stage != nil {
+		defer func() {
+			if !swapped {
+				stage.discard()
+			}
+			stage.close()
+		}()
+	}
 	total := toUpdate + c.DevicesAlreadyAwaiting + c.DevicesSkippedDecommissioned + c.DevicesDeleted
 	split, err := openSplitUpdate(ctx, tx, opts, toUpdate, total)
 	if err != nil {
-		return nil, fmt.Errorf("device preparation: %w", err)
+		return nil, false, fmt.Errorf("device preparation: %w", err)
 	}
 	if split != nil {
 		defer split.close()
 		res.DeviceUpdateSessions = len(split.ranges)
 		if res.DevicesUpdated, res.TimestampsCleared, err = split.run(ctx, tx); err != nil {
-			return nil, fmt.Errorf("device preparation: update devices (nothing was committed): %w", err)
+			return nil, false, fmt.Errorf("device preparation: update devices (nothing was committed): %w", err)
 		}
 		log.Debug("devices updated", "sessions", res.DeviceUpdateSessions)
-	} else if err := updateDevicesAlone(ctx, tx, opts, res, toUpdate, total); err != nil {
-		return nil, err
+	} else if err := updateDevicesAlone(ctx, tx, opts, res, toUpdate, total, stage); err != nil {
+		return nil, false, err
 	}
 	tag, err := tx.Exec(ctx, updateEnrollmentRequestsSQL)
 	if err != nil {
-		return nil, fmt.Errorf("device preparation: update enrollment requests: %w", err)
+		return nil, false, fmt.Errorf("device preparation: update enrollment requests: %w", err)
 	}
 	res.EnrollmentRequestsUpdated = int(tag.RowsAffected())
 	log.Debug("rows updated")
@@ -325,7 +355,7 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 		name := eventName(opts.RestoreID)
 		tag, err := tx.Exec(ctx, insertEventSQL, DefaultOrgID, name, EventMessage(res.DevicesUpdated))
 		if err != nil {
-			return nil, fmt.Errorf("device preparation: record the SystemRestored event: %w", err)
+			return nil, false, fmt.Errorf("device preparation: record the SystemRestored event: %w", err)
 		}
 		res.EventName = name
 		res.EventCreated = tag.RowsAffected() == 1
@@ -335,12 +365,15 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 	// KV failure here rolls the database back.
 	if opts.FlushKV && (res.DevicesUpdated > 0 || res.EnrollmentRequestsUpdated > 0 || res.EventCreated) {
 		log.Info("Clearing KV store after restoration")
-		if err := flushAll(ctx, opts.KV); err != nil {
-			return nil, fmt.Errorf("device preparation: clear the KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
+		swapped = stage != nil && stage.put(ctx)
+		if !swapped {
+			if err := flushAll(ctx, opts.KV); err != nil {
+				return nil, false, fmt.Errorf("device preparation: clear the KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
+			}
 		}
 		res.KVFlushed = true
 	} else if err := opts.KV.Ping(ctx).Err(); err != nil {
-		return nil, fmt.Errorf("device preparation: KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
+		return nil, false, fmt.Errorf("device preparation: KV store (nothing was committed): %w", describeKVError(err, opts.KV.Options().Addr))
 	}
 	commit := tx.Commit
 	if split != nil {
@@ -354,17 +387,21 @@ func runTransaction(ctx context.Context, opts *Options) (*Result, error) {
 		if split != nil {
 			flushed += " (the device update ran in " + fmt.Sprint(len(split.ranges)) + " sessions, some of which may have committed)"
 		}
-		return nil, fmt.Errorf("device preparation: commit%s: %w: run device preparation again", flushed, err)
+		return nil, false, fmt.Errorf("device preparation: commit%s: %w: run device preparation again", flushed, err)
 	}
-	return res, nil
+	// The staged keys are those of the devices listed before the update; another writer
+	// changing devices in between (none runs while the units are stopped) would show in
+	// the count, and the keys are then written after the commit as well.
+	return res, swapped && res.DevicesUpdated == toUpdate, nil
 }
 
 // updateDevicesAlone is the device update in the run's own transaction, with the btree
 // indexes of devices built again instead of maintained row by row when that is cheaper
-// and allowed (dropIndexes).
-func updateDevicesAlone(ctx context.Context, tx pgx.Tx, opts *Options, res *Result, toUpdate, total int) error {
+// and allowed (dropIndexes, which waits for stage, nil for none, to have listed the
+// devices before it locks them).
+func updateDevicesAlone(ctx context.Context, tx pgx.Tx, opts *Options, res *Result, toUpdate, total int, stage *keyStage) error {
 	log := opts.logger()
-	rebuild, err := dropIndexes(ctx, tx, opts, toUpdate, total)
+	rebuild, err := dropIndexes(ctx, tx, opts, toUpdate, total, stage)
 	if err != nil {
 		return fmt.Errorf("device preparation: %w", err)
 	}

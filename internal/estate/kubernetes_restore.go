@@ -1095,5 +1095,29 @@ func (d *kubeDevices) Prepare(ctx context.Context, req restore.DevicePrepRequest
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.k.Logger
 	opts.Prepared, opts.Connections, opts.ServerRunning = req.DatabasePrepared, req.Connections, req.ServerRunning
+	opts.Staged = req.StagedKeys
 	return devprep.PlanOrRun(ctx, opts, req.DryRun)
+}
+
+var _ restore.KeyStager = (*kubeDevices)(nil)
+
+// StageKeys: the keys go into a spare database of the KV store before the Deployments
+// are scaled to zero.
+func (d *kubeDevices) StageKeys(ctx context.Context, req restore.DevicePrepRequest) *devprep.StagedKeys {
+	c, stop, err := d.connect(ctx)
+	if err != nil {
+		d.k.Logger.Info("awaiting-reconnect keys are written when the Deployments are at zero", "reason", err)
+		return nil
+	}
+	defer stop()
+	defer c.close()
+	return stageKeys(ctx, c.opts, req, d.k.Logger)
+}
+
+func (d *kubeDevices) DiscardStagedKeys(ctx context.Context, staged *devprep.StagedKeys) {
+	if c, stop, err := d.connect(ctx); err == nil {
+		devprep.DiscardStagedKeys(ctx, c.opts.KV, staged)
+		c.close()
+		stop()
+	}
 }

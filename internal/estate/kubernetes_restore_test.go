@@ -309,6 +309,7 @@ func TestKubernetesRestore(t *testing.T) {
 		assert.Equal(t, []string{restore.StepLoadDatabase, restore.StepSyncPasswords, restore.StepStopUnits, restore.StepSwapDatabase,
 			restore.StepSwapFiles, restore.StepVolume, restore.StepRelabel, restore.StepDevicePrep, restore.StepStartUnits, restore.StepFinalize}, res.Steps)
 		c.assertRestored(t)
+		assert.True(t, res.DevicePrep.(*devprep.Result).KeysStaged, "the keys were staged before the scale-down and swapped in at zero")
 		j, err := restore.ReadJournal(c.state)
 		require.NoError(t, err)
 		assert.Equal(t, restore.StateDone, j.State)

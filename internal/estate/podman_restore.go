@@ -429,6 +429,12 @@ func (d *podmanDevices) connect(ctx context.Context) (*devprepConns, error) {
 
 type devprepConns struct{ opts devprep.Options }
 
+// stageKeys is devprep.StageKeys of req's prepared database over opts' connections.
+func stageKeys(ctx context.Context, opts devprep.Options, req restore.DevicePrepRequest, log *slog.Logger) *devprep.StagedKeys {
+	opts.FlushKV, opts.RestoreID, opts.Prepared, opts.Logger = req.FlushKV, req.RestoreID, req.DatabasePrepared, log
+	return devprep.StageKeys(ctx, opts)
+}
+
 func (c *devprepConns) close() {
 	_ = c.opts.DB.Close(context.Background())
 	_ = c.opts.KV.Close()
@@ -455,5 +461,26 @@ func (d *podmanDevices) Prepare(ctx context.Context, req restore.DevicePrepReque
 	opts := c.opts
 	opts.FlushKV, opts.CreateEvent, opts.RestoreID, opts.Logger = req.FlushKV, true, req.RestoreID, d.p.Logger
 	opts.Prepared, opts.Connections, opts.ServerRunning = req.DatabasePrepared, req.Connections, req.ServerRunning
+	opts.Staged = req.StagedKeys
 	return devprep.PlanOrRun(ctx, opts, req.DryRun)
+}
+
+var _ restore.KeyStager = (*podmanDevices)(nil)
+
+// StageKeys: the keys go into a spare database of the KV store before the units stop.
+func (d *podmanDevices) StageKeys(ctx context.Context, req restore.DevicePrepRequest) *devprep.StagedKeys {
+	c, err := d.connect(ctx)
+	if err != nil {
+		d.p.Logger.Info("awaiting-reconnect keys are written when the units are stopped", "reason", err)
+		return nil
+	}
+	defer c.close()
+	return stageKeys(ctx, c.opts, req, d.p.Logger)
+}
+
+func (d *podmanDevices) DiscardStagedKeys(ctx context.Context, staged *devprep.StagedKeys) {
+	if c, err := d.connect(ctx); err == nil {
+		devprep.DiscardStagedKeys(ctx, c.opts.KV, staged)
+		c.close()
+	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/archive/archivetest"
+	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/restore"
 	"flightctl.dr/internal/runner"
@@ -157,9 +158,17 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	require.Contains(t, damagedVolume, "damaged")
 
 	state := filepath.Join(root, "state")
-	// A failure after the volume was replaced puts it back, with the database.
+	spareOpts := *kv.Options()
+	spareOpts.DB = 15
+	spare := redis.NewClient(&spareOpts)
+	defer spare.Close()
+	// A failure after the volume was replaced puts it back, with the database; the keys
+	// staged before the stop are dropped.
 	_, err = restore.Run(ctx, restore.Options{ArchivePath: ar.Path, Target: target(), StateDir: state, FlushKV: true,
 		Checkpoint: func(name string) error {
+			if name == restore.StepStopUnits {
+				require.Equal(t, int64(3+1), spare.DBSize(ctx).Val(), "3 keys and the stage's marker, staged before the stop")
+			}
 			if name == restore.StepVolume {
 				require.Contains(t, volumeFiles(), "backed up")
 				return errors.New("injected failure")
@@ -169,6 +178,7 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	require.ErrorContains(t, err, "injected failure")
 	require.Equal(t, damagedVolume, volumeFiles())
 	require.Equal(t, 2, count())
+	require.Zero(t, spare.DBSize(ctx).Val(), "the staged keys are dropped")
 
 	res, err := restore.Run(ctx, restore.Options{ArchivePath: ar.Path, Target: target(), StateDir: state, FlushKV: true})
 	require.NoError(t, err)
@@ -187,6 +197,8 @@ func TestPodmanRestoreInContainer(t *testing.T) {
 	keys, err := kv.Keys(ctx, "v1/*/awaiting-reconnect").Result()
 	require.NoError(t, err)
 	require.Len(t, keys, 3)
+	require.Equal(t, true, res.DevicePrep.(*devprep.Result).KeysStaged, "staged before the stop, swapped in during it")
+	require.Zero(t, spare.DBSize(ctx).Val())
 }
 
 // startRedisContainer runs redis-server in a container that publishes no port, as a KV

@@ -240,6 +240,9 @@ type run struct {
 	volume   bool // the archive has the PAM volume and the target has one
 	// swapSession is the database swap's session, started before the units stop.
 	swapSession PreparedSwap
+	// staging is the awaiting-reconnect keys being staged before the units stop
+	// (stageKeys), nil once prepareDevices took them.
+	staging *keysStaging
 	// dbSpace is the database server's free space, read once (budget.go).
 	dbSpace *freeSpace
 	// loadSetup is the load's questions to the database server, asked ahead (stream.go).

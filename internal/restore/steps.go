@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"flightctl.dr/internal/archive"
+	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/wrap"
 )
 
@@ -47,6 +48,7 @@ func (r *run) apply(ctx context.Context) error {
 			r.swapSession.Close()
 			r.swapSession = nil
 		}
+		r.discardStagedKeys()
 	}()
 	for _, s := range steps {
 		if j.isDone(s.name) {
@@ -58,6 +60,7 @@ func (r *run) apply(ctx context.Context) error {
 		r.logger.Info("restore step", "step", s.name)
 		if s.name == StepSyncPasswords {
 			r.prepareSwap(ctx) // starts while the passwords are set
+			r.stageKeys(ctx)   // the same
 		}
 		if err := s.fn(ctx); err != nil {
 			return r.fail(s.name, err)
@@ -106,9 +109,62 @@ func (r *run) prepareSwap(ctx context.Context) {
 	}
 }
 
+// keysStaging is stageKeys at work.
+type keysStaging struct {
+	done chan struct{}
+	keys *devprep.StagedKeys
+}
+
+// stageKeys starts writing the awaiting-reconnect keys of the prepared temporary database
+// into a spare database of the KV store, when the estate can (KeyStager): the KV part of
+// device preparation in the downtime then swaps them in instead of writing them.
+func (r *run) stageKeys(ctx context.Context) {
+	j := r.journal
+	if r.staging != nil || !r.opts.FlushKV || j.DevicesPrepared == nil || j.DevicesPrepared.After == nil || j.isDone(StepDevicePrep) {
+		return
+	}
+	st, ok := r.target.Devices().(KeyStager)
+	if !ok {
+		return
+	}
+	k := &keysStaging{done: make(chan struct{})}
+	r.staging = k
+	go func() {
+		defer close(k.done)
+		k.keys = st.StageKeys(ctx, DevicePrepRequest{RestoreID: j.ID, FlushKV: true, DatabasePrepared: j.DevicesPrepared})
+	}()
+}
+
+// takeStagedKeys waits for stageKeys and gives its keys (nil without), once.
+func (r *run) takeStagedKeys() *devprep.StagedKeys {
+	if r.staging == nil {
+		return nil
+	}
+	<-r.staging.done
+	keys := r.staging.keys
+	r.staging = nil
+	return keys
+}
+
+// discardStagedKeys empties the spare database when no device preparation took the keys.
+func (r *run) discardStagedKeys() {
+	staged := r.takeStagedKeys()
+	if staged == nil {
+		return
+	}
+	if st, ok := r.target.Devices().(KeyStager); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		st.DiscardStagedKeys(ctx, staged)
+	}
+}
+
 func (r *run) stopUnits(ctx context.Context) error {
 	j := r.journal
 	r.prepareSwap(ctx)
+	if r.staging != nil {
+		<-r.staging.done // staged before the stop, not waited for inside the downtime
+	}
 	if !j.UnitsRecorded {
 		// Record what is active before stopping anything, so that whatever happens next
 		// exactly these are started again.
@@ -417,6 +473,7 @@ func (r *run) prepareDevices(ctx context.Context) error {
 		req.DatabasePrepared = r.journal.DevicesPrepared
 	}
 	if req.DatabasePrepared != nil {
+		req.StagedKeys = r.takeStagedKeys()
 		r.loadReport().DevicePrep = DevicePrepTemporaryDatabase
 	} else {
 		r.loadReport().DevicePrep = DevicePrepInDowntime

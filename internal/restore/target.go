@@ -160,6 +160,21 @@ type DevicePrepRequest struct {
 	// (device preparation alone with allow_running_units): nothing may lock devices
 	// against the server's reads (devprep.Options.ServerRunning).
 	ServerRunning bool
+	// StagedKeys are the awaiting-reconnect keys of DatabasePrepared's devices, staged
+	// before the units stopped (KeyStager): the KV part swaps them in.
+	StagedKeys *devprep.StagedKeys
+}
+
+// KeyStager is a DevicePreparer that can write the awaiting-reconnect keys of a prepared
+// database into a spare database of the KV store while the server still runs
+// (devprep.StageKeys), so that the downtime only swaps them in.
+type KeyStager interface {
+	// StageKeys stages the keys of req.DatabasePrepared's devices, or gives nil when it
+	// cannot (the keys are then written in the downtime, as without it).
+	StageKeys(ctx context.Context, req DevicePrepRequest) *devprep.StagedKeys
+	// DiscardStagedKeys empties the spare database again, when the restore stops before
+	// its device preparation.
+	DiscardStagedKeys(ctx context.Context, staged *devprep.StagedKeys)
 }
 
 // DevicePreparer runs device preparation (SPEC §5) through the device-preparation engine.

@@ -157,6 +157,12 @@ func TestModuleRestore(t *testing.T) {
 	require.Equal(t, "CA\n", string(b))
 	prep := res.Out["device_preparation"].(map[string]any)
 	require.Equal(t, float64(5), prep["devices_updated"])
+	// The keys were staged in a spare KV database before the stop and swapped in during it.
+	require.Equal(t, true, prep["keys_staged"], prep)
+	require.Equal(t, float64(5), prep["keys_verified"])
+	kvInfo := rd.Client()
+	require.NotContains(t, kvInfo.Info(ctx, "keyspace").Val(), "db15", "the spare database is empty again")
+	_ = kvInfo.Close()
 	require.NotContains(t, res.Stdout, "CREATE TABLE", "psql output never reaches stdout")
 
 	// The same archive again: nothing done, and the operator is told why and how to force it.
@@ -228,6 +234,7 @@ func TestModuleRestore(t *testing.T) {
 	require.Nil(t, dp.Out["failed"], dp.Out["msg"])
 	noSecrets(dp)
 	require.Equal(t, float64(1), dp.Out["device_preparation"].(map[string]any)["devices_updated"])
+	require.Nil(t, dp.Out["device_preparation"].(map[string]any)["keys_staged"], "no stage while the server runs")
 	require.Contains(t, fmt.Sprint(dp.Out["warnings"]), "application units flightctl-api.service are running")
 	require.Contains(t, dp.Out["msg"], "Device preparation done: KV store flushed, 1 devices marked AwaitingReconnect (4 already were)")
 	require.Equal(t, int64(0), kv.Exists(ctx, "v1/cache/sentinel").Val())
