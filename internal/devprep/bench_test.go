@@ -2,11 +2,14 @@ package devprep
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,6 +168,24 @@ func BenchmarkPrepare(b *testing.B) {
 // dbCPU is the CPU seconds used so far by db's server process and by the postmaster's
 // exited children (the parallel workers of index builds; also autovacuum's).
 func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
+	// The extra sessions of a split update end as the run returns: their CPU counts once
+	// the postmaster has reaped them.
+	for {
+		var pids []int32
+		rows, err := be.admin.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE usename = $1 AND pid <> $2`,
+			db.Config().User, int32(db.PgConn().PID()))
+		require.NoError(b, err)
+		pids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
+		require.NoError(b, err)
+		if len(pids) == 0 {
+			break
+		}
+		for _, pid := range pids {
+			for !errors.Is(syscall.Kill(int(pid), 0), syscall.ESRCH) {
+				runtime.Gosched()
+			}
+		}
+	}
 	backend, err := procstat.Read(int(db.PgConn().PID()))
 	require.NoError(b, err)
 	postmaster, err := procstat.Read(be.pg.PostmasterPID())
