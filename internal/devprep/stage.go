@@ -215,6 +215,14 @@ func (s *keyStage) put(ctx context.Context) bool {
 // swapIn puts the staged keys in place of the store's contents and clears every other
 // database, which is FLUSHALL and the keys in one step for the server.
 func (s *keyStage) swapIn(ctx context.Context) error {
+	// Still this stage's, whole: another run may have taken the spare database for a
+	// stage left behind, or the server evicted keys.
+	if got := s.spare.Get(ctx, stageMarkerKey).Val(); got != s.token {
+		return fmt.Errorf("KV database %d no longer holds this run's stage", s.db)
+	}
+	if n := s.spare.DBSize(ctx).Val(); n != int64(len(s.devs))+1 {
+		return fmt.Errorf("KV database %d holds %d keys, the stage wrote %d", s.db, n, len(s.devs)+1)
+	}
 	info, err := s.opts.KV.Info(ctx, "keyspace").Result()
 	if err != nil {
 		return fmt.Errorf("list the KV store's databases: %w", err)

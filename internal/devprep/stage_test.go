@@ -296,3 +296,23 @@ func TestStagedKeysBesideAnIndexRebuild(t *testing.T) {
 	assert.Equal(t, res.KeysExpected, res.KeysVerified)
 	assert.Equal(t, map[int]int{0: res.KeysExpected}, e.kvDatabases(t))
 }
+
+// A stage taken over before the swap (another run cleared the spare database, as it does
+// with a stage a killed run left) is not swapped in: the store would lose its keys.
+func TestStageTakenOverBeforeTheSwapIsNotUsed(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	workedExample(t, e)
+	opts := e.options(t)
+	opts.Prepared = prepareAsRestore(t, e, "r-1")
+	staged := StageKeys(ctx, opts)
+	require.NotNil(t, staged)
+	s := resumedStage(ctx, &opts, staged)
+	require.NotNil(t, s)
+	defer s.close()
+	s.devs = opts.Prepared.After.devices
+	require.NoError(t, inDB(t, e, spareDB).Set(ctx, stageMarkerKey, "another run", 0).Err())
+	err := s.swapIn(ctx)
+	require.ErrorContains(t, err, "no longer holds this run's stage")
+	assert.Equal(t, map[int]int{spareDB: 8}, e.kvDatabases(t), "nothing swapped")
+}
