@@ -60,30 +60,21 @@ func forEachDeviceBatch(ctx context.Context, q querier, size int, fn func([]devi
 
 // listDevices is every device that must have a key (keyedDevicesSQL), in memory.
 func listDevices(ctx context.Context, q querier, expected int) ([]device, error) {
-	rows, err := q.Query(ctx, keyedDevicesSQL)
-	if err != nil {
-		return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
-	}
 	devs := make([]device, 0, expected)
 	orgs := map[string]string{}
-	for rows.Next() {
-		var d device
-		if err := rows.Scan(&d.org, &d.name); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
+	err := forEachDeviceBatch(ctx, q, DefaultKeyBatchSize, func(batch []device) error {
+		for _, d := range batch {
+			// One string per organization, not one per device.
+			if o, ok := orgs[d.org]; ok {
+				d.org = o
+			} else {
+				orgs[d.org] = d.org
+			}
+			devs = append(devs, d)
 		}
-		// One string per organization, not one per device.
-		if o, ok := orgs[d.org]; ok {
-			d.org = o
-		} else {
-			orgs[d.org] = d.org
-		}
-		devs = append(devs, d)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list devices awaiting reconnect: %w", err)
-	}
-	return devs, nil
+		return nil
+	})
+	return devs, err
 }
 
 func scanDevices(ctx context.Context, q querier, size int, out chan<- []device, stop <-chan struct{}) error {

@@ -221,7 +221,7 @@ func (s *keyStage) swapIn(ctx context.Context) error {
 		return fmt.Errorf("KV database %d no longer holds this run's stage", s.db)
 	}
 	if n := s.spare.DBSize(ctx).Val(); n != int64(len(s.devs))+1 {
-		return fmt.Errorf("KV database %d holds %d keys, the stage wrote %d", s.db, n, len(s.devs)+1)
+		return fmt.Errorf("KV database %d is no longer whole: it holds %d keys, the stage wrote %d", s.db, n, len(s.devs)+1)
 	}
 	info, err := s.opts.KV.Info(ctx, "keyspace").Result()
 	if err != nil {
@@ -248,12 +248,17 @@ func (s *keyStage) swapIn(ctx context.Context) error {
 	return nil
 }
 
-// discard empties the spare database again (the stage was not swapped in), once.
+// discard empties the spare database again (the stage was not swapped in), once, while it
+// holds this stage: another run's, which took it over, is left alone.
 func (s *keyStage) discard() {
 	<-s.done
-	if !s.discarded {
-		s.discarded = true
-		_ = s.spare.FlushDB(context.Background()).Err()
+	if s.discarded {
+		return
+	}
+	s.discarded = true
+	ctx := context.Background()
+	if s.spare.Get(ctx, stageMarkerKey).Val() == s.token {
+		_ = s.spare.FlushDB(ctx).Err()
 	}
 }
 
@@ -324,29 +329,18 @@ func DiscardStagedKeys(ctx context.Context, kv *redis.Client, staged *StagedKeys
 	if staged == nil {
 		return
 	}
-	opts := &Options{KV: kv}
-	if s := resumedStage(ctx, opts, staged); s != nil {
-		s.discard()
-		s.close()
-	}
+	s := resumedStage(&Options{KV: kv}, staged)
+	s.discard()
+	s.close()
 }
 
-// resumedStage is the stage staged describes, when the spare database still holds it
-// whole (its marker, and every key next to it), else nil.
-func resumedStage(ctx context.Context, opts *Options, staged *StagedKeys) *keyStage {
+// resumedStage is the stage staged describes, settled: swapIn and discard check that the
+// spare database still holds it.
+func resumedStage(opts *Options, staged *StagedKeys) *keyStage {
 	s := newKeyStage(opts, staged.DB, staged.Keys)
+	s.token = staged.Token
 	close(s.listed)
 	close(s.done)
-	if s.spare.Get(ctx, stageMarkerKey).Val() != staged.Token {
-		s.close()
-		return nil
-	}
-	s.token = staged.Token
-	if s.spare.DBSize(ctx).Val() != int64(staged.Keys)+1 {
-		s.discard() // ours, but keys are missing (evicted)
-		s.close()
-		return nil
-	}
 	return s
 }
 
@@ -364,11 +358,7 @@ func putStaged(ctx context.Context, opts *Options) bool {
 		DiscardStagedKeys(ctx, opts.KV, staged)
 		return false
 	}
-	s := resumedStage(ctx, opts, staged)
-	if s == nil {
-		log.Info("the staged awaiting-reconnect keys are no longer whole; writing them now", "kv_database", staged.DB)
-		return false
-	}
+	s := resumedStage(opts, staged)
 	defer s.close()
 	s.devs = opts.Prepared.After.devices
 	return s.put(ctx)

@@ -307,12 +307,13 @@ func TestStageTakenOverBeforeTheSwapIsNotUsed(t *testing.T) {
 	opts.Prepared = prepareAsRestore(t, e, "r-1")
 	staged := StageKeys(ctx, opts)
 	require.NotNil(t, staged)
-	s := resumedStage(ctx, &opts, staged)
-	require.NotNil(t, s)
+	s := resumedStage(&opts, staged)
 	defer s.close()
 	s.devs = opts.Prepared.After.devices
 	require.NoError(t, inDB(t, e, spareDB).Set(ctx, stageMarkerKey, "another run", 0).Err())
 	err := s.swapIn(ctx)
 	require.ErrorContains(t, err, "no longer holds this run's stage")
 	assert.Equal(t, map[int]int{spareDB: 8}, e.kvDatabases(t), "nothing swapped")
+	s.discard()
+	assert.Equal(t, map[int]int{spareDB: 8}, e.kvDatabases(t), "the other run's stage is not dropped")
 }
