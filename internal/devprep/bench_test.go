@@ -2,14 +2,11 @@ package devprep
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"flightctl.dr/internal/procstat"
+	"flightctl.dr/internal/testbed"
 )
 
 // Benchmarks (off the default test run):
@@ -181,9 +179,7 @@ func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
 			break
 		}
 		for _, pid := range pids {
-			for !errors.Is(syscall.Kill(int(pid), 0), syscall.ESRCH) {
-				runtime.Gosched()
-			}
+			require.True(b, testbed.WaitGone(int(pid), time.Minute), "session %d did not end", pid)
 		}
 	}
 	backend, err := procstat.Read(int(db.PgConn().PID()))

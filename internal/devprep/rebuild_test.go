@@ -2,7 +2,6 @@ package devprep
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"syscall"
 	"testing"
@@ -228,7 +227,7 @@ func TestKilledDuringIndexRebuild(t *testing.T) {
 			require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 			// Until the postmaster has reaped the session it has not begun the restart of
 			// the cluster, and a session opened in between would be ended by that restart.
-			require.Eventually(t, func() bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }, time.Minute, 10*time.Millisecond)
+			require.True(t, testbed.WaitGone(pid, time.Minute), "session %d still there", pid)
 		}
 	})
 }

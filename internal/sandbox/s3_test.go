@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,5 +52,5 @@ func TestSandboxS3(t *testing.T) {
 	assert.True(t, ok)
 
 	require.NoError(t, sandbox.Down(ctx, dir, nil))
-	require.Eventually(t, func() bool { return syscall.Kill(st.S3.PID, 0) == syscall.ESRCH }, time.Minute, 20*time.Millisecond, "down stops the S3 server")
+	require.True(t, testbed.WaitGone(st.S3.PID, time.Minute), "down stops the S3 server")
 }

@@ -514,9 +514,9 @@ func KillByPIDFile(pidFile, mustContain string) bool {
 		return false
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
-	if !waitGone(pid, 10*time.Second) {
+	if !WaitGone(pid, 10*time.Second) {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
-		waitGone(pid, 5*time.Second)
+		WaitGone(pid, 5*time.Second)
 	}
 	return true
 }

@@ -257,7 +257,7 @@ func (p *Postgres) Stop() error {
 	if err != nil && p.postmaster > 0 {
 		// Fall back to the PID this cluster wrote at start.
 		if kerr := syscall.Kill(p.postmaster, syscall.SIGQUIT); kerr == nil {
-			waitGone(p.postmaster, 10*time.Second)
+			WaitGone(p.postmaster, 10*time.Second)
 			err = nil
 		}
 	}
@@ -275,8 +275,9 @@ func (p *Postgres) cleanup() {
 	}
 }
 
-// waitGone waits until pid no longer exists.
-func waitGone(pid int, limit time.Duration) bool {
+// WaitGone waits until pid no longer exists (reaped: a zombie still answers), at most
+// limit; false when it still does.
+func WaitGone(pid int, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {

@@ -152,9 +152,9 @@ func (r *Redis) Client() *redis.Client {
 
 func (r *Redis) kill() {
 	if err := syscall.Kill(r.PID, syscall.SIGTERM); err == nil {
-		if !waitGone(r.PID, 10*time.Second) {
+		if !WaitGone(r.PID, 10*time.Second) {
 			_ = syscall.Kill(r.PID, syscall.SIGKILL)
-			waitGone(r.PID, 5*time.Second)
+			WaitGone(r.PID, 5*time.Second)
 		}
 	}
 }
