@@ -141,12 +141,13 @@ func BenchmarkPrepare(b *testing.B) {
 				if link == "loopback-keys-after-commit" {
 					occupySpare(b, be.env) // no stage: FLUSHALL, and the keys after the commit
 				}
-				cpu0 := be.dbCPU(b, db)
+				keep := be.backendsNow()
+				cpu0 := be.dbCPU(b, db, keep)
 				b.StartTimer()
 				res, err := Run(context.Background(), Options{DB: db, KV: kv, FlushKV: true, CreateEvent: true, Connections: sessions, Logger: benchLogger()})
 				require.NoError(b, err)
 				b.StopTimer()
-				cpu += be.dbCPU(b, db) - cpu0
+				cpu += be.dbCPU(b, db, keep) - cpu0
 				b.StartTimer()
 				if res.DevicesUpdated != be.devices || res.KeysVerified != be.devices {
 					b.Fatalf("prepared %d devices, verified %d keys; want %d", res.DevicesUpdated, res.KeysVerified, be.devices)
@@ -164,30 +165,21 @@ func BenchmarkPrepare(b *testing.B) {
 }
 
 // dbCPU is the CPU seconds used so far by db's server process and by the postmaster's
-// exited children (the parallel workers of index builds; also autovacuum's).
-func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn) float64 {
-	// The extra sessions of a split update end as the run returns: their CPU counts once
-	// the postmaster has reaped them.
-	for {
-		var pids []int32
-		rows, err := be.admin.Query(context.Background(), `SELECT pid FROM pg_stat_activity WHERE usename = $1 AND pid <> $2`,
-			db.Config().User, int32(db.PgConn().PID()))
-		require.NoError(b, err)
-		pids, err = pgx.CollectRows(rows, pgx.RowTo[int32])
-		require.NoError(b, err)
-		if len(pids) == 0 {
-			break
-		}
-		for _, pid := range pids {
-			require.True(b, testbed.WaitGone(int(pid), time.Minute), "session %d did not end", pid)
-		}
-	}
+// exited children (the parallel workers of index builds; also autovacuum's). keep are the
+// backends that were there before the run (backendsNow): every other, the extra sessions
+// of a split update and of the key stage's listing among them, ends as the run returns,
+// and its CPU counts once the postmaster has reaped it.
+func (be *benchEnv) dbCPU(b *testing.B, db *pgx.Conn, keep []int) float64 {
+	require.True(b, testbed.WaitBackends(be.pg.PostmasterPID(), keep, time.Minute), "the run's extra database sessions did not end")
 	backend, err := procstat.Read(int(db.PgConn().PID()))
 	require.NoError(b, err)
 	postmaster, err := procstat.Read(be.pg.PostmasterPID())
 	require.NoError(b, err)
 	return backend.CPU() + postmaster.ChildrenCPU()
 }
+
+// backendsNow is the server's backends before a run, for dbCPU.
+func (be *benchEnv) backendsNow() []int { return testbed.Backends(be.pg.PostmasterPID()) }
 
 // benchLogger shows the phases' timing with BENCH_LOG=1.
 func benchLogger() *slog.Logger {

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -317,38 +316,7 @@ func cpuAfter(postmaster int) cpuSpent {
 }
 
 // serverIdle waits until the postmaster has no child but its auxiliary processes.
-func serverIdle(postmaster int) {
-	deadline := time.Now().Add(time.Minute)
-	for serverBackends(postmaster) > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// serverBackends counts the postmaster's children other than its auxiliary processes.
-func serverBackends(postmaster int) int {
-	dirs, _ := os.ReadDir("/proc")
-	n := 0
-	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		if st, err := procstat.Read(pid); err != nil || st.PPID != postmaster {
-			continue
-		}
-		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		aux := false
-		for _, a := range []string{"checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher", "stats collector", "archiver", "logger"} {
-			if strings.Contains(string(cmd), a) {
-				aux = true
-			}
-		}
-		if !aux {
-			n++
-		}
-	}
-	return n
-}
+func serverIdle(postmaster int) { testbed.WaitBackends(postmaster, nil, time.Minute) }
 
 func cpuNow(postmaster int) cpuSpent {
 	var self, kids syscall.Rusage

@@ -60,3 +60,25 @@ func TestStripRestrict(t *testing.T) {
 	in := "SET x = 1;\n\\restrict abc\nCREATE TABLE t ();\n\\unrestrict abc\n"
 	assert.Equal(t, "SET x = 1;\nCREATE TABLE t ();\n", string(stripRestrict([]byte(in))))
 }
+
+func TestWaitBackendsWaitsForTheSessionsNotKept(t *testing.T) {
+	pg := PostgresForTest(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kept, err := pg.SuperuserConn(ctx, "postgres")
+	require.NoError(t, err)
+	defer kept.Close(ctx)
+	keep := Backends(pg.PostmasterPID())
+	require.Contains(t, keep, int(kept.PgConn().PID()), "a client session is a backend")
+
+	extra, err := pg.SuperuserConn(ctx, "postgres")
+	require.NoError(t, err)
+	pid := int(extra.PgConn().PID())
+	require.Contains(t, Backends(pg.PostmasterPID()), pid)
+	assert.False(t, WaitBackends(pg.PostmasterPID(), keep, 50*time.Millisecond), "a session still open is waited for")
+
+	require.NoError(t, extra.Close(ctx))
+	require.True(t, WaitBackends(pg.PostmasterPID(), keep, time.Minute))
+	assert.NotContains(t, Backends(pg.PostmasterPID()), pid, "the closed session's backend is reaped")
+	assert.Contains(t, Backends(pg.PostmasterPID()), int(kept.PgConn().PID()), "the kept session is left alone")
+}
