@@ -21,14 +21,34 @@ type freeSpace struct {
 	err   error
 }
 
-// databaseFreeSpace reads the database server's free space (Database.FreeSpace: df in the
-// database container or pod, statfs for a direct database) the first time it is asked.
+// databaseFreeSpace reads the database server's free space (Database.FreeSpaceAt: df in
+// the database container or pod, statfs for a direct database) in the data directory the
+// survey found, the first time it is asked.
 func (r *run) databaseFreeSpace(ctx context.Context, db Database) (int64, bool, error) {
 	if r.dbSpace == nil {
-		free, known, err := db.FreeSpace(ctx)
-		r.dbSpace = &freeSpace{bytes: free, known: known, err: err}
+		r.dbSpace = &freeSpace{}
+		if sv, err := r.surveyDatabase(ctx, db); err != nil {
+			r.dbSpace.err = fmt.Errorf("find the database data directory: %w", err)
+		} else {
+			r.dbSpace.bytes, r.dbSpace.known, r.dbSpace.err = db.FreeSpaceAt(ctx, sv.DataDirectory)
+		}
 	}
 	return r.dbSpace.bytes, r.dbSpace.known, r.dbSpace.err
+}
+
+// surveyDatabase is Database.Survey of the live database, asked once: first for the data
+// directory's free space, beside the archive's checksum, then read again by the plan.
+func (r *run) surveyDatabase(ctx context.Context, db Database) (DatabaseSurvey, error) {
+	if r.survey == nil {
+		sv, err := db.Survey(ctx, db.Name(), CountedTables)
+		r.survey = &survey{DatabaseSurvey: sv, err: err}
+	}
+	return r.survey.DatabaseSurvey, r.survey.err
+}
+
+type survey struct {
+	DatabaseSurvey
+	err error
 }
 
 // budgets bound what a fresh restore lets the archive inflate to, by where each entry

@@ -106,7 +106,10 @@ func (r *run) recordLiveState(ctx context.Context) {
 	if j == nil || j.State != StateDone {
 		return
 	}
-	st, err := r.liveState(ctx, j)
+	st, err := r.produced, r.producedErr
+	if st == nil && err == nil {
+		st, err = r.liveState(ctx, j)
+	}
 	if err == nil {
 		j.Produced = st
 		err = r.store.save(j)

@@ -81,10 +81,12 @@ func (d *PsqlDatabase) Ping(ctx context.Context) error {
 		return fmt.Errorf("connect to the database server as the admin user: %w", err)
 	}
 	if out != "t" {
-		return errors.New("the database admin user is not a superuser: loading a flightctl dump needs one (the postgres user in the container, or admin)")
+		return errNotSuperuser
 	}
 	return nil
 }
+
+var errNotSuperuser = errors.New("the database admin user is not a superuser: loading a flightctl dump needs one (the postgres user in the container, or admin)")
 
 func (d *PsqlDatabase) Exists(ctx context.Context, name string) (bool, error) {
 	out, err := d.query(ctx, "postgres", fmt.Sprintf("SELECT count(*) FROM pg_database WHERE datname = %s;", quoteLiteral(name)))
@@ -95,7 +97,16 @@ func (d *PsqlDatabase) Exists(ctx context.Context, name string) (bool, error) {
 }
 
 func (d *PsqlDatabase) Info(ctx context.Context, name string) (DatabaseInfo, error) {
-	sql := fmt.Sprintf(`SELECT json_build_object(
+	out, err := d.query(ctx, "postgres", infoSQL(name)+";")
+	if err != nil {
+		return DatabaseInfo{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
+	}
+	return parseInfo(name, out)
+}
+
+// infoSQL selects Info's answer as one JSON object, no row when there is no such database.
+func infoSQL(name string) string {
+	return fmt.Sprintf(`SELECT json_build_object(
   'owner', pg_get_userbyid(datdba),
   'acl', datacl::text[],
   'acl_set', datacl IS NOT NULL,
@@ -103,11 +114,10 @@ func (d *PsqlDatabase) Info(ctx context.Context, name string) (DatabaseInfo, err
   'collate', datcollate,
   'ctype', datctype,
   'size', pg_database_size(oid))
-FROM pg_database WHERE datname = %s;`, quoteLiteral(name))
-	out, err := d.query(ctx, "postgres", sql)
-	if err != nil {
-		return DatabaseInfo{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
-	}
+FROM pg_database WHERE datname = %s`, quoteLiteral(name))
+}
+
+func parseInfo(name, out string) (DatabaseInfo, error) {
 	if out == "" {
 		return DatabaseInfo{}, fmt.Errorf("database %s does not exist", name)
 	}
@@ -119,17 +129,26 @@ FROM pg_database WHERE datname = %s;`, quoteLiteral(name))
 }
 
 func (d *PsqlDatabase) Counts(ctx context.Context, name string, tables []string) (map[string]int64, error) {
-	// One round trip: a table that does not exist counts -1 (query_to_xml runs the count
-	// only when the table is there).
+	out, err := d.query(ctx, name, countsSQL(tables)+";")
+	if err != nil {
+		return nil, fmt.Errorf("count rows in database %s: %w", name, err)
+	}
+	return parseCounts(name, out, tables)
+}
+
+// countsSQL selects the row count of every table, comma-separated, in one round trip: a
+// table that does not exist counts -1 (query_to_xml runs the count only when the table is
+// there).
+func countsSQL(tables []string) string {
 	parts := make([]string, len(tables))
 	for i, t := range tables {
 		parts[i] = fmt.Sprintf("CASE WHEN to_regclass(%s) IS NULL THEN -1 ELSE (xpath('/row/c/text()', query_to_xml(%s, false, true, '')))[1]::text::bigint END",
 			quoteLiteral("public."+t), quoteLiteral("SELECT count(*) AS c FROM public."+quoteIdent(t)))
 	}
-	out, err := d.query(ctx, name, "SELECT "+strings.Join(parts, " || ',' || ")+";")
-	if err != nil {
-		return nil, fmt.Errorf("count rows in database %s: %w", name, err)
-	}
+	return "SELECT " + strings.Join(parts, " || ',' || ")
+}
+
+func parseCounts(name, out string, tables []string) (map[string]int64, error) {
 	fields := strings.Split(out, ",")
 	if len(fields) != len(tables) {
 		return nil, fmt.Errorf("count rows in database %s: unexpected answer %q", name, out)
@@ -145,15 +164,80 @@ func (d *PsqlDatabase) Counts(ctx context.Context, name string, tables []string)
 	return counts, nil
 }
 
+// Survey answers Ping, Exists, Info and Counts in one psql: it reads the admin user and
+// the database from the maintenance database, then connects to the database, when it
+// exists, for the counts. Each answer is a line of its own, tagged; the errors are those
+// of the four calls.
+func (d *PsqlDatabase) Survey(ctx context.Context, name string, tables []string) (DatabaseSurvey, error) {
+	script := `SELECT 'super|' || COALESCE((SELECT rolsuper::text FROM pg_roles WHERE rolname = current_user), 'false');
+SELECT 'datadir|' || CASE WHEN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN current_setting('data_directory') ELSE '' END;
+SELECT 'info|' || COALESCE((` + infoSQL(name) + `)::text, '');
+SELECT count(*) = 1 AS fdr_survey_exists FROM pg_database WHERE datname = ` + quoteLiteral(name) + ` \gset
+\if :fdr_survey_exists
+\connect ` + quoteLiteral(name) + `
+SELECT 'counts|' || ` + strings.TrimPrefix(countsSQL(tables), "SELECT ") + `;
+\endif
+`
+	out, err := d.query(ctx, "postgres", script)
+	lines := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if tag, v, ok := strings.Cut(l, "|"); ok {
+			lines[tag] = strings.TrimSpace(v)
+		}
+	}
+	super, pinged := lines["super"]
+	if !pinged {
+		if err == nil {
+			err = fmt.Errorf("unexpected answer %q", out)
+		}
+		return DatabaseSurvey{}, fmt.Errorf("connect to the database server as the admin user: %w", err)
+	}
+	if super != "true" {
+		return DatabaseSurvey{}, errNotSuperuser
+	}
+	info, hasInfo := lines["info"]
+	if !hasInfo {
+		if err == nil {
+			err = fmt.Errorf("unexpected answer %q", out)
+		}
+		return DatabaseSurvey{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
+	}
+	if info == "" {
+		if err != nil {
+			return DatabaseSurvey{}, fmt.Errorf("look up database %s: %w", name, err)
+		}
+		return DatabaseSurvey{DataDirectory: lines["datadir"]}, nil
+	}
+	sv := DatabaseSurvey{Exists: true, DataDirectory: lines["datadir"]}
+	if sv.Info, err = parseInfo(name, info); err != nil {
+		return DatabaseSurvey{}, err
+	}
+	counts, hasCounts := lines["counts"]
+	if !hasCounts || err != nil {
+		if err == nil {
+			err = fmt.Errorf("unexpected answer %q", out)
+		}
+		return DatabaseSurvey{}, fmt.Errorf("count rows in database %s: %w", name, err)
+	}
+	if sv.Counts, err = parseCounts(name, counts, tables); err != nil {
+		return DatabaseSurvey{}, err
+	}
+	return sv, nil
+}
+
 func (d *PsqlDatabase) FreeSpace(ctx context.Context) (int64, bool, error) {
 	dir, err := d.query(ctx, "postgres", "SHOW data_directory;")
 	if err != nil {
 		return 0, false, fmt.Errorf("find the database data directory: %w", err)
 	}
+	return d.FreeSpaceAt(ctx, dir)
+}
+
+func (d *PsqlDatabase) FreeSpaceAt(ctx context.Context, dataDir string) (int64, bool, error) {
 	if d.FreeSpaceOf != nil {
-		return d.FreeSpaceOf(ctx, dir)
+		return d.FreeSpaceOf(ctx, dataDir)
 	}
-	return LocalFreeSpace(dir)
+	return LocalFreeSpace(dataDir)
 }
 
 // LocalFreeSpace is the space available to the database's owner in the filesystem holding

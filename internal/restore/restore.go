@@ -9,7 +9,6 @@ package restore
 
 import (
 	"archive/tar"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -245,6 +244,11 @@ type run struct {
 	staging *keysStaging
 	// dbSpace is the database server's free space, read once (budget.go).
 	dbSpace *freeSpace
+	// survey is the live database's, asked once (budget.go).
+	survey *survey
+	// produced is what finalize read the restore left on the server, for recordLiveState.
+	produced    *LiveState
+	producedErr error
 	// loadSetup is the load's questions to the database server, asked ahead (stream.go).
 	loadSetup *loadSetup
 }
@@ -667,23 +671,16 @@ func (r *run) databasePreflight(ctx context.Context, db Database) (*DatabasePlan
 			dp.DumpSize = e.Size
 		}
 	}
-	var live bool
-	var pingErr, existsErr error
-	runner.Concurrently(func() { pingErr = db.Ping(ctx) }, func() { live, existsErr = db.Exists(ctx, db.Name()) })
-	if err := cmp.Or(pingErr, existsErr); err != nil { // the admin user's error first
+	// One psql (one podman or kubectl exec with container access), already asked beside
+	// the archive's checksum for the data directory (budget.go).
+	sv, err := r.surveyDatabase(ctx, db)
+	if err != nil {
 		return nil, err
 	}
-	dp.LiveExists = live
-	if live {
-		// Each is a psql of its own (a podman or kubectl exec with container access).
-		var info DatabaseInfo
-		var infoErr, countsErr error
-		runner.Concurrently(func() { info, infoErr = db.Info(ctx, db.Name()) },
-			func() { dp.CountsNow, countsErr = db.Counts(ctx, db.Name(), CountedTables) })
-		if err := cmp.Or(infoErr, countsErr); err != nil {
-			return nil, err
-		}
-		dp.LiveSize, dp.Owner, dp.liveInfo = info.Size, info.Owner, info
+	dp.LiveExists = sv.Exists
+	if sv.Exists {
+		dp.CountsNow = sv.Counts
+		dp.LiveSize, dp.Owner, dp.liveInfo = sv.Info.Size, sv.Info.Owner, sv.Info
 	} else {
 		r.res.warn(r.logger, "database %s does not exist yet: the restore creates it", db.Name())
 	}

@@ -15,6 +15,7 @@ import (
 
 	"flightctl.dr/internal/archive"
 	"flightctl.dr/internal/devprep"
+	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/wrap"
 )
 
@@ -497,17 +498,22 @@ func (r *run) startUnits(ctx context.Context) error {
 	return r.done(StepStartUnits)
 }
 
-// finalize drops what was kept for a rollback and marks the journal done.
+// finalize drops what was kept for a rollback and marks the journal done. What the
+// restore left on the server is read beside the drop (each is a psql of its own, a
+// podman or kubectl exec with container access); recordLiveState stores it.
 func (r *run) finalize(ctx context.Context) error {
 	j := r.journal
-	if jd := j.Database; jd != nil && jd.LiveExisted {
-		if r.opts.KeepOldDB {
-			r.res.OldDatabase = jd.Old
-		} else if err := r.target.Database().Drop(ctx, jd.Old); err != nil {
-			r.res.warn(r.logger, "could not drop the previous database %s (%v): drop it by hand when you no longer need it", jd.Old, err)
-			r.res.OldDatabase = jd.Old
+	dropOld := func() {
+		if jd := j.Database; jd != nil && jd.LiveExisted {
+			if r.opts.KeepOldDB {
+				r.res.OldDatabase = jd.Old
+			} else if err := r.target.Database().Drop(ctx, jd.Old); err != nil {
+				r.res.warn(r.logger, "could not drop the previous database %s (%v): drop it by hand when you no longer need it", jd.Old, err)
+				r.res.OldDatabase = jd.Old
+			}
 		}
 	}
+	runner.Concurrently(dropOld, func() { r.produced, r.producedErr = r.liveState(ctx, j) })
 	for _, set := range j.Files {
 		if err := os.RemoveAll(set.Old); err != nil {
 			r.res.warn(r.logger, "could not remove the previous copy %s: %v", set.Old, err)

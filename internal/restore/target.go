@@ -82,6 +82,17 @@ type DatabaseInfo struct {
 	Size     int64    `json:"size"`
 }
 
+// DatabaseSurvey is what the restore's plan reads of the live database before anything
+// changes.
+type DatabaseSurvey struct {
+	Exists bool
+	// Info and Counts are set when the database exists.
+	Info   DatabaseInfo
+	Counts map[string]int64
+	// DataDirectory is the server's data directory, for FreeSpaceAt.
+	DataDirectory string
+}
+
 // Database administers databases of one PostgreSQL server as a superuser.
 type Database interface {
 	// Name is the live database's name.
@@ -92,8 +103,12 @@ type Database interface {
 	Info(ctx context.Context, name string) (DatabaseInfo, error)
 	// Counts returns the row count of each table in database name (-1: no such table).
 	Counts(ctx context.Context, name string, tables []string) (map[string]int64, error)
+	// Survey is Ping, Exists, and for a database that exists Info and Counts, in one call.
+	Survey(ctx context.Context, name string, tables []string) (DatabaseSurvey, error)
 	// FreeSpace is the free space of the server's data directory, when it can be known.
 	FreeSpace(ctx context.Context) (free int64, known bool, err error)
+	// FreeSpaceAt is FreeSpace for the data directory a Survey found.
+	FreeSpaceAt(ctx context.Context, dataDir string) (free int64, known bool, err error)
 	// Create makes an empty database with like's owner, encoding and locale.
 	Create(ctx context.Context, name string, like DatabaseInfo) error
 	// Load runs a plain-SQL dump into name, stopping at the first error.

@@ -60,8 +60,11 @@ type Podman struct {
 // PodmanOptions configures StartPodman.
 type PodmanOptions struct {
 	// Dir receives the containers.conf file. Required.
-	Dir    string
-	Logger *slog.Logger
+	Dir string
+	// OwnStore gives this podman an image and container store of its own under Dir
+	// (vfs driver), empty at first as on a new machine; otherwise the machine's store.
+	OwnStore bool
+	Logger   *slog.Logger
 }
 
 // StartPodman checks podman and runc, writes the CONTAINERS_CONF file, and builds the
@@ -91,6 +94,18 @@ func StartPodman(ctx context.Context, opts PodmanOptions) (*Podman, error) {
 	}
 	abs, _ := filepath.Abs(conf)
 	p := &Podman{ConfFile: abs, Env: []string{"CONTAINERS_CONF=" + abs}, logger: logger}
+	if opts.OwnStore {
+		store, _ := filepath.Abs(filepath.Join(opts.Dir, "store"))
+		storageConf := filepath.Join(store, "storage.conf")
+		if err := os.MkdirAll(store, 0o700); err != nil {
+			return nil, fmt.Errorf("podman test bed: %w", err)
+		}
+		body := fmt.Sprintf("[storage]\ndriver = \"vfs\"\ngraphroot = %q\nrunroot = %q\n", filepath.Join(store, "graph"), filepath.Join(store, "run"))
+		if err := os.WriteFile(storageConf, []byte(body), 0o644); err != nil {
+			return nil, fmt.Errorf("podman test bed: %w", err)
+		}
+		p.Env = append(p.Env, "CONTAINERS_STORAGE_CONF="+storageConf)
+	}
 	if err := p.ensureBusyboxImage(ctx); err != nil {
 		return nil, err
 	}
@@ -152,11 +167,16 @@ func (p *Podman) ensureBusyboxImage(ctx context.Context) error {
 	return p.importImage(ctx, PodmanBusyboxImage, &buf)
 }
 
-// ensureHostUsrImage imports a root filesystem with the merged-/usr links, /etc/passwd
-// naming the host's postgres user, and the directories PostgreSQL needs.
-func (p *Podman) ensureHostUsrImage(ctx context.Context, pgUID, pgGID int) error {
+// EnsureHostUsrImage imports PodmanHostUsrImage when it is missing: a root filesystem with
+// the merged-/usr links, /etc/passwd naming the host's postgres user, and the directories
+// PostgreSQL needs.
+func (p *Podman) EnsureHostUsrImage(ctx context.Context) error {
 	if p.imageExists(ctx, PodmanHostUsrImage) {
 		return nil
+	}
+	pgUID, pgGID, err := postgresOSUser()
+	if err != nil {
+		return fmt.Errorf("image %s: %w", PodmanHostUsrImage, err)
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -176,6 +196,17 @@ func (p *Podman) ensureHostUsrImage(ctx context.Context, pgUID, pgGID int) error
 		return err
 	}
 	return p.importImage(ctx, PodmanHostUsrImage, &buf)
+}
+
+// postgresOSUser is the host's postgres user, whose files the containers share.
+func postgresOSUser() (uid, gid int, err error) {
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return 0, 0, fmt.Errorf("the OS user postgres is needed (apt-get install postgresql): %w", err)
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid, nil
 }
 
 func writeTarFile(tw *tar.Writer, name, content string, mode int64) {
@@ -219,6 +250,12 @@ func (p *Podman) RunContainer(ctx context.Context, o PodmanContainerOptions) err
 	image := o.Image
 	if image == "" {
 		image = PodmanBusyboxImage
+	}
+	if image == PodmanHostUsrImage {
+		// Made on first use, whoever asks first (a KV container may come before any database).
+		if err := p.EnsureHostUsrImage(ctx); err != nil {
+			return fmt.Errorf("run container %s: %w", o.Name, err)
+		}
 	}
 	args := []string{"run", "-d", "--init", "--name", o.Name}
 	if o.CreateOnly {
@@ -365,14 +402,12 @@ func StartPodmanPostgres(ctx context.Context, p *Podman, opts PodmanPostgresOpti
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, fmt.Errorf("podman postgres: the OS user postgres is needed (apt-get install postgresql): %w", err)
+	if err := p.EnsureHostUsrImage(ctx); err != nil {
+		return nil, fmt.Errorf("podman postgres: %w", err)
 	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	if err := p.ensureHostUsrImage(ctx, uid, gid); err != nil {
-		return nil, err
+	uid, gid, err := postgresOSUser()
+	if err != nil {
+		return nil, fmt.Errorf("podman postgres: %w", err)
 	}
 	if opts.Port == 0 {
 		if opts.Port, err = FreePort(); err != nil {

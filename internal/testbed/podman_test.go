@@ -3,6 +3,7 @@ package testbed
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 
@@ -24,6 +25,30 @@ func TestPodmanRunsNamedContainer(t *testing.T) {
 	ok, err := p.Client().ContainerExists(ctx, name)
 	require.NoError(t, err)
 	assert.False(t, ok)
+}
+
+// TestPodmanRunsTheHostUsrImageOnANewStore starts a container of the host-/usr image (as the
+// KV store of the container benchmarks and tests is) on a store that has never held it, as
+// on a new machine: it used to exist only once a PostgreSQL container had been started.
+func TestPodmanRunsTheHostUsrImageOnANewStore(t *testing.T) {
+	Need(t, "podman", "runc", "/bin/busybox", PodmanInitBinary)
+	if os.Geteuid() != 0 {
+		Unavailable(t, "the podman test bed runs rootful podman and needs root")
+	}
+	ctx := context.Background()
+	p, err := StartPodman(ctx, PodmanOptions{Dir: t.TempDir(), OwnStore: true})
+	require.NoError(t, err)
+	t.Cleanup(p.Cleanup)
+	_, err = p.Podman(ctx, "image", "exists", PodmanHostUsrImage)
+	require.Error(t, err, "a new store holds no host-/usr image yet")
+
+	name := PodmanName("fdr-hostusr")
+	require.NoError(t, p.RunContainer(ctx, PodmanContainerOptions{Name: name, Image: PodmanHostUsrImage,
+		Volumes: []string{"/usr:/usr:ro"}, Command: []string{"/usr/bin/sleep", "3600"}}))
+	info, err := p.Client().InspectContainer(ctx, name)
+	require.NoError(t, err)
+	assert.True(t, info.Running)
+	require.NoError(t, p.RemoveContainer(ctx, name))
 }
 
 // TestPodmanPostgresUpstreamCommands runs the commands upstream's backup and restore run
