@@ -115,10 +115,16 @@ func TestRestoreDowntimeStartsNoDatabaseCommand(t *testing.T) {
 // flightctl being the live one, after creating it.
 func adminPsql(t *testing.T, pg *testbed.Postgres) *restore.PsqlDatabase {
 	require.NoError(t, pg.CreateFlightctlDB(context.Background(), "flightctl", testbed.FlightctlPasswords{}))
+	return psqlAs(t, pg, "admin", "adminpass")
+}
+
+// psqlAs administers pg's databases, flightctl being the live one, through this machine's
+// psql as user.
+func psqlAs(t *testing.T, pg *testbed.Postgres, user, password string) *restore.PsqlDatabase {
 	return &restore.PsqlDatabase{DBName: "flightctl", Runner: runner.Exec{}, Logger: testLogger(t),
 		Command: func(psqlArgs, env []string) runner.Cmd {
-			args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", "admin", "-w"}, psqlArgs...)
-			return runner.Cmd{Name: "psql", Args: args, Env: append(env, "PGPASSWORD=adminpass")}
+			args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", user, "-w"}, psqlArgs...)
+			return runner.Cmd{Name: "psql", Args: args, Env: append(env, "PGPASSWORD="+password)}
 		}}
 }
 

@@ -178,46 +178,47 @@ SELECT count(*) = 1 AS fdr_survey_exists FROM pg_database WHERE datname = ` + qu
 SELECT 'counts|' || ` + strings.TrimPrefix(countsSQL(tables), "SELECT ") + `;
 \endif
 `
-	out, err := d.query(ctx, "postgres", script)
+	out, queryErr := d.query(ctx, "postgres", script)
 	lines := map[string]string{}
 	for _, l := range strings.Split(out, "\n") {
 		if tag, v, ok := strings.Cut(l, "|"); ok {
 			lines[tag] = strings.TrimSpace(v)
 		}
 	}
+	// failed is the error of the call whose answer is missing: psql's, else the output.
+	failed := func(format string, args ...any) (DatabaseSurvey, error) {
+		cause := queryErr
+		if cause == nil {
+			cause = fmt.Errorf("unexpected answer %q", out)
+		}
+		return DatabaseSurvey{}, fmt.Errorf(format+": %w", append(args, cause)...)
+	}
 	super, pinged := lines["super"]
 	if !pinged {
-		if err == nil {
-			err = fmt.Errorf("unexpected answer %q", out)
-		}
-		return DatabaseSurvey{}, fmt.Errorf("connect to the database server as the admin user: %w", err)
+		return failed("connect to the database server as the admin user")
 	}
 	if super != "true" {
 		return DatabaseSurvey{}, errNotSuperuser
 	}
 	info, hasInfo := lines["info"]
 	if !hasInfo {
-		if err == nil {
-			err = fmt.Errorf("unexpected answer %q", out)
-		}
-		return DatabaseSurvey{}, fmt.Errorf("read owner and grants of database %s: %w", name, err)
+		return failed("read owner and grants of database %s", name)
 	}
+	sv := DatabaseSurvey{DataDirectory: lines["datadir"]}
 	if info == "" {
-		if err != nil {
-			return DatabaseSurvey{}, fmt.Errorf("look up database %s: %w", name, err)
+		if queryErr != nil {
+			return failed("look up database %s", name)
 		}
-		return DatabaseSurvey{DataDirectory: lines["datadir"]}, nil
+		return sv, nil
 	}
-	sv := DatabaseSurvey{Exists: true, DataDirectory: lines["datadir"]}
+	sv.Exists = true
+	var err error
 	if sv.Info, err = parseInfo(name, info); err != nil {
 		return DatabaseSurvey{}, err
 	}
 	counts, hasCounts := lines["counts"]
-	if !hasCounts || err != nil {
-		if err == nil {
-			err = fmt.Errorf("unexpected answer %q", out)
-		}
-		return DatabaseSurvey{}, fmt.Errorf("count rows in database %s: %w", name, err)
+	if !hasCounts || queryErr != nil {
+		return failed("count rows in database %s", name)
 	}
 	if sv.Counts, err = parseCounts(name, counts, tables); err != nil {
 		return DatabaseSurvey{}, err

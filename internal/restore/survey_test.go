@@ -2,8 +2,6 @@ package restore_test
 
 import (
 	"context"
-	"strconv"
-	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -13,14 +11,6 @@ import (
 	"flightctl.dr/internal/runner"
 	"flightctl.dr/internal/testbed"
 )
-
-// countingRunner runs commands for real and counts them.
-type countingRunner struct{ n atomic.Int32 }
-
-func (c *countingRunner) Run(ctx context.Context, cmd runner.Cmd) error {
-	c.n.Add(1)
-	return runner.Exec{}.Run(ctx, cmd)
-}
 
 func pgSetting(t *testing.T, pg *testbed.Postgres, name string) string {
 	t.Helper()
@@ -49,11 +39,11 @@ func TestSurveyAnswersAsTheFourCallsInOnePsql(t *testing.T) {
 	c.Close(ctx)
 	tables := append(append([]string{}, restore.CountedTables...), "no_such_table")
 
-	counting := &countingRunner{}
-	db.Runner = counting
+	rec := &recordingRunner{inner: runner.Exec{}}
+	db.Runner = rec
 	sv, err := db.Survey(ctx, "flightctl", tables)
 	require.NoError(t, err)
-	assert.EqualValues(t, 1, counting.n.Load(), "one psql for the whole survey")
+	assert.Len(t, rec.in(""), 1, "one psql for the whole survey")
 	db.Runner = runner.Exec{}
 	require.NoError(t, db.Ping(ctx))
 	exists, err := db.Exists(ctx, "flightctl")
@@ -75,28 +65,21 @@ func TestSurveyAnswersAsTheFourCallsInOnePsql(t *testing.T) {
 	assert.EqualValues(t, -1, sv.Counts["no_such_table"])
 
 	// A database that does not exist: no info, no counts, no error.
-	db.Runner = counting
-	counting.n.Store(0)
+	rec = &recordingRunner{inner: runner.Exec{}}
+	db.Runner = rec
 	sv, err = db.Survey(ctx, "flightctl_not_there", tables)
 	require.NoError(t, err)
 	assert.Equal(t, restore.DatabaseSurvey{DataDirectory: dir}, sv)
-	assert.EqualValues(t, 1, counting.n.Load())
+	assert.Len(t, rec.in(""), 1)
 
 	// A user that is not a superuser gets Ping's error, and wrong credentials its prefix.
-	as := func(user, password string) *restore.PsqlDatabase {
-		return &restore.PsqlDatabase{DBName: "flightctl", Runner: runner.Exec{}, Logger: testLogger(t),
-			Command: func(psqlArgs, env []string) runner.Cmd {
-				args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(pg.Port), "-U", user, "-w"}, psqlArgs...)
-				return runner.Cmd{Name: "psql", Args: args, Env: append(env, "PGPASSWORD="+password)}
-			}}
-	}
-	app := as("flightctl_app", "apppass")
+	app := psqlAs(t, pg, "flightctl_app", "apppass")
 	pingErr := app.Ping(ctx)
 	require.Error(t, pingErr)
 	_, err = app.Survey(ctx, "flightctl", tables)
 	require.EqualError(t, err, pingErr.Error())
 
-	wrong := as("admin", "not-the-password")
+	wrong := psqlAs(t, pg, "admin", "not-the-password")
 	pingErr = wrong.Ping(ctx)
 	require.Error(t, pingErr)
 	_, err = wrong.Survey(ctx, "flightctl", tables)
