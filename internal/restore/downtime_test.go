@@ -45,6 +45,8 @@ func (r *recordingRunner) Run(ctx context.Context, c runner.Cmd) error {
 		if len(sql) > 80 {
 			sql = sql[:80]
 		}
+	} else if c.Stdin == nil {
+		sql = strings.Join(c.Args, " ")
 	}
 	r.cmds[r.phase] = append(r.cmds[r.phase], c.Name+" "+strings.ReplaceAll(sql, "\n", " "))
 	r.mu.Unlock()
@@ -194,7 +196,7 @@ func TestSwapDatabasesInOneSession(t *testing.T) {
 	require.Equal(t, swapped.ACL, after.ACL)
 }
 
-// Recreate, the load step's drop and create in one psql, gives a temporary database left
+// RecreateForLoad, the load step's drop and create in one psql, gives a temporary database left
 // half-loaded by a dead run back empty, with the live one's owner, and creates one that
 // is missing; a session still on the old one does not stop it.
 func TestRecreateStartsTheTemporaryDatabaseAfresh(t *testing.T) {
@@ -214,7 +216,8 @@ func TestRecreateStartsTheTemporaryDatabaseAfresh(t *testing.T) {
 		return n
 	}
 
-	require.NoError(t, db.Recreate(ctx, temp, info)) // missing: created
+	_, err = db.RecreateForLoad(ctx, temp, info, 1) // missing: created
+	require.NoError(t, err)
 	half, err := pg.SuperuserConn(ctx, temp)
 	require.NoError(t, err)
 	defer half.Close(ctx)
@@ -222,7 +225,8 @@ func TestRecreateStartsTheTemporaryDatabaseAfresh(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, tables())
 
-	require.NoError(t, db.Recreate(ctx, temp, info)) // half-loaded, a session still on it
+	_, err = db.RecreateForLoad(ctx, temp, info, 1) // half-loaded, a session still on it
+	require.NoError(t, err)
 	require.Zero(t, tables())
 	got, err := db.Info(ctx, temp)
 	require.NoError(t, err)

@@ -84,17 +84,26 @@ var _ ParallelLoader = (*PsqlDatabase)(nil)
 // server has free.
 func (d *PsqlDatabase) LoadConnections(ctx context.Context, requested int) (int, error) {
 	if requested > 0 {
-		return min(requested, pgload.MaxConnections), nil
+		return sessionsFor(requested, ""), nil
 	}
-	free := -1
 	out, err := d.query(ctx, "postgres", pgload.FreeConnectionsSQL+";")
 	if err != nil {
 		return 0, fmt.Errorf("count the database server's free connections: %w", err)
 	}
-	if n, err := strconv.Atoi(strings.TrimSpace(out)); err == nil {
-		free = n
+	return sessionsFor(requested, out), nil
+}
+
+// sessionsFor is LoadConnections' answer for requested, free being the server's answer
+// to pgload.FreeConnectionsSQL (unknown when it is not a number).
+func sessionsFor(requested int, free string) int {
+	if requested > 0 {
+		return min(requested, pgload.MaxConnections)
 	}
-	return pgload.DefaultConnections(runtime.NumCPU(), free), nil
+	n, err := strconv.Atoi(strings.TrimSpace(free))
+	if err != nil {
+		n = -1
+	}
+	return pgload.DefaultConnections(runtime.NumCPU(), n)
 }
 
 // LoadChecked loads the checked dump src into name over opts.Connections psql sessions

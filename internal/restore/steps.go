@@ -219,9 +219,8 @@ func (r *run) loadAndStage(ctx context.Context) error {
 	}
 	db := r.target.Database()
 	if needLoad {
-		r.loadSetup = startLoadSetup(ctx, db, r.opts.LoadConnections)
 		// A temporary database left by a dead run may be half-loaded: start it afresh.
-		if err := recreate(ctx, db, j.Database.Temp, j.Database.Info); err != nil {
+		if err := r.recreateForLoad(ctx, db, j.Database.Temp, j.Database.Info); err != nil {
 			return err
 		}
 		if err := r.checkpoint("load_database:created"); err != nil {
@@ -751,18 +750,4 @@ func describe(s FileState) string {
 		return "dir"
 	}
 	return "sha256:" + s.SHA256
-}
-
-// recreate drops database name when it exists and creates it like info, in one call when
-// db can.
-func recreate(ctx context.Context, db Database, name string, like DatabaseInfo) error {
-	if rc, ok := db.(interface {
-		Recreate(ctx context.Context, name string, like DatabaseInfo) error
-	}); ok {
-		return rc.Recreate(ctx, name, like)
-	}
-	if err := db.Drop(ctx, name); err != nil {
-		return err
-	}
-	return db.Create(ctx, name, like)
 }

@@ -204,6 +204,32 @@ func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup 
 	return s
 }
 
+// loadRecreator is a Database whose drop and creation of the temporary database also
+// answers loadSetup's questions (PsqlDatabase.RecreateForLoad).
+type loadRecreator interface {
+	RecreateForLoad(ctx context.Context, name string, like DatabaseInfo, requested int) (sessions int, err error)
+}
+
+// recreateForLoad drops and creates the temporary database name like info and leaves in
+// r.loadSetup what the load needs to know first: from the same call when db can answer
+// both, else asked beside it.
+func (r *run) recreateForLoad(ctx context.Context, db Database, name string, like DatabaseInfo) error {
+	if rl, ok := db.(loadRecreator); ok {
+		n, err := rl.RecreateForLoad(ctx, name, like, r.opts.LoadConnections)
+		if err != nil {
+			return err
+		}
+		r.loadSetup = &loadSetup{done: make(chan struct{}), sessions: n}
+		close(r.loadSetup.done)
+		return nil
+	}
+	r.loadSetup = startLoadSetup(ctx, db, r.opts.LoadConnections)
+	if err := db.Drop(ctx, name); err != nil {
+		return err
+	}
+	return db.Create(ctx, name, like)
+}
+
 // loadSessions is the number of sessions the load of pl uses: what loadSetup asked when
 // the load step started it for the same database, else asked now.
 func (r *run) loadSessions(ctx context.Context, pl ParallelLoader) (int, error) {

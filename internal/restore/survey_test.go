@@ -86,3 +86,34 @@ func TestSurveyAnswersAsTheFourCallsInOnePsql(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "connect to the database server as the admin user: ")
 }
+
+// The load step's drop and creation of the temporary database also answers what the load
+// asks first, the number of sessions and whether psql has a restricted mode, in the same
+// psql: with container access one exec where there were three at once. What it does to
+// the database: TestRecreateStartsTheTemporaryDatabaseAfresh.
+func TestRecreateForLoadAnswersAsTheThreeCallsInOnePsql(t *testing.T) {
+	ctx := context.Background()
+	testbed.Need(t, "psql")
+	pg := testbed.PostgresForTest(t)
+	like, err := adminPsql(t, pg).Info(ctx, "flightctl")
+	require.NoError(t, err)
+	for _, requested := range []int{0, 3} {
+		db := psqlAs(t, pg, "admin", "adminpass")
+		rec := &recordingRunner{inner: runner.Exec{}}
+		db.Runner = rec
+		sessions, err := db.RecreateForLoad(ctx, "flightctl_load_test", like, requested)
+		require.NoError(t, err)
+		restricts := db.RestrictsMetaCommands(ctx)
+		assert.Len(t, rec.in(""), 1, "one psql for the drop, the creation, the sessions and the version")
+
+		alone := psqlAs(t, pg, "admin", "adminpass")
+		want, err := alone.LoadConnections(ctx, requested)
+		require.NoError(t, err)
+		assert.Equal(t, want, sessions)
+		assert.Equal(t, alone.RestrictsMetaCommands(ctx), restricts)
+	}
+
+	like.Owner = "no_such_role"
+	_, err = psqlAs(t, pg, "admin", "adminpass").RecreateForLoad(ctx, "flightctl_load_test", like, 0)
+	require.ErrorContains(t, err, "drop and create database flightctl_load_test: ")
+}
