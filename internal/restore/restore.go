@@ -249,8 +249,9 @@ type run struct {
 	// produced is what finalize read the restore left on the server, for recordLiveState.
 	produced    *LiveState
 	producedErr error
-	// loadSetup is the load's questions to the database server, asked ahead (stream.go).
-	loadSetup *loadSetup
+	// loadSessionsAsked is the load's number of sessions, told by the load step's drop and
+	// creation of the temporary database (recreateForLoad); 0 when not asked.
+	loadSessionsAsked int
 }
 
 // Run restores (or, in check mode, plans) as opts say.

@@ -17,7 +17,6 @@ import (
 	"flightctl.dr/internal/devprep"
 	"flightctl.dr/internal/encrypt"
 	"flightctl.dr/internal/pgdump"
-	"flightctl.dr/internal/runner"
 )
 
 // errArchiveChanged says the archive on disk is no longer the one that was verified.
@@ -177,70 +176,34 @@ func (r *run) loadDump(ctx context.Context, db Database, temp string, rd io.Read
 	return compareRows(rows, r.report.Metadata, r.res, r.logger)
 }
 
-// loadSetup is what a load asks the database server before it starts (the number of
-// sessions, whether psql has a restricted mode), asked beside the drop and creation of the
-// temporary database: each is a psql process, and with container access a podman or
-// kubectl exec that takes 0.1-0.3 s to start.
-type loadSetup struct {
-	done     chan struct{}
-	sessions int
-	err      error
-}
-
-func startLoadSetup(ctx context.Context, db Database, requested int) *loadSetup {
-	s := &loadSetup{done: make(chan struct{})}
-	go func() {
-		defer close(s.done)
-		runner.Concurrently(func() {
-			if pl, ok := db.(ParallelLoader); ok {
-				s.sessions, s.err = pl.LoadConnections(ctx, requested)
-			}
-		}, func() {
-			if rp, ok := db.(interface{ RestrictsMetaCommands(context.Context) bool }); ok {
-				rp.RestrictsMetaCommands(ctx) // remembered by db
-			}
-		})
-	}()
-	return s
-}
-
 // loadRecreator is a Database whose drop and creation of the temporary database also
-// answers loadSetup's questions (PsqlDatabase.RecreateForLoad).
+// answers what the load asks before it starts, the number of sessions and whether psql has
+// a restricted mode (PsqlDatabase.RecreateForLoad): each psql is, with container access, a
+// podman or kubectl exec that takes 0.1-0.3 s to start.
 type loadRecreator interface {
 	RecreateForLoad(ctx context.Context, name string, like DatabaseInfo, requested int) (sessions int, err error)
 }
 
-// recreateForLoad drops and creates the temporary database name like info and leaves in
-// r.loadSetup what the load needs to know first: from the same call when db can answer
-// both, else asked beside it.
+// recreateForLoad drops and creates the temporary database name like info, keeping in
+// r.loadSessionsAsked the load's number of sessions when db answers it in the same call.
 func (r *run) recreateForLoad(ctx context.Context, db Database, name string, like DatabaseInfo) error {
 	if rl, ok := db.(loadRecreator); ok {
 		n, err := rl.RecreateForLoad(ctx, name, like, r.opts.LoadConnections)
-		if err != nil {
-			return err
-		}
-		r.loadSetup = &loadSetup{done: make(chan struct{}), sessions: n}
-		close(r.loadSetup.done)
-		return nil
+		r.loadSessionsAsked = n
+		return err
 	}
-	r.loadSetup = startLoadSetup(ctx, db, r.opts.LoadConnections)
 	if err := db.Drop(ctx, name); err != nil {
 		return err
 	}
 	return db.Create(ctx, name, like)
 }
 
-// loadSessions is the number of sessions the load of pl uses: what loadSetup asked when
-// the load step started it for the same database, else asked now.
+// loadSessions is the number of sessions the load of pl uses: what the load step's
+// recreateForLoad was told for the same database, else asked now.
 func (r *run) loadSessions(ctx context.Context, pl ParallelLoader) (int, error) {
-	if s := r.loadSetup; s != nil {
-		r.loadSetup = nil
-		select {
-		case <-s.done:
-			return s.sessions, s.err
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	if n := r.loadSessionsAsked; n > 0 {
+		r.loadSessionsAsked = 0
+		return n, nil
 	}
 	return pl.LoadConnections(ctx, r.opts.LoadConnections)
 }
