@@ -5,13 +5,15 @@
 #   3. flightctl_backup (this project), direct database access, at every gzip level in
 #      BENCH_LEVELS with `compression: fixed` (archive size against time, for the choice of
 #      the default level), then with `compression: adaptive` from level 2 (opt-in)
+#   4. (BENCH_BASELINE=<binary>) another flightctl_backup binary, adaptive from level 2, for
+#      a before/after
 # Wall times from hyperfine (BENCH_RUNS runs each, one warm-up before the first command);
 # peak RSS of every run from /usr/bin/time (the largest process of the command: pg_dump,
 # tar or flightctl_backup). Everything runs on a private PostgreSQL 15 cluster on a free
 # loopback port, stopped and removed at the end. Prints a Markdown table on stdout.
 #
 # Usage: bench/backup/run.sh   (BENCH_EVENTS=rows, BENCH_RUNS=n, BENCH_UPSTREAM_RUNS=n,
-#                               BENCH_LEVELS="1 3 6", BENCH_DIR=parent dir)
+#                               BENCH_LEVELS="1 3 6", BENCH_BASELINE=binary, BENCH_DIR=parent dir)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -103,39 +105,34 @@ args() { # id level mode
 EOF
 }
 
-# bench ID LABEL RUNS PREPARE CMD: hyperfine on CMD (wrapped in /usr/bin/time for the
-# peak RSS of every run), with the load average before and after.
-bench() {
-	local id=$1 label=$2 runs=$3 prepare=$4 cmd=$5 warmup=0
-	[ "$id" = pgdump ] && warmup=1
-	cut -d' ' -f1-3 /proc/loadavg >"$WORK/$id.load"
-	: >"$WORK/$id.rss"
-	hyperfine --style basic --runs "$runs" --warmup "$warmup" --prepare "$prepare" \
-		--export-json "$WORK/$id.json" -n "$label" \
-		"/usr/bin/time -f %M -a -o $WORK/$id.rss sh -c '$cmd'" >&2
-	cut -d' ' -f1-3 /proc/loadavg >>"$WORK/$id.load"
-	echo "$id" >>"$WORK/order"
-}
+. "$ROOT/bench/lib/hyperfine.sh"
 
 echo "== $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 : >"$WORK/order"
-bench pgdump "pg_dump > /dev/null" "$RUNS" true "$DUMP > /dev/null"
+timed pgdump "pg_dump > /dev/null" "$RUNS" 1 true "$DUMP > /dev/null"
 $DUMP | wc -c >"$WORK/pgdump.size"
-bench upstream "upstream: pg_dump to a file, then tar czf" "$UPSTREAM_RUNS" \
+timed upstream "upstream: pg_dump to a file, then tar czf" "$UPSTREAM_RUNS" 0 \
 	"rm -rf $WORK/staging $WORK/upstream.tar.gz; mkdir -p $WORK/staging/db" \
 	"$DUMP > $WORK/staging/db/dump.sql && tar czf $WORK/upstream.tar.gz -C $WORK/staging ."
 stat -c %s "$WORK/upstream.tar.gz" >"$WORK/upstream.size"
 rm -rf "$WORK/staging" "$WORK/upstream.tar.gz"
-for level in $LEVELS adaptive; do
+BIN=$WORK/flightctl_backup
+rows="$LEVELS adaptive"
+[ -n "${BENCH_BASELINE:-}" ] && rows="$rows baseline"
+for level in $rows; do
+	bin=$BIN
 	if [ "$level" = adaptive ]; then
 		id=adaptive label="flightctl_backup, compression: adaptive from level 2"
+		args "$id" 2 adaptive
+	elif [ "$level" = baseline ]; then
+		id=baseline label="BENCH_BASELINE binary, compression: adaptive from level 2" bin=$BENCH_BASELINE
 		args "$id" 2 adaptive
 	else
 		id=level$level label="flightctl_backup, level $level (fixed)"
 		args "$id" "$level" fixed
 	fi
-	bench "$id" "$label" "$RUNS" "rm -f $WORK/out/*" \
-		"$WORK/flightctl_backup $WORK/args-$id.json > $WORK/result.json"
+	timed "$id" "$label" "$RUNS" 0 "rm -f $WORK/out/*" \
+		"$bin $WORK/args-$id.json > $WORK/result.json"
 	grep -Eq '"changed": *true' "$WORK/result.json" || { cat "$WORK/result.json" >&2; exit 1; }
 	(cd "$WORK/out" && sha256sum -c --quiet ./*.sha256)
 	stat -c %s "$WORK"/out/*.tar.gz >"$WORK/$id.size"
@@ -143,23 +140,4 @@ for level in $LEVELS adaptive; do
 done
 echo "== load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$WORK" "$DBSIZE" <<'PY'
-import json, os, sys
-work, dbsize = sys.argv[1], int(sys.argv[2])
-ids = open(os.path.join(work, "order")).read().split()
-res = {i: json.load(open(os.path.join(work, i + ".json")))["results"][0] for i in ids}
-floor = res["pgdump"]["mean"]
-dump = int(open(os.path.join(work, "pgdump.size")).read())
-print(f"database {dbsize / 1e6:.0f} MB (pg_database_size), plain dump {dump / 1e6:.0f} MB")
-print()
-print("| what | runs | mean wall [s] | min … max [s] | user [s] | × pg_dump | peak RSS [MiB] | output [MB] | load avg before → after |")
-print("|:---|---:|---:|---:|---:|---:|---:|---:|:---|")
-for i in ids:
-    r = res[i]
-    rss = max(int(x) for x in open(os.path.join(work, i + ".rss")).read().split()) / 1024
-    size = int(open(os.path.join(work, i + ".size")).read()) / 1e6
-    load = open(os.path.join(work, i + ".load")).read().strip().split("\n")
-    sd = r["stddev"] or 0.0
-    print(f"| {r['command']} | {len(r['times'])} | {r['mean']:.2f} ± {sd:.2f} | {r['min']:.2f} … {r['max']:.2f} | "
-          f"{r['user']:.2f} | {r['mean'] / floor:.2f} | {rss:.0f} | {size:.0f} | {load[0]} → {load[-1]} |")
-PY
+dump_table "$DBSIZE" user

@@ -30,47 +30,18 @@ DEVICES=${BENCH_DEVICES:-10000}
 RUNS=${BENCH_RUNS:-3}
 SESSIONS=${BENCH_SESSIONS:-0}
 GO=${GO:-/usr/local/go/bin/go}
-ORG=00000000-0000-0000-0000-000000000000
 
 for p in hyperfine /usr/bin/time psql kubectl python3 jq tar; do
 	command -v "$p" >/dev/null || { echo "missing $p: install hyperfine, time, postgresql-client, kubectl, jq" >&2; exit 1; }
 done
-bash "$ROOT/scripts/k8s-testbed.sh"
-
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/flightctl-dr-bench-k8s-restore.XXXXXX")
-chmod 755 "$WORK"
-cleanup() {
-	(cd "$ROOT" && "$GO" run ./hack/sandbox down --dir "$WORK/sb" >/dev/null 2>&1) || true
-	rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-echo "== sandbox (kubernetes form) in $WORK/sb" >&2
-(cd "$ROOT" && "$GO" run ./hack/sandbox up --kubernetes --dir "$WORK/sb" --devices "$DEVICES" >&2)
-ST=$WORK/sb/sandbox.json
-PORT=$(jq -r .db.port "$ST")
-SOCK=$(jq -r .db.socket_dir "$ST")
-KUBECONFIG_PATH=$(jq -r .kubernetes.kubeconfig "$ST")
+. "$ROOT/bench/lib/k8s-sandbox.sh"
+k8s_sandbox k8s-restore "$DEVICES" "$EVENTS"
 NS=$(jq -r .kubernetes.namespace "$ST")
 INS=$(jq -r .kubernetes.internal_namespace "$ST")
 DBPOD=$(jq -r .kubernetes.db_pod "$ST")
 SQL="psql -X -q -v ON_ERROR_STOP=1 -h $SOCK -p $PORT -U postgres"
-
-echo "== generating $EVENTS events" >&2
-gen_start=$(date +%s)
-$SQL -d flightctl >/dev/null <<EOF
-INSERT INTO events (org_id, name, reason, type, message, details, involved_object_kind, involved_object_name, created_at)
-  SELECT '$ORG', 'bench-event-' || i, 'DeviceUpdated', 'Normal', 'Device device-' || (i % 1000) || ' was updated',
-         jsonb_build_object('updatedFields', jsonb_build_array('status', 'spec'), 'blob',
-           (SELECT string_agg(md5((i::bigint * 16 + j)::text), '') FROM generate_series(1, 16) j),
-           'previous', (SELECT string_agg(md5((i::bigint * 7 + j)::text), ' ') FROM generate_series(1, 14) j)),
-         'Device', 'device-' || (i % 1000), now() - (i || ' seconds')::interval
-  FROM generate_series(1, $EVENTS) i;
-VACUUM ANALYZE;
-EOF
-DBSIZE=$(psql -X -At -h "$SOCK" -p "$PORT" -U postgres -d flightctl -c "select pg_database_size('flightctl')")
 NDEV=$(psql -X -At -h "$SOCK" -p "$PORT" -U postgres -d flightctl -c "select count(*) from devices")
-echo "== database: $DBSIZE bytes, $NDEV devices ($(($(date +%s) - gen_start)) s to generate)" >&2
+echo "== $NDEV devices" >&2
 
 echo "== building flightctl_backup and flightctl_restore" >&2
 for m in flightctl_backup flightctl_restore; do
@@ -99,29 +70,18 @@ for n in 1 "$SESSIONS"; do
 EOF
 done
 
-bench() { # id label prepare cmd
-	local id=$1 label=$2 prepare=$3 cmd=$4
-	cut -d' ' -f1-3 /proc/loadavg >"$WORK/$id.load"
-	: >"$WORK/$id.rss"
-	: >"$WORK/$id.log"
-	hyperfine --style basic --runs "$RUNS" --warmup 1 --prepare "$prepare" \
-		--export-json "$WORK/$id.json" -n "$label" \
-		"/usr/bin/time -f %M -a -o $WORK/$id.rss sh -c 'echo \"== run\" >>$WORK/$id.log; $cmd'" >&2 ||
-		{ echo "bench: $label failed; the end of its log and result:" >&2; tail -n 40 "$WORK/$id.log" >&2; cat "$WORK"/result-*.json >&2 2>/dev/null; exit 1; }
-	cut -d' ' -f1-3 /proc/loadavg >>"$WORK/$id.load"
-	echo "$id" >>"$WORK/order"
-}
+. "$ROOT/bench/lib/hyperfine.sh"
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== $(nproc) CPUs, load $LOAD0" >&2
 : >"$WORK/order"
-bench floor "psql -f of the dump through one pods/exec into an empty database" \
+timed floor "psql -f of the dump through one pods/exec into an empty database" "$RUNS" 1 \
 	"$SQL -d postgres -c 'DROP DATABASE IF EXISTS bench_floor' -c 'CREATE DATABASE bench_floor TEMPLATE template0' >/dev/null" \
-	"kubectl --kubeconfig $KUBECONFIG_PATH exec -i -n $INS $DBPOD -- psql -X -q -v ON_ERROR_STOP=1 -U postgres -d bench_floor -f - <$WORK/dump.sql >/dev/null 2>>$WORK/floor.log"
+	"kubectl --kubeconfig $KUBECONFIG_PATH exec -i -n $INS $DBPOD -- psql -X -q -v ON_ERROR_STOP=1 -U postgres -d bench_floor -f - <$WORK/dump.sql >/dev/null 2>>$WORK/floor.log" "$WORK/floor.log"
 for n in 1 "$SESSIONS"; do
 	label="flightctl_restore, db_load_connections $n"
 	[ "$n" = 0 ] && label="flightctl_restore, db_load_connections 0 (the default)"
-	bench "restore-$n" "$label" true "$WORK/flightctl_restore $WORK/args-restore-$n.json >$WORK/result-$n.json 2>>$WORK/restore-$n.log"
+	timed "restore-$n" "$label" "$RUNS" 1 true "$WORK/flightctl_restore $WORK/args-restore-$n.json >$WORK/result-$n.json 2>>$WORK/restore-$n.log" "$WORK/restore-$n.log"
 	jq -e '.changed == true and (.failed | not)' "$WORK/result-$n.json" >/dev/null || { cat "$WORK/result-$n.json" >&2; tail -n 30 "$WORK/restore-$n.log" >&2; exit 1; }
 	jq -c '.database_load // {}' "$WORK/result-$n.json" >"$WORK/restore-$n.dbload.json"
 done

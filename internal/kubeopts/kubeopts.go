@@ -4,6 +4,7 @@
 package kubeopts
 
 import (
+	"flightctl.dr/internal/estate"
 	"flightctl.dr/internal/kube"
 )
 
@@ -27,6 +28,31 @@ func (c *Connection) KubeConfig() kube.Config {
 	if !c.ValidateCerts {
 		f := false
 		k.ValidateCerts = &f
+	}
+	return k
+}
+
+// Database is a module's database options as they apply to a Helm install.
+type Database struct {
+	Access, Host string
+	Port         int
+	Name         string
+	// User and Password replace the Secret flightctl-db-app-secret when Password is given.
+	User, Password string
+}
+
+// Install maps these options and db onto a Helm install. The database options keep
+// their meaning inside the database pod; an empty db.Host with direct access means the
+// Service flightctl-db.<internal_namespace>.svc.
+func (c *Connection) Install(db Database) estate.KubernetesConfig {
+	k := estate.KubernetesConfig{
+		Connection: c.KubeConfig(),
+		Namespace:  c.Namespace, InternalNamespace: c.InternalNamespace, HelmRelease: c.HelmRelease,
+		DBAccess: estate.DBAccess(db.Access), DBHost: db.Host, DBPort: db.Port, DBName: db.Name,
+		ExecProtocol: c.ExecProtocol,
+	}
+	if db.Password != "" {
+		k.DBUser, k.DBPassword = db.User, db.Password
 	}
 	return k
 }

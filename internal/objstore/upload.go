@@ -433,45 +433,35 @@ func storedChecksum(info minio.ObjectInfo) (minio.ChecksumType, string) {
 	return minio.ChecksumNone, ""
 }
 
-func objectSum(algo minio.ChecksumType, info minio.ObjectInfo) string {
+// checksumField is, of a minio struct's checksum fields given for each algorithm
+// this tool writes, the one algo's checksum goes in (a throwaway for any other).
+func checksumField(algo minio.ChecksumType, crc32c, crc64nvme *string) *string {
 	switch algo {
 	case minio.ChecksumCRC32C:
-		return info.ChecksumCRC32C
+		return crc32c
 	case minio.ChecksumCRC64NVME:
-		return info.ChecksumCRC64NVME
+		return crc64nvme
 	}
-	return ""
+	return new(string)
+}
+
+func objectSum(algo minio.ChecksumType, info minio.ObjectInfo) string {
+	return *checksumField(algo, &info.ChecksumCRC32C, &info.ChecksumCRC64NVME)
 }
 
 func partSum(algo minio.ChecksumType, p minio.ObjectPart) string {
-	switch algo {
-	case minio.ChecksumCRC32C:
-		return p.ChecksumCRC32C
-	case minio.ChecksumCRC64NVME:
-		return p.ChecksumCRC64NVME
-	}
-	return ""
+	return *checksumField(algo, &p.ChecksumCRC32C, &p.ChecksumCRC64NVME)
 }
 
 func objectPart(algo minio.ChecksumType, n int, size int64, sum string) minio.ObjectPart {
 	p := minio.ObjectPart{PartNumber: n, Size: size}
-	switch algo {
-	case minio.ChecksumCRC32C:
-		p.ChecksumCRC32C = sum
-	case minio.ChecksumCRC64NVME:
-		p.ChecksumCRC64NVME = sum
-	}
+	*checksumField(algo, &p.ChecksumCRC32C, &p.ChecksumCRC64NVME) = sum
 	return p
 }
 
 func completePart(algo minio.ChecksumType, n int, etag, sum string) minio.CompletePart {
 	p := minio.CompletePart{PartNumber: n, ETag: etag}
-	switch algo {
-	case minio.ChecksumCRC32C:
-		p.ChecksumCRC32C = sum
-	case minio.ChecksumCRC64NVME:
-		p.ChecksumCRC64NVME = sum
-	}
+	*checksumField(algo, &p.ChecksumCRC32C, &p.ChecksumCRC64NVME) = sum
 	return p
 }
 

@@ -106,19 +106,11 @@ func (o *Options) backupOptions(env *ansiblemod.Env) backup.Options {
 // from the Secret flightctl-db-app-secret unless db_password is given (then with db_user).
 // With db_access direct, the default db_host means the Service flightctl-db.<internal_namespace>.svc.
 func (o *Options) kubernetesConfig() estate.KubernetesConfig {
-	k := estate.KubernetesConfig{
-		Connection: o.KubeConfig(),
-		Namespace:  o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
-		DBAccess: estate.DBAccess(o.DBAccess), DBHost: o.DBHost, DBPort: o.DBPort, DBName: o.DBName,
-		ExecProtocol: o.ExecProtocol,
+	host := o.DBHost
+	if o.DBAccess == string(estate.DBAccessDirect) && host == "127.0.0.1" {
+		host = ""
 	}
-	if o.DBPassword != "" {
-		k.DBUser, k.DBPassword = o.DBUser, o.DBPassword
-	}
-	if k.DBAccess == estate.DBAccessDirect && (k.DBHost == "" || k.DBHost == "127.0.0.1") {
-		k.DBHost = ""
-	}
-	return k
+	return o.Install(kubeopts.Database{Access: o.DBAccess, Host: host, Port: o.DBPort, Name: o.DBName, User: o.DBUser, Password: o.DBPassword})
 }
 
 func run(ctx context.Context, env *ansiblemod.Env, o *Options) (*ansiblemod.Result, error) {

@@ -286,3 +286,14 @@ func waitGone(pid int) error {
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	return fmt.Errorf("process %d still runs after 15 s", pid)
 }
+
+func TestKubernetesDirectAccessTakesTheDefaultDBHostAsTheService(t *testing.T) {
+	o := Options{DBAccess: "direct", DBHost: "127.0.0.1", DBPort: 5432, DBName: "flightctl"}
+	assert.Empty(t, o.kubernetesConfig().DBHost, "db_host's default 127.0.0.1 means the Service flightctl-db.<internal_namespace>.svc with direct access")
+
+	o.DBHost = "db.example.test"
+	assert.Equal(t, "db.example.test", o.kubernetesConfig().DBHost)
+
+	o.DBAccess, o.DBHost = "container", "127.0.0.1"
+	assert.Equal(t, "127.0.0.1", o.kubernetesConfig().DBHost, "inside the database pod 127.0.0.1 is the database")
+}

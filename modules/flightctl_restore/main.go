@@ -128,16 +128,7 @@ func (o *Options) podmanConfig() estate.PodmanConfig {
 // database options keep their meaning inside the database pod; the credentials come from
 // the Secret flightctl-db-app-secret unless db_password is given (then with db_user).
 func (o *Options) kubernetesConfig() estate.KubernetesConfig {
-	k := estate.KubernetesConfig{
-		Connection: o.KubeConfig(),
-		Namespace:  o.Namespace, InternalNamespace: o.InternalNamespace, HelmRelease: o.HelmRelease,
-		DBAccess: estate.DBAccess(o.DBAccess), DBHost: o.DBHost, DBPort: o.DBPort, DBName: o.DBName,
-		ExecProtocol: o.ExecProtocol,
-	}
-	if o.DBPassword != "" {
-		k.DBUser, k.DBPassword = o.DBUser, o.DBPassword
-	}
-	return k
+	return o.Install(kubeopts.Database{Access: o.DBAccess, Host: o.DBHost, Port: o.DBPort, Name: o.DBName, User: o.DBUser, Password: o.DBPassword})
 }
 
 // kubernetesRestoreConfig is what a Kubernetes restore needs beyond the backup's options.
