@@ -63,6 +63,8 @@ assert a1["db"].split("|")[1] == a0["db"].split("|")[1], "site-a's device count"
 assert b1 == b0, "site-b untouched"
 PY
 grep -qF "$(basename "$archive_a")" "$work/logs/restore-a.log" || fail "dr_restore -l site-a did not name site-a's archive"
+grep -qF "database flightctl (no such database now, in the archive" "$work/logs/restore-a.log" ||
+  fail "the plan of the restore after the database was dropped does not say it was not there ($work/logs/restore-a.log)"
 ok "dr_restore -l site-a restored site-a's own archive; site-b untouched"
 
 # 4. site-b's archive onto site-a: refused unless the source estate is named.
