@@ -65,6 +65,8 @@ PY
 grep -qF "$(basename "$archive_a")" "$work/logs/restore-a.log" || fail "dr_restore -l site-a did not name site-a's archive"
 grep -qF "database flightctl (no such database now, in the archive" "$work/logs/restore-a.log" ||
   fail "the plan of the restore after the database was dropped does not say it was not there ($work/logs/restore-a.log)"
+! grep -qF "; files none" "$work/logs/restore-a.log" ||
+  fail "the report of a restore that replaced the PKI says its plan had no files ($work/logs/restore-a.log)"
 ok "dr_restore -l site-a restored site-a's own archive; site-b untouched"
 
 # 4. site-b's archive onto site-a: refused unless the source estate is named.
