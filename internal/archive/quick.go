@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/klauspost/compress/gzip"
 
@@ -237,7 +238,7 @@ func VerifyWalk(ctx context.Context, path string, opts VerifyOptions, fn WalkFun
 		return nil, err
 	}
 	defer f.Close()
-	sink := &walkSink{fn: fn}
+	sink := &walkSink{fn: fn, aborting: make(chan struct{})}
 	s := newScanner(opts.Limits, sink)
 	if err := s.expectEarly(ctx, path, opts); err != nil {
 		return nil, err
@@ -266,7 +267,17 @@ type walkSink struct {
 	fnErr error
 	pw    *io.PipeWriter
 	done  chan error
+	// aborting is closed when abort starts; only walkFnFailedHook reads it.
+	aborting chan struct{}
+
+	mu         sync.Mutex
+	aborted    bool
+	firstFnErr error
 }
+
+// walkFnFailedHook, set only by tests, runs on fn's goroutine after fn failed
+// and closed its end of the pipe, before the failure is reported.
+var walkFnFailedHook func(aborting <-chan struct{})
 
 func (w *walkSink) dir(name string, hdr *tar.Header) error {
 	if err := w.fn(hdr, name, bytes.NewReader(nil)); err != nil {
@@ -281,6 +292,11 @@ func (w *walkSink) file(name string, hdr *tar.Header) (io.Writer, func() error, 
 	done := make(chan error, 1)
 	go func() {
 		err := w.fn(hdr, name, pr)
+		if err != nil {
+			// Recorded before the pipe closes: the scan's write then fails
+			// and abort may run before done is sent.
+			w.fnFailed(err)
+		}
 		if err == nil {
 			// Whatever fn left unread still has to pass the checks.
 			_, err = io.Copy(io.Discard, pr)
@@ -289,6 +305,9 @@ func (w *walkSink) file(name string, hdr *tar.Header) (io.Writer, func() error, 
 			pr.CloseWithError(err)
 		} else {
 			pr.Close()
+		}
+		if err != nil && walkFnFailedHook != nil {
+			walkFnFailedHook(w.aborting)
 		}
 		done <- err
 	}()
@@ -305,6 +324,16 @@ func (w *walkSink) file(name string, hdr *tar.Header) (io.Writer, func() error, 
 	return pw, finish, nil
 }
 
+// fnFailed records fn's own error, unless the scan already broke the stream
+// under fn (then fn's failure follows from the scan's).
+func (w *walkSink) fnFailed(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.aborted && w.firstFnErr == nil {
+		w.firstFnErr = err
+	}
+}
+
 // abort ends an entry left half-read by a failed scan. fn's error counts
 // only when fn failed first; fn failing because the stream broke under it is
 // the scan's error.
@@ -312,17 +341,20 @@ func (w *walkSink) abort(scanErr error) {
 	if w.pw == nil {
 		return
 	}
-	select {
-	case err := <-w.done:
-		if err != nil && w.fnErr == nil {
-			w.fnErr = err
-		}
-	default:
+	close(w.aborting)
+	w.mu.Lock()
+	w.aborted = true
+	fnErr := w.firstFnErr
+	w.mu.Unlock()
+	if fnErr == nil {
 		if scanErr == nil {
 			scanErr = errors.New("archive read stopped")
 		}
 		w.pw.CloseWithError(scanErr)
-		<-w.done
+	}
+	<-w.done
+	if fnErr != nil && w.fnErr == nil {
+		w.fnErr = fnErr
 	}
 	w.pw, w.done = nil, nil
 }

@@ -129,7 +129,9 @@ func TestVerifyWalk(t *testing.T) {
 		require.Contains(t, err.Error(), "archive integrity check failed")
 	})
 
-	t.Run("an error of fn is returned as it is", func(t *testing.T) {
+	// fnFailsInTheDump fails fn a little way into the dump, as psql would.
+	fnFailsInTheDump := func(t *testing.T) {
+		t.Helper()
 		boom := errors.New("psql failed")
 		_, err := VerifyWalk(ctx, res.Path, VerifyOptions{RequireChecksum: true}, func(hdr *tar.Header, name string, r io.Reader) error {
 			if name == DatabaseDump {
@@ -139,6 +141,16 @@ func TestVerifyWalk(t *testing.T) {
 			return nil
 		})
 		require.Equal(t, boom, err)
+	}
+	t.Run("an error of fn is returned as it is", fnFailsInTheDump)
+
+	t.Run("an error of fn is returned as it is when the scan stops before fn's goroutine reports it", func(t *testing.T) {
+		// The interleaving a loaded machine produces now and then: fn has
+		// failed and closed its end, the scan fails on its next write and
+		// aborts the entry, and only then does fn's goroutine report.
+		walkFnFailedHook = func(aborting <-chan struct{}) { <-aborting }
+		t.Cleanup(func() { walkFnFailedHook = nil })
+		fnFailsInTheDump(t)
 	})
 
 	t.Run("checksum mismatch", func(t *testing.T) {
